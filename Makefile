@@ -1,0 +1,96 @@
+# marforge: trained PyTorch models -> versioned TorchServe archives -> a served, measured model.
+# `make` (or `make help`) lists the targets. Every VAR below can be overridden: make serve RUN_DIR=/tmp/x
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3.11
+VENV ?= .venv
+MODEL_STORE ?= model_store
+RUN_DIR ?= .run
+MODEL ?= fashion
+VERSION ?=
+IMAGE ?=
+PYTEST_ARGS ?=
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+
+PY := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.marforge-setup
+# The archive list comes from models.toml (read with the standard library only: no venv needed).
+ARCHIVES = $(shell $(PYTHON) -m marforge.registry archives $(MODEL_STORE))
+ARCHIVE_INPUTS := models.toml $(wildcard handlers/*.py model_defs/*.py marforge/*.py samples/*/*)
+VERSION_FLAG = $(if $(VERSION),--version $(VERSION))
+
+.PHONY: help
+## help: list the targets (the default goal)
+help:
+	@echo "marforge targets (override settings as VAR=value):"
+	@awk '/^## /{sub(/^## /,""); n=index($$0,": "); printf "  %-17s %s\n", substr($$0,1,n-1), substr($$0,n+2)}' $(MAKEFILE_LIST)
+
+.PHONY: setup
+## setup: create .venv (Python 3.11) with the pinned packages; checks for Java 11+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run: make setup PYTHON=/path/to/python3.11" >&2; exit 1; }
+	@command -v java >/dev/null || { echo "error: Java 11+ is needed by TorchServe; install it: apt-get install -y openjdk-17-jre-headless" >&2; exit 1; }
+	@v=$$(java -version 2>&1 | awk -F'"' '/version/{split($$2,p,"."); print (p[1]=="1" ? p[2] : p[1])}'); \
+	  [ "$${v:-0}" -ge 11 ] || { echo "error: Java $$v found, TorchServe needs 11+: apt-get install -y openjdk-17-jre-headless" >&2; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+.PHONY: weights
+## weights: retrain every version from scratch (fixed seeds; needs dataset-fashion-mnist). Not run by serve/test
+weights: $(SETUP_STAMP)
+	@test -d $(FASHION_MNIST_DIR) || { echo "error: Fashion-MNIST not found in $(FASHION_MNIST_DIR): apt-get install -y dataset-fashion-mnist (or set FASHION_MNIST_DIR)" >&2; exit 1; }
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-train.txt
+	MARFORGE_FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(PY) -m marforge.train --all
+	MARFORGE_FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(PY) -m marforge.train --samples
+
+.PHONY: archive
+## archive: build and verify model_store/<name>-<version>.mar for every registry version (make -j safe)
+archive: $(ARCHIVES)
+
+$(MODEL_STORE)/%.mar: weights/%.pt weights/%.json $(ARCHIVE_INPUTS) | $(SETUP_STAMP)
+	$(PY) -m marforge archive --key $* --model-store $(MODEL_STORE)
+
+.PHONY: serve
+## serve: build what is missing, start TorchServe, wait until every version is READY, print URLs and a curl
+serve: archive
+	$(PY) -m marforge serve --model-store $(MODEL_STORE) --run-dir $(RUN_DIR)
+
+.PHONY: stop
+## stop: stop the server that `make serve` started (by its pid)
+stop: | $(SETUP_STAMP)
+	$(PY) -m marforge stop --run-dir $(RUN_DIR)
+
+.PHONY: status
+## status: every model and version: default, workers and their state, queue depth
+status: | $(SETUP_STAMP)
+	@$(PY) -m marforge status --run-dir $(RUN_DIR)
+
+.PHONY: predict
+## predict: send IMAGE to MODEL (VERSION optional): make predict MODEL=fashion VERSION=2.0 IMAGE=x.png
+predict: | $(SETUP_STAMP)
+	@test -n "$(IMAGE)" || { echo "error: set IMAGE, e.g. make predict MODEL=fashion IMAGE=$$(ls samples/fashion/*.png | head -1)" >&2; exit 1; }
+	@$(PY) -m marforge predict $(MODEL) $(IMAGE) $(VERSION_FLAG) --run-dir $(RUN_DIR)
+
+.PHONY: token
+## token: print the running server's inference key (use: curl -H "Authorization: Bearer $(make -s token)" ...)
+token: | $(SETUP_STAMP)
+	@$(PY) -m marforge token --run-dir $(RUN_DIR)
+
+.PHONY: test
+## test: run every test (handler, archive, and integration tests against a real TorchServe)
+test: $(SETUP_STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: test-integration
+## test-integration: only the tests that start a real TorchServe
+test-integration: $(SETUP_STAMP)
+	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+.PHONY: clean
+## clean: remove built archives and server state (not the venv)
+clean:
+	rm -rf $(MODEL_STORE) $(RUN_DIR) .pytest_cache

@@ -1,0 +1,172 @@
+"""The marforge command line: parse, call the library, format. `python -m marforge --help`.
+
+Settings come from flags, then environment (MARFORGE_REGISTRY, MARFORGE_MODEL_STORE,
+MARFORGE_RUN_DIR, MARFORGE_CONFIG), then the defaults below. Errors print a message and the next
+command to run; set MARFORGE_DEBUG=1 for tracebacks.
+"""
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from marforge.errors import INFRA_ERROR, MarforgeError
+
+EXAMPLES = {
+    "archive": "python -m marforge archive fashion 2.0      # builds model_store/fashion-2.0.mar",
+    "verify": "python -m marforge verify model_store/fashion-2.0.mar",
+    "serve": "python -m marforge serve                       # start, wait for READY workers, print URLs",
+    "stop": "python -m marforge stop",
+    "status": "python -m marforge status",
+    "predict": "python -m marforge predict fashion samples/fashion/00000-ankle-boot.png --version 2.0",
+    "token": "curl -H \"Authorization: Bearer $(python -m marforge token)\" http://127.0.0.1:8080/ping",
+}
+
+
+def _setting(args, name, env, default):
+    value = getattr(args, name, None)
+    return value if value is not None else os.environ.get(env, default)
+
+
+def _registry(args):
+    from marforge import registry
+
+    return registry.load(_setting(args, "registry", "MARFORGE_REGISTRY", registry.REGISTRY_FILE))
+
+
+def _model_store(args):
+    return Path(_setting(args, "model_store", "MARFORGE_MODEL_STORE", "model_store"))
+
+
+def _run_dir(args):
+    return Path(_setting(args, "run_dir", "MARFORGE_RUN_DIR", ".run"))
+
+
+def cmd_archive(args):
+    from marforge import archive
+
+    registry = _registry(args)
+    versions = [registry.by_key(args.key)] if args.key else registry.select(args.name, args.version)
+    for mv in versions:
+        path = archive.build(mv, _model_store(args))
+        print(f"built and verified {path} ({mv.name} {mv.version})")
+
+
+def cmd_verify(args):
+    from marforge import archive
+
+    manifest = archive.manifest_of(args.mar)["model"]
+    mv = _registry(args).get(manifest["modelName"], manifest["modelVersion"])
+    for row in archive.verify(args.mar, mv):
+        top = row["top1"]
+        print(f"{row['sample']}: {top['label']} ({top['probability']:.4f}) matches the source model")
+    print(f"{args.mar}: verified ({mv.name} {mv.version})")
+
+
+def cmd_serve(args):
+    from marforge import server
+
+    registry = _registry(args)
+    started = server.serve(registry, _model_store(args), _run_dir(args),
+                           Path(_setting(args, "config", "MARFORGE_CONFIG", "config.properties")),
+                           timeout=args.timeout)
+    print(server.summary(started, registry))
+
+
+def cmd_stop(args):
+    from marforge import server
+
+    was_running = server.stop(_run_dir(args))
+    print("TorchServe stopped" if was_running else f"no server was running from {_run_dir(args)}")
+
+
+def cmd_status(args):
+    from marforge import status
+
+    rows = status.collect(_client(args), _registry(args))
+    print(json.dumps(rows, indent=2) if args.json else status.format_table(rows))
+
+
+def cmd_predict(args):
+    client = _client(args)
+    answer = client.predict(args.name, Path(args.image).read_bytes(), version=args.version)
+    print(json.dumps(answer, indent=2))
+
+
+def cmd_token(args):
+    key = _client(args).key(args.kind)
+    if key is None:
+        raise MarforgeError(f"no key file in {_run_dir(args)}: the server is not running or token auth is off",
+                            "make serve")
+    print(key)
+
+
+def _client(args):
+    from marforge.client import Client
+
+    return Client.from_run_dir(_run_dir(args))
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="marforge", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--registry", help="the model registry (default: models.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, func, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {EXAMPLES[name]}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("archive", cmd_archive, "build and verify model_store/<name>-<version>.mar from the registry")
+    p.add_argument("name", nargs="?", help="model name (default: every model)")
+    p.add_argument("version", nargs="?", help="version (default: every version of the model)")
+    p.add_argument("--key", help="one version by its file stem, e.g. fashion-2.0 (the Makefile uses this)")
+    p.add_argument("--model-store", help="output folder (default: model_store)")
+
+    p = command("verify", cmd_verify, "load an archive as a worker does and compare it with its source model")
+    p.add_argument("mar", help="path to a .mar file")
+
+    p = command("serve", cmd_serve, "start TorchServe with every registry version and wait until all are READY")
+    p.add_argument("--model-store", help="archives folder (default: model_store)")
+    p.add_argument("--run-dir", help="server state, logs and keys (default: .run)")
+    p.add_argument("--config", help="base TorchServe config (default: config.properties)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for READY workers")
+
+    for name, func, text in (("stop", cmd_stop, "stop the server started by serve"),
+                             ("status", cmd_status, "every model and version: default, workers, queue")):
+        p = command(name, func, text)
+        p.add_argument("--run-dir", help="server state, logs and keys (default: .run)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("predict", cmd_predict, "send one image to the server and print the JSON answer")
+    p.add_argument("name")
+    p.add_argument("image")
+    p.add_argument("--version", help="a specific version (default: the model's default version)")
+    p.add_argument("--run-dir", help="server state, logs and keys (default: .run)")
+
+    p = command("token", cmd_token, "print the server's inference key (for curl); prints nothing else")
+    p.add_argument("--kind", choices=("inference", "management"), default="inference")
+    p.add_argument("--run-dir", help="server state, logs and keys (default: .run)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MarforgeError as exc:
+        if os.environ.get("MARFORGE_DEBUG"):
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # a bug: show it, but say so
+        traceback.print_exc()
+        print("error: unexpected failure (a bug in marforge); the traceback is above", file=sys.stderr)
+        return INFRA_ERROR
+    return 0

@@ -1,0 +1,149 @@
+"""A small client for TorchServe's inference, management and metrics APIs.
+
+Every call sends the right token from the server's `key_file.json` (inference key for the inference
+API, management key for the management API, none for metrics) and turns an error status into an
+ApiError carrying the status, URL and body. Keys are never printed or logged. The HTTP session is
+injectable, so the error handling is tested without a server.
+
+    client = Client.from_run_dir(".run")
+    client.describe("fashion")            # every version, with workers and their status
+    client.predict("fashion", png_bytes, version="2.0")
+"""
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from marforge.errors import ApiError, ServerError
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    inference: str
+    management: str
+    metrics: str
+
+
+class Client:
+    def __init__(self, endpoints, key_file=None, session=None, timeout=30.0):
+        self.endpoints = endpoints
+        self.key_file = Path(key_file) if key_file else None
+        self.session = session or requests.Session()
+        self.timeout = timeout
+
+    @classmethod
+    def from_run_dir(cls, run_dir, **kwargs):
+        """A client for the server `marforge serve` started with this run dir (reads its endpoints.json)."""
+        run_dir = Path(run_dir)
+        try:
+            info = json.loads((run_dir / "endpoints.json").read_text())
+        except FileNotFoundError:
+            raise ServerError(f"{run_dir}/endpoints.json not found: no server was started from {run_dir}",
+                              "make serve") from None
+        return cls(Endpoints(**info), key_file=run_dir / "key_file.json", **kwargs)
+
+    # -- tokens ---------------------------------------------------------------------------------
+    def key(self, kind):
+        """The current `inference` or `management` key, or None when token auth is off (no key file)."""
+        if self.key_file is None or not self.key_file.exists():
+            return None
+        try:
+            return json.loads(self.key_file.read_text())[kind]["key"]
+        except (KeyError, ValueError) as exc:
+            raise ServerError(f"{self.key_file}: unreadable TorchServe key file ({exc})", "make stop && make serve") from None
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def _request(self, method, url, key_kind=None, **kwargs):
+        headers = kwargs.pop("headers", {})
+        key = self.key(key_kind) if key_kind else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        try:
+            response = self.session.request(method, url, headers=headers, timeout=kwargs.pop("timeout", self.timeout),
+                                            **kwargs)
+        except requests.RequestException as exc:
+            raise ServerError(f"{method} {url} failed: {type(exc).__name__}: {exc}", "make serve") from None
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, url, response.text)
+        return response
+
+    def _management(self, method, path, **kwargs):
+        return self._request(method, self.endpoints.management + path, "management", **kwargs)
+
+    # -- inference API ----------------------------------------------------------------------------
+    def predict(self, name, data, version=None, content_type="application/octet-stream"):
+        """POST one image (bytes) to /predictions/NAME[/VERSION]; returns the decoded JSON answer."""
+        path = f"/predictions/{name}" + (f"/{version}" if version else "")
+        response = self._request("POST", self.endpoints.inference + path, "inference", data=data,
+                                 headers={"Content-Type": content_type})
+        return response.json()
+
+    def ping(self):
+        return self._request("GET", self.endpoints.inference + "/ping", "inference").json()
+
+    # -- management API ---------------------------------------------------------------------------
+    def list_models(self):
+        models, token = [], None
+        while True:
+            page = self._management("GET", "/models", params={"limit": 100, **({"next_page_token": token} if token else {})}).json()
+            models += page.get("models", [])
+            token = page.get("nextPageToken")
+            if not token:
+                return models
+
+    def describe(self, name, version="all"):
+        """Describe every version of a model (or one version): a list of dicts, one per version."""
+        return self._management("GET", f"/models/{name}/{version}").json()
+
+    def register(self, mar_name, workers, batch_size=1, max_batch_delay_ms=100, response_timeout_s=120,
+                 timeout=300.0):
+        params = {"url": mar_name, "initial_workers": workers, "synchronous": "true",
+                  "batch_size": batch_size, "max_batch_delay": max_batch_delay_ms,
+                  "response_timeout": response_timeout_s}
+        return self._management("POST", "/models", params=params, timeout=timeout).json()
+
+    def set_default(self, name, version):
+        return self._management("PUT", f"/models/{name}/{version}/set-default").json()
+
+    def unregister(self, name, version):
+        return self._management("DELETE", f"/models/{name}/{version}").json()
+
+    # -- metrics API ------------------------------------------------------------------------------
+    def metrics(self):
+        return self._request("GET", self.endpoints.metrics + "/metrics").text
+
+    # -- readiness --------------------------------------------------------------------------------
+    def wait_ready(self, expected, timeout=180.0, alive=lambda: True, poll=0.5):
+        """Wait until every (name, version) in `expected` has all its workers READY.
+
+        `/ping` is not enough: it says Healthy while workers crash. `alive` is checked between polls
+        so a server that died is reported at once instead of at the timeout.
+        """
+        deadline = time.monotonic() + timeout
+        pending = set(expected)
+        last_error = None
+        while True:
+            if not alive():
+                raise ServerError("TorchServe exited while its models were loading")
+            try:
+                for name, version in sorted(pending):
+                    if version_ready(self.describe(name, version)):
+                        pending.discard((name, version))
+                if not pending:
+                    return
+            except (ApiError, ServerError) as exc:
+                last_error = exc
+            if time.monotonic() > deadline:
+                detail = f" (last error: {last_error})" if last_error else ""
+                raise ServerError(
+                    f"not ready after {timeout:.0f}s: {', '.join(f'{n} {v}' for n, v in sorted(pending))}{detail}")
+            time.sleep(poll)
+
+
+def version_ready(description):
+    """True when a describe answer for one version lists workers and all of them are READY."""
+    workers = [w for d in description for w in d.get("workers", [])]
+    return bool(workers) and all(w.get("status") == "READY" for w in workers)

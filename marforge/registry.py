@@ -1,0 +1,184 @@
+"""The model registry: `models.toml` lists every model name and version marforge builds and serves.
+
+Each version names its model definition, how TorchServe serves it and (for `make weights`) how it
+is trained. File names follow from `<name>-<version>`: weights/<key>.pt with its provenance in
+weights/<key>.json, samples/<name>/ for the sample images, model_store/<key>.mar for the archive. The Makefile, the archiver, the server launcher and the tests all
+read it through this module; nothing else repeats it. Only the standard library is used here, so the
+Makefile can ask for the archive list before the virtualenv exists:
+
+    python3 -m marforge.registry archives model_store     # model_store/fashion-1.0.mar ...
+"""
+
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from marforge.errors import RegistryError
+
+REGISTRY_FILE = "models.toml"
+
+SERVING_KEYS = {"workers", "batch_size", "max_batch_delay_ms", "response_timeout_s"}
+HANDLER_KEYS = {"top_k", "max_pixels"}
+TRAIN_KEYS = {"dataset", "epochs", "batch_size", "lr", "seed"}
+VERSION_KEYS = {"model_def", "serving", "handler", "train"}
+MODEL_KEYS = {"default_version", "versions", "serving", "handler"}
+TOP_KEYS = {"serving", "handler", "models"}
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One servable version: what to build it from and how to serve it."""
+
+    name: str
+    version: str
+    model_def: Path
+    weights: Path
+    samples: Path
+    serving: dict
+    handler: dict
+    train: dict = field(default_factory=dict)
+
+    @property
+    def key(self):
+        """`<name>-<version>`: the stem of the weights, metadata and archive files."""
+        return f"{self.name}-{self.version}"
+
+    @property
+    def metadata(self):
+        """The provenance file that sits beside the weights (same stem, `.json`)."""
+        return self.weights.with_suffix(".json")
+
+    def archive_path(self, model_store):
+        return Path(model_store) / f"{self.key}.mar"
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    default_version: str
+    versions: dict  # version string -> ModelVersion, in registry order
+
+
+@dataclass(frozen=True)
+class Registry:
+    path: Path
+    models: dict  # name -> Model, in registry order
+
+    def get(self, name, version=None):
+        """The ModelVersion for name/version (the model's default version when version is None)."""
+        model = self.models.get(name)
+        if model is None:
+            raise RegistryError(
+                f"{self.path}: no model named {name!r} (known: {', '.join(self.models)})",
+                f"add a [models.{name}] table to {self.path.name}",
+            )
+        version = version or model.default_version
+        if version not in model.versions:
+            raise RegistryError(
+                f"{self.path}: model {name!r} has no version {version!r} "
+                f"(known: {', '.join(model.versions)})",
+                f'add a [models.{name}.versions."{version}"] table to {self.path.name}',
+            )
+        return model.versions[version]
+
+    def all_versions(self):
+        return [v for m in self.models.values() for v in m.versions.values()]
+
+    def by_key(self, key):
+        """The version whose files are named `key` (`<name>-<version>`), as the Makefile names them."""
+        for mv in self.all_versions():
+            if mv.key == key:
+                return mv
+        raise RegistryError(f"{self.path}: no version is named {key!r} (known: "
+                            f"{', '.join(v.key for v in self.all_versions())})")
+
+    def select(self, name=None, version=None):
+        """The versions to act on: all of them, every version of one model, or one version."""
+        if name is None:
+            return self.all_versions()
+        if version is None:
+            return list(self.models[self.get(name).name].versions.values())
+        return [self.get(name, version)]
+
+
+def _check_keys(table, allowed, where, path):
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise RegistryError(
+            f"{path}: unknown key(s) {', '.join(unknown)} in {where} (allowed: {', '.join(sorted(allowed))})"
+        )
+
+
+def _require(table, key, where, path):
+    if key not in table:
+        raise RegistryError(f"{path}: {where} needs a {key!r} key")
+    return table[key]
+
+
+def load(path=None):
+    """Read and validate the registry; relative paths in it are resolved against its folder."""
+    path = Path(path or REGISTRY_FILE).resolve()
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise RegistryError(f"{path}: registry file not found", "run marforge from the project root") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RegistryError(f"{path}: not valid TOML: {exc}") from None
+    root = path.parent
+    _check_keys(data, TOP_KEYS, "the top level", path)
+    serving_defaults = data.get("serving", {})
+    handler_defaults = data.get("handler", {})
+    _check_keys(serving_defaults, SERVING_KEYS, "[serving]", path)
+    _check_keys(handler_defaults, HANDLER_KEYS, "[handler]", path)
+    models = {}
+    for name, mtable in data.get("models", {}).items():
+        where = f"[models.{name}]"
+        _check_keys(mtable, MODEL_KEYS, where, path)
+        m_serving = {**serving_defaults, **mtable.get("serving", {})}
+        m_handler = {**handler_defaults, **mtable.get("handler", {})}
+        _check_keys(m_serving, SERVING_KEYS, f"{where}.serving", path)
+        _check_keys(m_handler, HANDLER_KEYS, f"{where}.handler", path)
+        samples = root / "samples" / name
+        versions = {}
+        for version, vtable in _require(mtable, "versions", where, path).items():
+            vwhere = f'[models.{name}.versions."{version}"]'
+            _check_keys(vtable, VERSION_KEYS, vwhere, path)
+            serving = {**m_serving, **vtable.get("serving", {})}
+            handler = {**m_handler, **vtable.get("handler", {})}
+            _check_keys(serving, SERVING_KEYS, f"{vwhere}.serving", path)
+            _check_keys(handler, HANDLER_KEYS, f"{vwhere}.handler", path)
+            _check_keys(vtable.get("train", {}), TRAIN_KEYS, f"{vwhere}.train", path)
+            versions[version] = ModelVersion(
+                name=name,
+                version=version,
+                model_def=root / _require(vtable, "model_def", vwhere, path),
+                weights=root / "weights" / f"{name}-{version}.pt",
+                samples=samples,
+                serving=serving,
+                handler=handler,
+                train=vtable.get("train", {}),
+            )
+        default = _require(mtable, "default_version", where, path)
+        if default not in versions:
+            raise RegistryError(f"{path}: {where} default_version {default!r} is not one of its versions")
+        models[name] = Model(name=name, default_version=default, versions=versions)
+    return Registry(path=path, models=models)
+
+
+def main(argv):
+    """Tiny stdlib-only entry for the Makefile: `archives DIR` prints one archive path per version."""
+    if len(argv) != 3 or argv[1] != "archives":
+        print("usage: python3 -m marforge.registry archives MODEL_STORE", file=sys.stderr)
+        return 2
+    try:
+        registry = load()
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(" ".join(str(Path(argv[2]) / f"{v.key}.mar") for v in registry.all_versions()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,248 @@
+"""Start, check and stop a TorchServe server for the registry's archives.
+
+Each server lives in its own run dir (`.run/` for `make serve`, a temp dir per test session):
+
+    .run/config.properties   the committed config.properties plus model_store and model_snapshot
+    .run/endpoints.json      the inference, management and metrics URLs (for clients)
+    .run/key_file.json       TorchServe's tokens (mode 600; it writes the file to its start cwd)
+    .run/server.pid          the Java frontend's pid: `stop` kills exactly this server
+    .run/logs/               TorchServe's logs; model_log.log has the handlers' tracebacks
+    .run/tmp/                TMPDIR and TEMP: pid file, worker sockets, extracted archives
+
+The default version of every model is fixed by a `model_snapshot` (TorchServe ignores
+`defaultVersion` in `models=`), so directory order never decides which version takes traffic.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from marforge.client import Client, Endpoints
+from marforge.errors import ServerError
+
+ADDRESS_KEYS = {"inference": "inference_address", "management": "management_address", "metrics": "metrics_address"}
+GRPC_PORT_KEYS = ("grpc_inference_port", "grpc_management_port")
+
+
+def read_properties(path):
+    """Parse a Java .properties file of simple `key=value` lines; comments and blanks are skipped."""
+    props = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        if "=" not in line:
+            raise ServerError(f"{path}:{number}: expected key=value, got {line!r}")
+        key, value = line.split("=", 1)
+        props[key.strip()] = value.strip()
+    return props
+
+
+def model_snapshot(registry, model_store, defaults=None):
+    """The `model_snapshot` JSON that loads every registry version, with each model's default fixed."""
+    models = {}
+    for model in registry.models.values():
+        default = (defaults or {}).get(model.name, model.default_version)
+        models[model.name] = {
+            mv.version: {
+                "defaultVersion": mv.version == default,
+                "marName": mv.archive_path(model_store).name,
+                "minWorkers": mv.serving["workers"],
+                "maxWorkers": mv.serving["workers"],
+                "batchSize": mv.serving["batch_size"],
+                "maxBatchDelay": mv.serving["max_batch_delay_ms"],
+                "responseTimeout": mv.serving["response_timeout_s"],
+            }
+            for mv in model.versions.values()
+        }
+    count = sum(len(versions) for versions in models.values())
+    return {"name": "marforge.cfg", "modelCount": count, "models": models}
+
+
+def render_config(base_config, registry, model_store, ports=None, defaults=None):
+    """The properties a server starts with: the base config, the model store, the snapshot, ports.
+
+    `ports` (keys inference, management, metrics, grpc_inference, grpc_management) moves every
+    listener, for a second server on the same host (the tests).
+    """
+    props = read_properties(base_config)
+    for key in ("model_store", "load_models", "model_snapshot", "models"):
+        if key in props:
+            raise ServerError(f"{base_config}: {key} is set by marforge from models.toml; remove it")
+    if ports:
+        for api, key in ADDRESS_KEYS.items():
+            scheme_host = props.get(key, "http://127.0.0.1:0").rsplit(":", 1)[0]
+            props[key] = f"{scheme_host}:{ports[api]}"
+        for key in GRPC_PORT_KEYS:
+            props[key] = str(ports[key.removesuffix("_port")])
+    props["model_store"] = str(Path(model_store).resolve())
+    props["model_snapshot"] = json.dumps(model_snapshot(registry, model_store, defaults))
+    return props
+
+
+@dataclass
+class Server:
+    """A started TorchServe: its run dir, Java pid and a client for its APIs."""
+
+    run_dir: Path
+    pid: int
+    client: Client
+
+    def alive(self):
+        return pid_alive(self.pid)
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child has not been reaped yet but is gone
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def start(run_dir, props, expected, timeout=300.0):
+    """Start TorchServe detached in `run_dir` with `props`; return once every expected version is READY.
+
+    `expected` is a list of (name, version). On failure the server is stopped and the error names
+    the log to read.
+    """
+    run_dir = Path(run_dir).resolve()
+    if (run_dir / "server.pid").exists() and pid_alive(int((run_dir / "server.pid").read_text())):
+        raise ServerError(f"a server started from {run_dir} is still running", "make stop")
+    for sub in ("logs", "tmp"):
+        shutil.rmtree(run_dir / sub, ignore_errors=True)
+        (run_dir / sub).mkdir(parents=True)
+    (run_dir / "key_file.json").unlink(missing_ok=True)
+    config = run_dir / "config.properties"
+    config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    endpoints = Endpoints(**{api: props[key] for api, key in ADDRESS_KEYS.items()})
+    (run_dir / "endpoints.json").write_text(json.dumps(vars(endpoints), indent=2) + "\n")
+    env = {**os.environ, "TMPDIR": str(run_dir / "tmp"), "TEMP": str(run_dir / "tmp"),
+           "LOG_LOCATION": str(run_dir / "logs"), "METRICS_LOCATION": str(run_dir / "logs")}
+    torchserve = Path(sys.executable).with_name("torchserve")
+    command = [str(torchserve), "--start", "--ncs", "--ts-config", str(config), "--model-store", props["model_store"]]
+    with open(run_dir / "logs" / "torchserve.out", "ab") as out:
+        launcher = subprocess.run(command, cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, timeout=60)
+    pid_file = run_dir / "tmp" / ".model_server.pid"
+    if launcher.returncode != 0 or not pid_file.exists():
+        raise ServerError(f"torchserve --start failed (exit {launcher.returncode}); see {run_dir}/logs/torchserve.out")
+    pid = int(pid_file.read_text().strip())
+    (run_dir / "server.pid").write_text(f"{pid}\n")
+    server = Server(run_dir, pid, Client(endpoints, key_file=run_dir / "key_file.json"))
+    try:
+        _wait_for_key_file(server, timeout=60)
+        server.client.wait_ready(expected, timeout=timeout, alive=server.alive)
+    except ServerError as exc:
+        tail = log_tail(run_dir / "logs" / "model_log.log") or log_tail(run_dir / "logs" / "ts_log.log")
+        stop(run_dir)
+        raise ServerError(f"{exc.message}\n--- last lines of the server logs in {run_dir}/logs ---\n{tail}",
+                          f"read {run_dir}/logs/model_log.log and ts_log.log") from None
+    return server
+
+
+def _wait_for_key_file(server, timeout):
+    """TorchServe writes key_file.json shortly after start; requests before that would be refused."""
+    deadline = time.monotonic() + timeout
+    while not (server.run_dir / "key_file.json").exists():
+        if not server.alive():
+            raise ServerError("TorchServe exited during start-up")
+        if time.monotonic() > deadline:
+            raise ServerError(f"TorchServe wrote no key_file.json in {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def log_tail(path, lines=30):
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def stop(run_dir, timeout=60.0):
+    """Stop the server started from `run_dir` (and its workers); True if one was running."""
+    run_dir = Path(run_dir).resolve()
+    pid_path = run_dir / "server.pid"
+    if not pid_path.exists():
+        return False
+    pid = int(pid_path.read_text().strip())
+    children = _children(pid)
+    running = pid_alive(pid)
+    if running:
+        os.kill(pid, signal.SIGTERM)
+        if not _wait_gone([pid], timeout):
+            os.kill(pid, signal.SIGKILL)
+            _wait_gone([pid], 10)
+    for child in children:  # workers normally exit with the frontend; make sure of it
+        if pid_alive(child):
+            os.kill(child, signal.SIGKILL)
+    _wait_gone(children, 10)
+    pid_path.unlink(missing_ok=True)
+    (run_dir / "key_file.json").unlink(missing_ok=True)
+    return running
+
+
+def _children(pid):
+    """Every descendant pid of `pid`, read from /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _wait_gone(pids, timeout):
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def serve(registry, model_store, run_dir, base_config, ports=None, timeout=300.0):
+    """Start a server for every registry version (archives must be built) and wait until all are READY."""
+    model_store = Path(model_store)
+    missing = [str(mv.archive_path(model_store)) for mv in registry.all_versions()
+               if not mv.archive_path(model_store).is_file()]
+    if missing:
+        raise ServerError(f"archives not built: {', '.join(missing)}", "make archive")
+    props = render_config(base_config, registry, model_store, ports=ports)
+    expected = [(mv.name, mv.version) for mv in registry.all_versions()]
+    return start(run_dir, props, expected, timeout=timeout)
+
+
+def summary(server, registry):
+    """What a person needs after `make serve`: the URLs, the versions, a curl to paste."""
+    e = server.client.endpoints
+    lines = [f"TorchServe is up (pid {server.pid}); every worker is READY.",
+             f"  inference  {e.inference}", f"  management {e.management}", f"  metrics    {e.metrics}/metrics",
+             f"  logs       {server.run_dir}/logs"]
+    for model in registry.models.values():
+        versions = ", ".join(v + (" (default)" if v == model.default_version else "") for v in model.versions)
+        lines.append(f"  {model.name}: {versions}")
+    first = next(iter(registry.models.values()))
+    sample = next(iter(sorted(first.versions[first.default_version].samples.glob("*.png"))), "image.png")
+    lines += ["Query it (the token is TorchServe's inference key from key_file.json):",
+              f'  curl -H "Authorization: Bearer $(make -s token)" -T {sample} {e.inference}/predictions/{first.name}',
+              "Stop it: make stop"]
+    return "\n".join(lines)
