@@ -9,6 +9,7 @@ MODEL_STORE ?= model_store
 RUN_DIR ?= .run
 MODEL ?= fashion
 VERSION ?=
+RETIRE ?=
 IMAGE ?=
 PYTEST_ARGS ?=
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
@@ -17,7 +18,9 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.marforge-setup
 # The archive list comes from models.toml (read with the standard library only: no venv needed).
 ARCHIVES = $(shell $(PYTHON) -m marforge.registry archives $(MODEL_STORE))
-ARCHIVE_INPUTS := models.toml $(wildcard handlers/*.py model_defs/*.py marforge/*.py samples/*/*)
+# What goes into an archive or its verification: a change to any of these rebuilds it.
+ARCHIVE_INPUTS := models.toml $(wildcard handlers/*.py model_defs/*.py samples/*/*) \
+	marforge/archive.py marforge/worker.py marforge/registry.py
 VERSION_FLAG = $(if $(VERSION),--version $(VERSION))
 
 .PHONY: help
@@ -68,6 +71,17 @@ stop: | $(SETUP_STAMP)
 ## status: every model and version: default, workers and their state, queue depth
 status: | $(SETUP_STAMP)
 	@$(PY) -m marforge status --run-dir $(RUN_DIR)
+
+.PHONY: rollout
+## rollout: move MODEL's traffic to VERSION: gate on the eval set, promote, watch, roll back on failure (RETIRE=1 unregisters the old one)
+rollout: | $(SETUP_STAMP)
+	@test -n "$(VERSION)" || { echo "error: set VERSION, e.g. make rollout MODEL=fashion VERSION=2.0" >&2; exit 1; }
+	$(PY) -m marforge rollout $(MODEL) $(VERSION) $(if $(RETIRE),--retire) --model-store $(MODEL_STORE) --run-dir $(RUN_DIR)
+
+.PHONY: rollback
+## rollback: make MODEL's previously promoted version the default again (registers it again if retired)
+rollback: | $(SETUP_STAMP)
+	$(PY) -m marforge rollback $(MODEL) --model-store $(MODEL_STORE) --run-dir $(RUN_DIR)
 
 .PHONY: predict
 ## predict: send IMAGE to MODEL (VERSION optional): make predict MODEL=fashion VERSION=2.0 IMAGE=x.png

@@ -11,11 +11,8 @@ baked in: TorchServe lets model-config.yaml override them, and they belong to th
 compares each answer with the source model run in-process: same top-1, probabilities within 1e-5.
 """
 
-import hashlib
-import importlib.util
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -25,57 +22,13 @@ from pathlib import Path
 
 import yaml
 
-from marforge.errors import ArchiveError, WeightsError
+from marforge.errors import ArchiveError
+from marforge.weights import build_model, import_file, read_metadata
 from marforge.worker import LoadedArchive
 
 HANDLERS_DIR = Path(__file__).resolve().parent.parent / "handlers"
 HANDLER_FILE = "image_classifier.py"
 TOLERANCE = 1e-5
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_metadata(mv):
-    """The weights' provenance metadata, after checking that the weights file matches it."""
-    if not mv.metadata.is_file():
-        raise WeightsError(f"{mv.metadata}: weights metadata not found",
-                           f"make weights (or python -m marforge.train {mv.name} {mv.version})")
-    metadata = json.loads(mv.metadata.read_text())
-    if not mv.weights.is_file():
-        raise WeightsError(f"{mv.weights}: weights file not found", "git checkout weights/ or make weights")
-    actual = sha256_of(mv.weights)
-    if actual != metadata.get("sha256"):
-        raise WeightsError(
-            f"{mv.weights}: sha256 {actual[:12]}... does not match {mv.metadata.name} "
-            f"({str(metadata.get('sha256'))[:12]}...): the weights were changed or corrupted",
-            f"git checkout {mv.weights.name} or retrain with: {metadata.get('command', 'make weights')}",
-        )
-    load_state_dict(mv.weights)
-    return metadata
-
-
-def load_state_dict(path):
-    """Load a plain state_dict without unpickling arbitrary objects, or say how to convert the file."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as exc:
-        raise WeightsError(
-            f"{path}: not a plain state_dict loadable with weights_only=True ({str(exc).splitlines()[0]})",
-            "if you trust the file, convert it once: "
-            "torch.save(torch.load(path, weights_only=False).state_dict(), path)",
-        ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path}: holds a {type(state).__name__}, not a state_dict of tensors",
-                           "save model.state_dict(), not the model")
-    return state
 
 
 def handler_section(mv, metadata):
@@ -178,30 +131,9 @@ def source_probabilities(mv, handler_config, image_paths):
     """Class probabilities of the source model (model_defs + weights) with the handler's preprocessing."""
     import torch
 
-    image_io = _import_file(HANDLERS_DIR / "image_io.py", "marforge_source_image_io")
+    image_io = import_file(HANDLERS_DIR / "image_io.py", "marforge_source_image_io")
     config = image_io.HandlerConfig.from_dict(handler_config)
-    model = build_model(mv.model_def)
-    model.load_state_dict(load_state_dict(mv.weights))
-    model.eval()
+    model = build_model(mv.model_def, mv.weights)
     inputs = torch.stack([image_io.prepare({"body": p.read_bytes()}, config) for p in image_paths])
     with torch.inference_mode():
         return torch.softmax(model(inputs).float(), dim=1)
-
-
-def build_model(model_def):
-    """Instantiate the one nn.Module class that a model definition file defines, with no arguments."""
-    from torch import nn
-
-    module = _import_file(model_def, f"marforge_model_{Path(model_def).stem}")
-    classes = [c for c in vars(module).values()
-               if isinstance(c, type) and issubclass(c, nn.Module) and c.__module__ == module.__name__]
-    if len(classes) != 1:
-        raise ArchiveError(f"{model_def}: must define exactly one nn.Module class, found {len(classes)}")
-    return classes[0]()
-
-
-def _import_file(path, module_name):
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

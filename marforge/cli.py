@@ -20,6 +20,8 @@ EXAMPLES = {
     "serve": "python -m marforge serve                       # start, wait for READY workers, print URLs",
     "stop": "python -m marforge stop",
     "status": "python -m marforge status",
+    "rollout": "python -m marforge rollout fashion 2.0            # exit 3: rejected, 4: rolled back",
+    "rollback": "python -m marforge rollback fashion",
     "predict": "python -m marforge predict fashion samples/fashion/00000-ankle-boot.png --version 2.0",
     "token": "curl -H \"Authorization: Bearer $(python -m marforge token)\" http://127.0.0.1:8080/ping",
 }
@@ -85,8 +87,36 @@ def cmd_stop(args):
 def cmd_status(args):
     from marforge import status
 
-    rows = status.collect(_client(args), _registry(args))
+    rows = status.collect(_client(args))
     print(json.dumps(rows, indent=2) if args.json else status.format_table(rows))
+
+
+def cmd_rollout(args):
+    from marforge import rollout
+
+    _report_rollout(args, lambda log: rollout.rollout(_client(args), _registry(args), _model_store(args), _run_dir(args),
+                                                     args.name, args.version, retire=args.retire,
+                                                     watch_s=args.watch_seconds, log=log))
+
+
+def cmd_rollback(args):
+    from marforge import rollout
+
+    _report_rollout(args, lambda log: rollout.rollback(_client(args), _registry(args), _model_store(args),
+                                                      _run_dir(args), args.name, log=log))
+
+
+def _report_rollout(args, run):
+    """Print each step as it finishes (or only the JSON report with --json), whatever the outcome."""
+    log = (lambda line: None) if args.json else print
+    try:
+        report = run(log)
+    except MarforgeError as exc:
+        report = getattr(exc, "report", None)
+        if args.json and report is not None:
+            print(report.to_json())
+        raise
+    print(report.to_json() if args.json else f"{report.model} {report.candidate}: {report.outcome}")
 
 
 def cmd_predict(args):
@@ -141,6 +171,21 @@ def build_parser():
         p = command(name, func, text)
         p.add_argument("--run-dir", help="server state, logs and keys (default: .run)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("rollout", cmd_rollout, "register, gate, promote and watch a new version; roll back on failure")
+    p.add_argument("name")
+    p.add_argument("version")
+    p.add_argument("--retire", action="store_true", help="unregister the previous version once drained")
+    p.add_argument("--watch-seconds", type=float, help="how long to watch after promotion (default: registry)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--model-store", help="archives folder (default: model_store)")
+    p.add_argument("--run-dir", help="server state, logs and keys (default: .run)")
+
+    p = command("rollback", cmd_rollback, "make the previously promoted version the default again")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--model-store", help="archives folder (default: model_store)")
+    p.add_argument("--run-dir", help="server state, logs and keys (default: .run)")
 
     p = command("predict", cmd_predict, "send one image to the server and print the JSON answer")
     p.add_argument("name")

@@ -95,8 +95,15 @@ class Client:
                 return models
 
     def describe(self, name, version="all"):
-        """Describe every version of a model (or one version): a list of dicts, one per version."""
-        return self._management("GET", f"/models/{name}/{version}").json()
+        """Describe a model: a list of dicts, one per version.
+
+        `version` is "all" (every version), a version string, or None for the default version only.
+        """
+        return self._management("GET", f"/models/{name}" + (f"/{version}" if version else "")).json()
+
+    def default_version(self, name):
+        [description] = self.describe(name, None)
+        return description["modelVersion"]
 
     def register(self, mar_name, workers, batch_size=1, max_batch_delay_ms=100, response_timeout_s=120,
                  timeout=300.0):
@@ -104,6 +111,10 @@ class Client:
                   "batch_size": batch_size, "max_batch_delay": max_batch_delay_ms,
                   "response_timeout": response_timeout_s}
         return self._management("POST", "/models", params=params, timeout=timeout).json()
+
+    def scale(self, name, version, workers, timeout=120.0):
+        params = {"min_worker": workers, "max_worker": workers, "synchronous": "true"}
+        return self._management("PUT", f"/models/{name}/{version}", params=params, timeout=timeout).json()
 
     def set_default(self, name, version):
         return self._management("PUT", f"/models/{name}/{version}/set-default").json()

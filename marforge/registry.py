@@ -20,10 +20,18 @@ REGISTRY_FILE = "models.toml"
 
 SERVING_KEYS = {"workers", "batch_size", "max_batch_delay_ms", "response_timeout_s"}
 HANDLER_KEYS = {"top_k", "max_pixels"}
-TRAIN_KEYS = {"dataset", "epochs", "batch_size", "lr", "seed"}
+TRAIN_KEYS = {"dataset", "epochs", "batch_size", "lr", "seed", "min_accuracy"}
+ROLLOUT_DEFAULTS = {
+    "min_accuracy": 0.0,  # the candidate's accuracy on the eval set must reach this floor ...
+    "max_accuracy_drop": 0.02,  # ... and be at most this far below the current default's
+    "max_p99_ratio": 3.0,  # candidate p99 <= ratio * default p99 + slack
+    "p99_slack_ms": 25.0,
+    "watch_s": 10.0,  # after promotion, probe the unversioned URL this long
+    "ready_timeout_s": 180.0,  # how long new workers may take to become READY
+}
 VERSION_KEYS = {"model_def", "serving", "handler", "train"}
-MODEL_KEYS = {"default_version", "versions", "serving", "handler"}
-TOP_KEYS = {"serving", "handler", "models"}
+MODEL_KEYS = {"default_version", "versions", "serving", "handler", "rollout"}
+TOP_KEYS = {"serving", "handler", "rollout", "models"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,8 @@ class Model:
     name: str
     default_version: str
     versions: dict  # version string -> ModelVersion, in registry order
+    rollout: dict  # gate and watch thresholds (ROLLOUT_DEFAULTS, overridden by the registry)
+    eval_dir: Path  # labelled held-out images for the rollout gate
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,8 @@ def load(path=None):
     _check_keys(data, TOP_KEYS, "the top level", path)
     serving_defaults = data.get("serving", {})
     handler_defaults = data.get("handler", {})
+    rollout_defaults = {**ROLLOUT_DEFAULTS, **data.get("rollout", {})}
+    _check_keys(rollout_defaults, set(ROLLOUT_DEFAULTS), "[rollout]", path)
     _check_keys(serving_defaults, SERVING_KEYS, "[serving]", path)
     _check_keys(handler_defaults, HANDLER_KEYS, "[handler]", path)
     models = {}
@@ -139,6 +151,8 @@ def load(path=None):
         m_handler = {**handler_defaults, **mtable.get("handler", {})}
         _check_keys(m_serving, SERVING_KEYS, f"{where}.serving", path)
         _check_keys(m_handler, HANDLER_KEYS, f"{where}.handler", path)
+        m_rollout = {**rollout_defaults, **mtable.get("rollout", {})}
+        _check_keys(m_rollout, set(ROLLOUT_DEFAULTS), f"{where}.rollout", path)
         samples = root / "samples" / name
         versions = {}
         for version, vtable in _require(mtable, "versions", where, path).items():
@@ -162,7 +176,8 @@ def load(path=None):
         default = _require(mtable, "default_version", where, path)
         if default not in versions:
             raise RegistryError(f"{path}: {where} default_version {default!r} is not one of its versions")
-        models[name] = Model(name=name, default_version=default, versions=versions)
+        models[name] = Model(name=name, default_version=default, versions=versions, rollout=m_rollout,
+                             eval_dir=root / "eval" / name)
     return Registry(path=path, models=models)
 
 

@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from marforge import state
+from marforge.weights import sha256_of
 from marforge.client import Client, Endpoints
 from marforge.errors import ServerError
 
@@ -44,28 +46,26 @@ def read_properties(path):
     return props
 
 
-def model_snapshot(registry, model_store, defaults=None):
-    """The `model_snapshot` JSON that loads every registry version, with each model's default fixed."""
+def model_snapshot(versions, model_store, defaults):
+    """The `model_snapshot` JSON that loads `versions`, with each model's default version fixed.
+
+    `defaults` maps every model name among `versions` to the version that takes unversioned traffic.
+    """
     models = {}
-    for model in registry.models.values():
-        default = (defaults or {}).get(model.name, model.default_version)
-        models[model.name] = {
-            mv.version: {
-                "defaultVersion": mv.version == default,
-                "marName": mv.archive_path(model_store).name,
-                "minWorkers": mv.serving["workers"],
-                "maxWorkers": mv.serving["workers"],
-                "batchSize": mv.serving["batch_size"],
-                "maxBatchDelay": mv.serving["max_batch_delay_ms"],
-                "responseTimeout": mv.serving["response_timeout_s"],
-            }
-            for mv in model.versions.values()
+    for mv in versions:
+        models.setdefault(mv.name, {})[mv.version] = {
+            "defaultVersion": mv.version == defaults[mv.name],
+            "marName": mv.archive_path(model_store).name,
+            "minWorkers": mv.serving["workers"],
+            "maxWorkers": mv.serving["workers"],
+            "batchSize": mv.serving["batch_size"],
+            "maxBatchDelay": mv.serving["max_batch_delay_ms"],
+            "responseTimeout": mv.serving["response_timeout_s"],
         }
-    count = sum(len(versions) for versions in models.values())
-    return {"name": "marforge.cfg", "modelCount": count, "models": models}
+    return {"name": "marforge.cfg", "modelCount": len(versions), "models": models}
 
 
-def render_config(base_config, registry, model_store, ports=None, defaults=None):
+def render_config(base_config, versions, model_store, defaults, ports=None):
     """The properties a server starts with: the base config, the model store, the snapshot, ports.
 
     `ports` (keys inference, management, metrics, grpc_inference, grpc_management) moves every
@@ -82,7 +82,7 @@ def render_config(base_config, registry, model_store, ports=None, defaults=None)
         for key in GRPC_PORT_KEYS:
             props[key] = str(ports[key.removesuffix("_port")])
     props["model_store"] = str(Path(model_store).resolve())
-    props["model_snapshot"] = json.dumps(model_snapshot(registry, model_store, defaults))
+    props["model_snapshot"] = json.dumps(model_snapshot(versions, model_store, defaults))
     return props
 
 
@@ -219,16 +219,32 @@ def _wait_gone(pids, timeout):
     return True
 
 
-def serve(registry, model_store, run_dir, base_config, ports=None, timeout=300.0):
-    """Start a server for every registry version (archives must be built) and wait until all are READY."""
+def serve(registry, model_store, run_dir, base_config, ports=None, timeout=300.0, versions=None):
+    """Start a server and wait until every version it loads is READY.
+
+    It loads `versions` (default: every registry version not retired by a rollout) from built
+    archives, with each model's default taken from the run dir's state (the last promotion) or,
+    failing that, from the registry.
+    """
     model_store = Path(model_store)
-    missing = [str(mv.archive_path(model_store)) for mv in registry.all_versions()
-               if not mv.archive_path(model_store).is_file()]
+    saved = state.load(run_dir)
+    if versions is None:
+        versions = [mv for mv in registry.all_versions() if mv.version not in saved["retired"].get(mv.name, [])]
+    missing = [str(mv.archive_path(model_store)) for mv in versions if not mv.archive_path(model_store).is_file()]
     if missing:
         raise ServerError(f"archives not built: {', '.join(missing)}", "make archive")
-    props = render_config(base_config, registry, model_store, ports=ports)
-    expected = [(mv.name, mv.version) for mv in registry.all_versions()]
-    return start(run_dir, props, expected, timeout=timeout)
+    loaded = {(mv.name, mv.version) for mv in versions}
+    defaults = {}
+    for name in dict.fromkeys(mv.name for mv in versions):
+        defaults[name] = saved["defaults"].get(name, registry.models[name].default_version)
+        if (name, defaults[name]) not in loaded:
+            raise ServerError(f"the default of {name} is {defaults[name]} (from {'state.json' if name in saved['defaults'] else 'models.toml'}), "
+                              "which is not among the versions to load", f"marforge rollback {name}, or fix {Path(run_dir) / state.STATE_FILE}")
+    props = render_config(base_config, versions, model_store, defaults, ports=ports)
+    started = start(run_dir, props, sorted(loaded), timeout=timeout)
+    for mv in versions:
+        state.record_archive(run_dir, mv.key, sha256_of(mv.archive_path(model_store)))
+    return started
 
 
 def summary(server, registry):
@@ -241,7 +257,8 @@ def summary(server, registry):
         versions = ", ".join(v + (" (default)" if v == model.default_version else "") for v in model.versions)
         lines.append(f"  {model.name}: {versions}")
     first = next(iter(registry.models.values()))
-    sample = next(iter(sorted(first.versions[first.default_version].samples.glob("*.png"))), "image.png")
+    sample = next(iter(sorted(first.versions[first.default_version].samples.glob("*.png"))), Path("image.png"))
+    sample = os.path.relpath(sample)
     lines += ["Query it (the token is TorchServe's inference key from key_file.json):",
               f'  curl -H "Authorization: Bearer $(make -s token)" -T {sample} {e.inference}/predictions/{first.name}',
               "Stop it: make stop"]

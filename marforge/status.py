@@ -7,20 +7,18 @@ which answers Healthy while workers crash.
 from marforge.client import version_ready
 
 
-def collect(client, registry=None):
-    """One row per registered version: name, version, default, worker states, pending requests."""
-    names = [m["modelName"] for m in client.list_models()]
+def collect(client):
+    """One dict per registered version: model, version, default, ready, workers, queue, archive."""
     rows = []
-    for name in names:
+    for name in sorted(m["modelName"] for m in client.list_models()):
+        default = client.default_version(name)
         for d in client.describe(name):
-            workers = d.get("workers", [])
             rows.append({
-                "model": d["modelName"],
+                "model": name,
                 "version": d["modelVersion"],
-                "default": d["modelUrl"] and _is_default(client, d),
+                "default": d["modelVersion"] == default,
                 "ready": version_ready([d]),
-                "workers": [w.get("status") for w in workers],
-                "min_workers": d.get("minWorkers"),
+                "workers": [w.get("status") for w in d.get("workers", [])],
                 "batch_size": d.get("batchSize"),
                 "pending": d.get("jobQueueStatus", {}).get("pendingRequests"),
                 "archive": d.get("modelUrl"),
@@ -28,15 +26,10 @@ def collect(client, registry=None):
     return rows
 
 
-def _is_default(client, description):
-    return description.get("isDefault", False)
-
-
 def format_table(rows):
-    header = f"{'MODEL':<12} {'VERSION':<9} {'DEFAULT':<8} {'READY':<6} {'WORKERS':<24} {'QUEUE':>5}  ARCHIVE"
-    lines = [header]
+    lines = [f"{'MODEL':<12} {'VERSION':<9} {'DEFAULT':<8} {'READY':<6} {'WORKERS':<24} {'QUEUE':>5}  ARCHIVE"]
     for r in rows:
-        workers = ",".join(r["workers"]) or "none"
+        pending = "-" if r["pending"] is None else r["pending"]
         lines.append(f"{r['model']:<12} {r['version']:<9} {'yes' if r['default'] else '':<8} "
-                     f"{'yes' if r['ready'] else 'NO':<6} {workers:<24} {r['pending'] if r['pending'] is not None else '-':>5}  {r['archive']}")
+                     f"{'yes' if r['ready'] else 'NO':<6} {','.join(r['workers']) or 'none':<24} {pending:>5}  {r['archive']}")
     return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""Weights files and the model definitions they belong to.
+
+A version's weights are `weights/<name>-<version>.pt`, a plain state_dict (tensors only, loadable
+with `weights_only=True`, so loading never unpickles arbitrary objects), with its provenance in
+`weights/<name>-<version>.json` (sha256, labels, preprocessing, metrics, recipe, command). A model
+definition is a file under model_defs/ defining exactly one nn.Module class with a no-argument
+constructor, as TorchServe requires.
+"""
+
+import hashlib
+import importlib.util
+import json
+import pickle
+from pathlib import Path
+
+from marforge.errors import WeightsError
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_metadata(mv):
+    """The weights' provenance metadata, after checking that the weights file matches it."""
+    if not mv.metadata.is_file():
+        raise WeightsError(f"{mv.metadata}: weights metadata not found",
+                           f"make weights (or python -m marforge.train {mv.name} {mv.version})")
+    metadata = json.loads(mv.metadata.read_text())
+    if not mv.weights.is_file():
+        raise WeightsError(f"{mv.weights}: weights file not found", "git checkout weights/ or make weights")
+    actual = sha256_of(mv.weights)
+    if actual != metadata.get("sha256"):
+        raise WeightsError(
+            f"{mv.weights}: sha256 {actual[:12]}... does not match {mv.metadata.name} "
+            f"({str(metadata.get('sha256'))[:12]}...): the weights were changed or corrupted",
+            f"git checkout {mv.weights.name} or retrain with: {metadata.get('command', 'make weights')}",
+        )
+    load_state_dict(mv.weights)
+    return metadata
+
+
+def load_state_dict(path):
+    """Load a plain state_dict without unpickling arbitrary objects, or say how to convert the file."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as exc:
+        raise WeightsError(
+            f"{path}: not a plain state_dict loadable with weights_only=True ({str(exc).splitlines()[0]})",
+            "if you trust the file, convert it once: "
+            "torch.save(torch.load(path, weights_only=False).state_dict(), path)",
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: holds a {type(state).__name__}, not a state_dict of tensors",
+                           "save model.state_dict(), not the model")
+    return state
+
+
+def model_class(model_def):
+    """The one nn.Module class that a model definition file defines."""
+    from torch import nn
+
+    module = import_file(model_def, f"marforge_model_{hashlib.sha256(str(model_def).encode()).hexdigest()[:12]}")
+    classes = [c for c in vars(module).values()
+               if isinstance(c, type) and issubclass(c, nn.Module) and c.__module__ == module.__name__]
+    if len(classes) != 1:
+        raise WeightsError(f"{model_def}: must define exactly one nn.Module class, found {len(classes)}")
+    return classes[0]
+
+
+def build_model(model_def, weights=None):
+    """Instantiate the model with no arguments (as TorchServe does), load `weights` if given, eval mode."""
+    model = model_class(model_def)()
+    if weights is not None:
+        model.load_state_dict(load_state_dict(weights))
+    return model.eval()
+
+
+def import_file(path, module_name):
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,77 @@
+"""The image-classifier handler, loaded by TorchServe's own model loader from a staged model dir.
+
+No server and no archiver: requests go through `Service.predict` with a real Context, so
+per-request status codes are what a worker would send to the frontend.
+"""
+
+import base64
+
+import pytest
+import torch
+
+from conftest import stage_model_dir
+from marforge import archive
+from marforge.worker import LoadedArchive
+
+
+@pytest.fixture(scope="module", params=["fashion-1.0", "fashion-2.0", "digits-1.0"])
+def loaded(request, registry, tmp_path_factory):
+    mv = registry.by_key(request.param)
+    with LoadedArchive(stage_model_dir(mv, tmp_path_factory.mktemp(mv.key))) as handler:
+        yield mv, handler
+
+
+def test_samples_get_the_true_label_with_model_and_version(loaded):
+    mv, handler = loaded
+    samples = archive.sample_files(mv)
+    answers = handler.predict([{"body": path.read_bytes()} for path, _ in samples])
+    assert [a.status for a in answers] == [200] * len(samples)
+    for (path, label), answer in zip(samples, answers):
+        body = answer.json()
+        assert (body["model"], body["version"]) == (mv.name, mv.version)
+        assert body["predictions"][0]["label"] == label, path.name
+        assert len(body["predictions"]) == mv.handler["top_k"]
+        assert answer.content_type == "application/json"
+
+
+def test_answers_match_the_source_model(loaded):
+    mv, handler = loaded
+    paths = [path for path, _ in archive.sample_files(mv)]
+    expected = archive.source_probabilities(mv, handler.service.context.model_yaml_config["handler"], paths)
+    for probs, answer in zip(expected, handler.predict([{"body": p.read_bytes()} for p in paths])):
+        for p in answer.json()["predictions"]:
+            assert p["probability"] == pytest.approx(float(probs[p["index"]]), abs=1e-5)
+        assert answer.json()["predictions"][0]["index"] == int(torch.argmax(probs))
+
+
+def test_one_bad_request_fails_alone_in_its_batch(loaded):
+    mv, handler = loaded
+    (good_path, label), *_ = archive.sample_files(mv)
+    good = good_path.read_bytes()
+    batch = [{"body": good}, {"body": b""}, {"body": {"data": base64.b64encode(good).decode()}},
+             {"body": b"\x89PNG\r\n\x1a\n" + b"\0" * 40}, {"data": good}]
+    answers = handler.predict(batch)
+    assert [a.status for a in answers] == [200, 400, 200, 400, 200]
+    assert answers[1].json()["type"] == "EmptyInput"
+    assert answers[3].json()["type"] == "InvalidImage"
+    assert answers[3].json()["model"] == mv.name
+    alone = handler.predict([{"body": good}])[0].json()
+    for idx in (0, 2, 4):
+        assert answers[idx].json() == alone
+        assert answers[idx].json()["predictions"][0]["label"] == label
+
+
+def test_an_all_bad_batch_leaves_the_worker_serving(loaded):
+    mv, handler = loaded
+    answers = handler.predict([{"body": b"not an image"}, {"body": b""}])
+    assert [a.status for a in answers] == [400, 400]
+    (path, label), *_ = archive.sample_files(mv)
+    assert handler.predict([{"body": path.read_bytes()}])[0].json()["predictions"][0]["label"] == label
+
+
+def test_missing_handler_section_fails_loading_with_a_clear_error(registry, tmp_path):
+    model_dir = stage_model_dir(registry.by_key("digits-1.0"), tmp_path)
+    (model_dir / "model-config.yaml").write_text("minWorkers: 1\n")
+    with pytest.raises(ValueError, match="needs a 'handler:' section"):
+        with LoadedArchive(model_dir):
+            pass

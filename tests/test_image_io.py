@@ -1,0 +1,163 @@
+"""Request decoding and preprocessing (handlers/image_io.py), with images made here by Pillow."""
+
+import base64
+import io
+import json
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import image_io
+
+CONFIG = image_io.HandlerConfig.from_dict({
+    "image_size": [28, 28], "color": "grayscale", "mean": [0.5], "std": [0.25],
+    "labels": [str(i) for i in range(10)], "top_k": 3, "max_pixels": 4096 * 4096,
+})
+
+
+def encode(image, fmt="PNG", **kwargs):
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def gradient(size=(28, 28)):
+    """A deterministic 8-bit grayscale test image."""
+    w, h = size
+    return Image.fromarray((np.add.outer(np.arange(h), np.arange(w)) * 255 // (w + h - 2)).astype(np.uint8), "L")
+
+
+def pixels(tensor):
+    """Back from a normalised tensor to 0..255 values, for comparing with source pixels."""
+    return (tensor * CONFIG.std[0] + CONFIG.mean[0]) * 255
+
+
+def test_grayscale_png_round_trips_exactly():
+    image = gradient()
+    tensor = image_io.prepare({"body": bytearray(encode(image))}, CONFIG)
+    assert tensor.shape == (1, 28, 28)
+    assert torch.allclose(pixels(tensor)[0], torch.tensor(np.asarray(image), dtype=torch.float32), atol=1e-3)
+
+
+def test_normalisation_uses_mean_and_std():
+    white = Image.new("L", (28, 28), 255)
+    tensor = image_io.prepare({"body": encode(white)}, CONFIG)
+    assert torch.allclose(tensor, torch.full((1, 28, 28), (1.0 - 0.5) / 0.25))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "P", "CMYK", "1", "LA", "RGBA"])
+def test_other_modes_become_grayscale(mode):
+    image = gradient().convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    tensor = image_io.prepare({"body": encode(image, fmt)}, CONFIG)
+    assert tensor.shape == (1, 28, 28)
+    if mode in ("RGB", "P", "LA", "RGBA"):  # lossless and opaque: the same pixels come back
+        assert torch.allclose(pixels(tensor)[0], torch.tensor(np.asarray(gradient()), dtype=torch.float32), atol=1.5)
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped():
+    deep = Image.fromarray(np.asarray(gradient(), dtype=np.uint16) * 257)
+    assert deep.mode == "I;16"
+    tensor = image_io.prepare({"body": encode(deep)}, CONFIG)
+    assert torch.allclose(pixels(tensor)[0], torch.tensor(np.asarray(gradient()), dtype=torch.float32), atol=1e-3)
+
+
+def test_transparent_pixels_become_black():
+    image = Image.new("RGBA", (28, 28), (255, 255, 255, 0))
+    tensor = image_io.prepare({"body": encode(image)}, CONFIG)
+    assert torch.allclose(pixels(tensor), torch.zeros(1, 28, 28), atol=1e-3)
+
+
+def test_any_size_is_resized():
+    tensor = image_io.prepare({"body": encode(gradient((300, 200)).convert("RGB"), "JPEG")}, CONFIG)
+    assert tensor.shape == (1, 28, 28)
+
+
+def test_rgb_config_gives_three_channels():
+    config = image_io.HandlerConfig.from_dict({**vars(CONFIG), "color": "rgb", "mean": [0.5] * 3, "std": [0.25] * 3})
+    tensor = image_io.prepare({"body": encode(Image.new("RGB", (10, 10), (255, 0, 0)))}, config)
+    assert tensor.shape == (3, 28, 28)
+    assert tensor[0].min() > 1.9 and tensor[1].max() < -1.9
+
+
+@pytest.mark.parametrize("row", [
+    {"body": encode(gradient())},
+    {"data": encode(gradient())},  # multipart field "data"
+    {"file": encode(gradient())},  # multipart field of another name
+    {"body": {"data": base64.b64encode(encode(gradient())).decode()}},  # JSON parsed by TorchServe
+    {"body": json.dumps({"data": base64.b64encode(encode(gradient())).decode()}).encode()},  # JSON as bytes
+])
+def test_every_way_of_sending_an_image(row):
+    assert image_io.extract_payload(row) == encode(gradient())
+
+
+@pytest.mark.parametrize("row, kind, fragment", [
+    ({"body": b""}, "EmptyInput", "no image"),
+    ({}, "EmptyInput", "no image"),
+    ({"body": "hello"}, "InvalidInput", "text, not an image"),
+    ({"body": b"{not json"}, "InvalidJSON", "not valid JSON"),
+    ({"body": {"image": "abc"}}, "InvalidJSON", "got keys image"),
+    ({"body": [1, 2]}, "InvalidJSON", "got list"),
+    ({"body": {"data": "@@not base64@@"}}, "InvalidBase64", "not valid base64"),
+])
+def test_bad_requests_say_what_is_wrong(row, kind, fragment):
+    with pytest.raises(image_io.BadInput) as caught:
+        image_io.prepare(row, CONFIG)
+    assert caught.value.kind == kind and fragment in caught.value.message
+    assert 400 <= caught.value.code < 500
+
+
+def test_random_bytes_are_not_an_image():
+    with pytest.raises(image_io.BadInput, match="not an image format") as caught:
+        image_io.prepare({"body": bytes(range(256)) * 4}, CONFIG)
+    assert caught.value.code == 400
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_files_are_refused(fmt):
+    data = encode(gradient((64, 64)).convert("RGB"), fmt)
+    with pytest.raises(image_io.BadInput, match="broken or truncated"):
+        image_io.prepare({"body": data[: len(data) // 2]}, CONFIG)
+
+
+@pytest.mark.parametrize("side, fragment", [
+    (5000, "declares 5000x5000 pixels"),  # over our max_pixels, under Pillow's own limit
+    (100000, "decompression bomb"),  # Pillow refuses this itself
+])
+def test_absurd_declared_dimensions_are_refused_before_decoding(side, fragment):
+    # A tiny valid PNG whose header (with a correct CRC) declares side x side pixels.
+    png = encode(Image.new("L", (1, 1)))
+    ihdr = png[12:16] + side.to_bytes(4, "big") * 2 + png[24:29]
+    bomb = png[:12] + ihdr + zlib.crc32(ihdr).to_bytes(4, "big") + png[33:]
+    with pytest.raises(image_io.BadInput) as caught:
+        image_io.prepare({"body": bomb}, CONFIG)
+    assert caught.value.kind == "ImageTooLarge" and caught.value.code == 413
+    assert fragment in caught.value.message
+
+
+def test_multi_frame_gif_is_refused():
+    frames = [gradient(), Image.new("L", (28, 28), 0)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    with pytest.raises(image_io.BadInput, match="2 frames"):
+        image_io.prepare({"body": data}, CONFIG)
+
+
+def test_top_k_orders_labels_by_probability():
+    probabilities = torch.tensor([0.1, 0.6, 0.05, 0.25] + [0.0] * 6)
+    top = image_io.top_k(probabilities, CONFIG)
+    assert [t["label"] for t in top] == ["1", "3", "0"]
+    assert top[0]["probability"] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"color": "cmyk"}, "color must be one of"),
+    ({"mean": [0.1, 0.2]}, "need 1 value"),
+    ({"shape": 3}, "unknown key"),
+    ({"labels": []}, "labels must not be empty"),
+])
+def test_config_errors_are_specific(change, message):
+    with pytest.raises(ValueError, match=message):
+        image_io.HandlerConfig.from_dict({**vars(CONFIG), **change})

@@ -1,0 +1,110 @@
+"""Against one real TorchServe (Java frontend + Python workers) on free ports, as `make serve` runs it."""
+
+import base64
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from marforge.errors import ApiError
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_server_listens_on_its_own_five_ports(live_server, ports):
+    for name, port in ports.items():
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) == 0, f"{name} port {port} is not listening"
+    assert (live_server.run_dir / "tmp" / ".model_server.pid").read_text().strip() == str(live_server.pid)
+    assert (live_server.run_dir / "logs" / "ts_log.log").exists()
+
+
+def test_every_version_has_ready_workers(live_server, registry):
+    for mv in registry.all_versions():
+        [description] = live_server.client.describe(mv.name, mv.version)
+        assert description["workers"] and {w["status"] for w in description["workers"]} == {"READY"}
+        assert description["batchSize"] == mv.serving["batch_size"]
+        assert description["minWorkers"] == mv.serving["workers"]
+
+
+def test_every_version_answers_the_samples_correctly(live_server, registry, samples):
+    for mv in registry.all_versions():
+        for path, label in samples[mv.name]:
+            answer = live_server.client.predict(mv.name, path.read_bytes(), version=mv.version)
+            assert (answer["model"], answer["version"]) == (mv.name, mv.version)
+            assert answer["predictions"][0]["label"] == label, f"{mv.key} on {path.name}"
+
+
+def test_the_unversioned_url_reaches_the_configured_default(live_server, registry, samples):
+    for model in registry.models.values():
+        path, _ = samples[model.name][0]
+        assert live_server.client.predict(model.name, path.read_bytes())["version"] == model.default_version
+        assert live_server.client.default_version(model.name) == model.default_version
+
+
+def test_json_and_multipart_requests_work(live_server, samples):
+    path, label = samples["fashion"][0]
+    url = f"{live_server.client.endpoints.inference}/predictions/fashion/2.0"
+    auth = {"Authorization": f"Bearer {live_server.client.key('inference')}"}
+    as_json = requests.post(url, json={"data": base64.b64encode(path.read_bytes()).decode()}, headers=auth, timeout=30)
+    as_form = requests.post(url, files={"data": path.read_bytes()}, headers=auth, timeout=30)
+    for response in (as_json, as_form):
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"][0]["label"] == label
+
+
+def test_bad_input_gets_a_4xx_and_the_next_request_succeeds(live_server, samples):
+    path, label = samples["fashion"][0]
+    for bad in (b"", b"definitely not an image", path.read_bytes()[:100]):
+        with pytest.raises(ApiError) as caught:
+            live_server.client.predict("fashion", bad, version="1.0")
+        assert 400 <= caught.value.status < 500
+        assert json.loads(caught.value.body)["type"] in {"EmptyInput", "InvalidImage"}
+        assert live_server.client.predict("fashion", path.read_bytes(), version="1.0")["predictions"][0]["label"] == label
+
+
+def test_concurrent_good_and_bad_requests_are_answered_each_on_its_own(live_server, samples):
+    path, label = samples["fashion"][0]
+    good = path.read_bytes()
+
+    def send(i):
+        try:
+            return live_server.client.predict("fashion", good if i % 3 else b"junk", version="2.0")["predictions"][0]["label"]
+        except ApiError as exc:
+            return exc.status
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(send, range(48)))
+    assert results == [label if i % 3 else 400 for i in range(48)]
+
+
+def test_metrics_count_requests_for_every_model(live_server, registry, samples):
+    for name in registry.models:
+        live_server.client.predict(name, samples[name][0][0].read_bytes())
+    text = live_server.client.metrics()
+    for name in registry.models:
+        assert any(line.startswith("ts_inference_requests_total{") and f'model_name="{name}"' in line
+                   for line in text.splitlines()), f"no ts_inference_requests_total for {name}"
+
+
+def test_requests_without_the_right_token_are_refused(live_server, samples):
+    body = samples["fashion"][0][0].read_bytes()
+    url = f"{live_server.client.endpoints.inference}/predictions/fashion"
+    assert requests.post(url, data=body, timeout=30).status_code == 400
+    wrong = {"Authorization": "Bearer not-the-key"}
+    response = requests.post(url, data=body, headers=wrong, timeout=30)
+    assert response.status_code == 400 and "InvalidKeyException" in response.text
+    management = {"Authorization": f"Bearer {live_server.client.key('inference')}"}
+    assert requests.get(f"{live_server.client.endpoints.management}/models", headers=management, timeout=30).status_code == 400
+
+
+def test_status_reports_ready_versions_and_defaults(live_server, registry):
+    from marforge import status
+
+    rows = status.collect(live_server.client)
+    assert {(r["model"], r["version"]) for r in rows} == {(mv.name, mv.version) for mv in registry.all_versions()}
+    assert all(r["ready"] for r in rows)
+    assert {r["model"]: r["version"] for r in rows if r["default"]} == {
+        m.name: m.default_version for m in registry.models.values()}
