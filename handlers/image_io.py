@@ -1,6 +1,6 @@
 """Request decoding and image preprocessing for marforge's image-classifier handler.
 
-Shipped flat beside `image_classifier.py` in every archive and imported as a top-level module. It
+Shipped flat beside `image_handler.py` in every archive and imported as a top-level module. It
 holds everything that is not the handler class itself (TorchServe's loader insists that the handler
 module define exactly one class). Nothing here knows about TorchServe, so it is tested directly.
 

@@ -27,7 +27,7 @@ from marforge.weights import build_model, import_file, read_metadata
 from marforge.worker import LoadedArchive
 
 HANDLERS_DIR = Path(__file__).resolve().parent.parent / "handlers"
-HANDLER_FILE = "image_classifier.py"
+HANDLER_FILE = "image_handler.py"
 TOLERANCE = 1e-5
 
 

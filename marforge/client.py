@@ -47,7 +47,7 @@ class Client:
 
     # -- tokens ---------------------------------------------------------------------------------
     def key(self, kind):
-        """The current `inference` or `management` key, or None when token auth is off (no key file)."""
+        """The current `inference`, `management` or `API` key, or None when token auth is off (no key file)."""
         if self.key_file is None or not self.key_file.exists():
             return None
         try:
@@ -56,9 +56,26 @@ class Client:
             raise ServerError(f"{self.key_file}: unreadable TorchServe key file ({exc})", "make stop && make serve") from None
 
     # -- plumbing ---------------------------------------------------------------------------------
+    def refresh_key(self, kind):
+        """Ask TorchServe for a new `inference` or `management` key (they expire after
+        token_expiration_min, 60 by default); TorchServe rewrites key_file.json with it."""
+        api_key = self.key("API")
+        if not api_key:
+            return False
+        self._send("POST", f"{self.endpoints.management}/token", api_key, params={"type": kind})
+        return True
+
     def _request(self, method, url, key_kind=None, **kwargs):
-        headers = kwargs.pop("headers", {})
         key = self.key(key_kind) if key_kind else None
+        try:
+            return self._send(method, url, key, **kwargs)
+        except ApiError as exc:
+            if not (key and exc.status == 400 and "InvalidKeyException" in exc.body and self.refresh_key(key_kind)):
+                raise
+        return self._send(method, url, self.key(key_kind), **kwargs)  # once more, with the new key
+
+    def _send(self, method, url, key, headers=None, **kwargs):
+        headers = dict(headers or {})
         if key:
             headers["Authorization"] = f"Bearer {key}"
         try:

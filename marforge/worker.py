@@ -10,6 +10,7 @@ tests use it; it is the closest thing to a worker that needs no Java frontend.
         answer.status, answer.json()
 """
 
+import importlib
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ class LoadedArchive:
         self.model_dir = None
         self.service = None
         self._modules_before = None
+        self._shadowed = {}
 
     def __enter__(self):
         from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
@@ -58,6 +60,10 @@ class LoadedArchive:
             with zipfile.ZipFile(self.mar_path) as archive:
                 archive.extractall(self.model_dir)
         manifest = json.loads(Path(self.model_dir, "MAR-INF", "MANIFEST.json").read_text())
+        # The archive's own modules must be imported from it, even if a module of the same name
+        # (e.g. the repo's handlers/image_io.py) is already loaded: set those aside until exit.
+        self._shadowed = {p.stem: sys.modules.pop(p.stem) for p in Path(self.model_dir).glob("*.py")
+                          if p.stem in sys.modules}
         self._modules_before = set(sys.modules)
         sys.path.insert(0, self.model_dir)
         ts_logger = logging.getLogger("ts")
@@ -67,6 +73,9 @@ class LoadedArchive:
             metrics = MetricsCacheYamlImpl(config_file_path=_ts_metrics_config())
             metrics.initialize_cache()
             metrics.model_name = manifest["model"]["modelName"]
+            # TorchServe's loader answers an ImportError in the handler by trying a built-in handler
+            # of the same name, which hides the real error: import it first so that error surfaces.
+            importlib.import_module(manifest["model"]["handler"].split(":")[0].removesuffix(".py"))
             self.service = ModelLoaderFactory.get_model_loader().load(
                 manifest["model"]["modelName"], self.model_dir, manifest["model"]["handler"],
                 None, self.batch_size, None, True, metrics,
@@ -101,6 +110,7 @@ class LoadedArchive:
             origin = getattr(sys.modules[name], "__file__", None) or ""
             if origin.startswith(self.model_dir):
                 del sys.modules[name]
+        sys.modules.update(self._shadowed)
         if not self.unpacked:
             shutil.rmtree(self.model_dir, ignore_errors=True)
         return False

@@ -47,7 +47,7 @@ def stage_model_dir(mv, dest):
     (dest / "model-config.yaml").write_text(yaml.safe_dump({"handler": archive.handler_section(mv, metadata)}))
     (dest / "MAR-INF").mkdir(exist_ok=True)
     (dest / "MAR-INF" / "MANIFEST.json").write_text(json.dumps({"model": {
-        "modelName": mv.name, "modelVersion": mv.version, "handler": "image_classifier.py",
+        "modelName": mv.name, "modelVersion": mv.version, "handler": "image_handler.py",
         "modelFile": mv.model_def.name, "serializedFile": mv.weights.name, "configFile": "model-config.yaml",
     }}))
     return dest
@@ -86,3 +86,19 @@ def live_server(registry, store, ports, tmp_path_factory):
 def samples(registry):
     """{model name: [(path, true label)]} for the committed sample images."""
     return {name: archive.sample_files(next(iter(m.versions.values()))) for name, m in registry.models.items()}
+
+
+@pytest.fixture(scope="session")
+def measurements():
+    """Numbers a test measured, printed at the end of the run (e.g. worker recovery time)."""
+    return MEASURED
+
+
+MEASURED = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MEASURED:
+        terminalreporter.section("measured")
+        for name, value in MEASURED.items():
+            terminalreporter.write_line(f"{name}: {value}")

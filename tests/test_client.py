@@ -97,3 +97,31 @@ def test_wait_ready_times_out_naming_the_version(key_file):
 def test_wait_ready_stops_at_once_when_the_server_died(key_file):
     with pytest.raises(ServerError, match="exited"):
         Client(ENDPOINTS, key_file=key_file, session=FakeSession()).wait_ready([("m", "1.0")], alive=lambda: False)
+
+
+def test_an_expired_key_is_refreshed_once_with_the_api_key(key_file):
+    expired = {"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed"}
+
+    class RefreshingSession(FakeSession):
+        def request(self, method, url, headers=None, timeout=None, **kwargs):
+            if url.endswith("/token"):  # TorchServe writes the new key to key_file.json
+                key_file.write_text(json.dumps({"management": {"key": "MGMT"}, "inference": {"key": "NEW"},
+                                                "API": {"key": "API"}}))
+            return super().request(method, url, headers, timeout, **kwargs)
+
+    session = RefreshingSession((400, expired), (200, {}), (200, {"model": "m"}))
+    answer = Client(ENDPOINTS, key_file=key_file, session=session).predict("m", b"img")
+    assert answer == {"model": "m"}
+    assert [(s["url"], s["headers"]["Authorization"]) for s in session.sent] == [
+        ("http://127.0.0.1:1/predictions/m", "Bearer INFER"),
+        ("http://127.0.0.1:2/token", "Bearer API"),
+        ("http://127.0.0.1:1/predictions/m", "Bearer NEW")]
+    assert session.sent[1]["params"] == {"type": "inference"}
+
+
+def test_a_key_that_stays_invalid_is_reported_not_retried_forever(key_file):
+    expired = {"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed"}
+    session = FakeSession((400, expired), (200, {}), (400, expired))
+    with pytest.raises(ApiError, match="InvalidKeyException"):
+        Client(ENDPOINTS, key_file=key_file, session=session).describe("m")
+    assert len(session.sent) == 3

@@ -108,3 +108,30 @@ def test_status_reports_ready_versions_and_defaults(live_server, registry):
     assert all(r["ready"] for r in rows)
     assert {r["model"]: r["version"] for r in rows if r["default"]} == {
         m.name: m.default_version for m in registry.models.values()}
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://127.0.0.1:9/fashion-2.0.mar", "does not match any allowed URL"),
+    ("file:///etc/passwd", "does not match any allowed URL"),
+    ("../model_store/fashion-2.0.mar", "Relative path is not allowed"),
+])
+def test_registration_only_from_the_model_store(live_server, url, message):
+    with pytest.raises(ApiError) as caught:
+        live_server.client.register(url, workers=0)
+    assert caught.value.status == 404 and message in caught.value.body
+
+
+def test_the_key_file_is_private(live_server):
+    assert (live_server.run_dir / "key_file.json").stat().st_mode & 0o077 == 0
+
+
+def test_workers_get_a_share_of_the_cores_not_all_of_them(live_server, registry):
+    from marforge.server import threads_per_worker
+
+    expected = threads_per_worker(sum(mv.serving["workers"] for mv in registry.all_versions()))
+    for mv in registry.all_versions():
+        [description] = live_server.client.describe(mv.name, mv.version)
+        for worker in description["workers"]:
+            environ = open(f"/proc/{worker['pid']}/environ", "rb").read().split(b"\0")
+            assert f"OMP_NUM_THREADS={expected}".encode() in environ
+    assert threads_per_worker(3, cpus=2) == 1 and threads_per_worker(2, cpus=8) == 4

@@ -7,7 +7,10 @@ fashion 9.0 (the 2.0 weights with the output layer's rows shuffled: it loads, an
 """
 
 import json
+import os
 import shutil
+import signal
+import time
 import zipfile
 
 import pytest
@@ -15,7 +18,7 @@ import torch
 
 from conftest import ROOT, free_ports
 from loadgen import Load
-from marforge import archive, registry as registry_module, rollout, server, state, weights
+from marforge import archive, registry as registry_module, rollout, server, state, status, weights
 from marforge.errors import ApiError
 
 pytestmark = pytest.mark.integration
@@ -165,7 +168,21 @@ def test_4_retire_under_load_drops_nothing_and_rollback_brings_it_back(env):
     assert "1.0" not in state.load(env["run_dir"])["retired"].get("fashion", [])
 
 
-def test_5_a_restart_keeps_the_promoted_default(env):
+def test_5_status_reports_a_version_whose_workers_cannot_load(env):
+    client = env["server"].client
+    with pytest.raises(ApiError) as caught:  # registered by hand, skipping marforge's checks
+        client.register("fashion-8.0.mar", workers=1)
+    assert caught.value.status == 500
+    try:
+        assert client.ping()["status"] == "Healthy"  # TorchServe's own health check sees nothing wrong
+        rows = {r["version"]: r for r in status.collect(client) if r["model"] == "fashion"}
+        assert rows["8.0"]["ready"] is False and rows["1.0"]["ready"] is True
+        assert "NO" in status.format_table(list(rows.values()))
+    finally:
+        client.unregister("fashion", "8.0")
+
+
+def test_6_a_restart_keeps_the_promoted_default(env):
     do_rollout(env, "2.0")
     assert env["server"].client.default_version("fashion") == "2.0"
     server.stop(env["run_dir"])
@@ -178,3 +195,19 @@ def test_5_a_restart_keeps_the_promoted_default(env):
     assert client.predict("fashion", sample)["version"] == "2.0"
     with pytest.raises(ApiError):
         client.describe("fashion", "9.0")
+
+
+def test_7_a_killed_server_comes_back_with_everything(env):
+    archives = {p.name: weights.sha256_of(p) for p in env["store"].glob("*.mar")}
+    os.kill(env["server"].pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while server.pid_alive(env["server"].pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    env["server"] = server.serve(env["registry"], env["store"], env["run_dir"], ROOT / "config.properties",
+                                 ports=env["ports"], timeout=240,
+                                 versions=[env["registry"].get("fashion", v) for v in ("1.0", "2.0")])
+    client = env["server"].client
+    assert client.default_version("fashion") == "2.0"
+    assert all(r["ready"] for r in status.collect(client))
+    assert {p.name: weights.sha256_of(p) for p in env["store"].glob("*.mar")} == archives

@@ -8,6 +8,9 @@ only, while the others of the batch are still predicted, and the worker keeps ru
 Answer:  {"model": "fashion", "version": "2.0",
           "predictions": [{"label": "Ankle boot", "index": 9, "probability": 0.97}, ...]}
 Error:   {"code": 400, "type": "InvalidImage", "message": "...", "model": ..., "version": ...}
+
+The file is not called image_classifier.py on purpose: when a handler fails to import, TorchServe
+tries `ts.torch_handler.<same name>`, and would silently serve its own ImageClassifier instead.
 """
 
 import torch
