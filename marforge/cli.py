@@ -116,7 +116,7 @@ def _report_rollout(args, run):
         if args.json and report is not None:
             print(report.to_json())
         raise
-    print(report.to_json() if args.json else f"{report.model} {report.candidate}: {report.outcome}")
+    print(report.to_json() if args.json else report.headline())
 
 
 def cmd_predict(args):

@@ -52,8 +52,9 @@ class RolledBack(MarforgeError):
 @dataclass
 class Report:
     model: str
-    candidate: str
-    previous: str = None
+    candidate: str  # the version that should end up the default
+    previous: str = None  # the default before
+    kind: str = "rollout"
     outcome: str = "running"
     steps: list = field(default_factory=list)
     gate: dict = None
@@ -61,9 +62,10 @@ class Report:
     def to_json(self):
         return json.dumps(asdict(self), indent=2)
 
-    def format(self):
-        lines = [f"{s['step']:<10} {s['seconds']:7.2f}s  {'ok' if s['ok'] else 'FAILED':<6} {s['detail']}" for s in self.steps]
-        return "\n".join(lines + [f"{self.model} {self.candidate}: {self.outcome}"])
+    def headline(self):
+        if self.kind == "rollback":
+            return f"{self.model}: rolled back from {self.previous} to {self.candidate}"
+        return f"{self.model} {self.candidate}: {self.outcome}"
 
 
 @contextmanager
@@ -312,11 +314,12 @@ def rollback(client, registry, model_store, run_dir, name, log=print):
                        "marforge status")
     target = history[-2]
     mv = registry.get(name, target)
-    report = Report(name, target, previous=current)
+    report = Report(name, target, previous=current, kind="rollback")
     with _step(report, "register", log) as s:
+        s["detail"] = f"{target} still registered"
         if not is_registered(client, name, target):
             register_candidate(client, mv, model_store, run_dir, registry.models[name].rollout["ready_timeout_s"])
-            s["detail"] = f"{target} registered again"
+            s["detail"] = f"{target} registered again (it was retired)"
         client.wait_ready([(name, target)], timeout=registry.models[name].rollout["ready_timeout_s"])
     with _step(report, "promote", log) as s:
         client.set_default(name, target)

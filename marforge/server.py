@@ -267,8 +267,9 @@ def summary(server, registry):
              f"  inference  {e.inference}", f"  management {e.management}", f"  metrics    {e.metrics}/metrics",
              f"  logs       {server.run_dir}/logs"]
     for model in registry.models.values():
-        versions = ", ".join(v + (" (default)" if v == model.default_version else "") for v in model.versions)
-        lines.append(f"  {model.name}: {versions}")
+        default = server.client.default_version(model.name)
+        loaded = [d["modelVersion"] for d in server.client.describe(model.name)]
+        lines.append(f"  {model.name}: " + ", ".join(v + (" (default)" if v == default else "") for v in loaded))
     first = next(iter(registry.models.values()))
     sample = next(iter(sorted(first.versions[first.default_version].samples.glob("*.png"))), Path("image.png"))
     sample = os.path.relpath(sample)
