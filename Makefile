@@ -10,6 +10,7 @@ RUN_DIR ?= .run
 MODEL ?= fashion
 VERSION ?=
 RETIRE ?=
+SOAK_MINUTES ?= 5
 IMAGE ?=
 PYTEST_ARGS ?=
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
@@ -82,6 +83,11 @@ rollout: | $(SETUP_STAMP)
 ## rollback: make MODEL's previously promoted version the default again (registers it again if retired)
 rollback: | $(SETUP_STAMP)
 	$(PY) -m marforge rollback $(MODEL) --model-store $(MODEL_STORE) --run-dir $(RUN_DIR)
+
+.PHONY: soak
+## soak: SOAK_MINUTES of moderate load on the running server (make serve first): errors, p99 drift, RSS growth
+soak: | $(SETUP_STAMP)
+	$(PY) -m marforge soak $(MODEL) --minutes $(SOAK_MINUTES) --run-dir $(RUN_DIR)
 
 .PHONY: predict
 ## predict: send IMAGE to MODEL (VERSION optional): make predict MODEL=fashion VERSION=2.0 IMAGE=x.png

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-CONFIG_KEYS = {"image_size", "color", "mean", "std", "labels", "top_k", "max_pixels"}
+CONFIG_KEYS = {"image_size", "color", "mean", "std", "labels", "top_k", "max_pixels", "min_side"}
 CHANNELS = {"grayscale": 1, "rgb": 3}
 PIL_MODE = {"grayscale": "L", "rgb": "RGB"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -49,6 +49,7 @@ class HandlerConfig:
     labels: tuple  # class index -> name
     top_k: int = 3
     max_pixels: int = 4096 * 4096
+    min_side: int = 8  # smaller images carry too little to classify (sklearn's digits are 8 x 8)
 
     @classmethod
     def from_dict(cls, section):
@@ -70,8 +71,8 @@ class HandlerConfig:
             raise ValueError(f"handler mean and std need {CHANNELS[color]} value(s) for {color}")
         if len(size) != 2 or min(size) < 1 or min(std) <= 0:
             raise ValueError("handler image_size needs two positive numbers and std must be positive")
-        config = cls(size, color, mean, std, tuple(section["labels"]),
-                     int(section.get("top_k", 3)), int(section.get("max_pixels", 4096 * 4096)))
+        config = cls(size, color, mean, std, tuple(section["labels"]), int(section.get("top_k", 3)),
+                     int(section.get("max_pixels", 4096 * 4096)), int(section.get("min_side", 8)))
         if not config.labels or config.top_k < 1:
             raise ValueError("handler labels must not be empty and top_k must be at least 1")
         return config
@@ -119,12 +120,14 @@ def _base64_field(obj):
 def decode_image(payload, config):
     """Decode bytes into a PIL image of the configured size and color, or raise BadInput."""
     with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on damaged files; errors still raise
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(payload))
             width, height = image.size
-            if width < 1 or height < 1:
-                raise BadInput("InvalidImage", f"the image has no pixels ({width}x{height})")
+            if min(width, height) < config.min_side:
+                raise BadInput("ImageTooSmall", f"the image is {width}x{height} pixels: too small to classify "
+                               f"(each side needs at least {config.min_side})")
             if width * height > config.max_pixels:
                 raise BadInput("ImageTooLarge", f"the image declares {width}x{height} pixels, more than "
                                f"the {config.max_pixels} this model accepts", 413)
@@ -132,6 +135,7 @@ def decode_image(payload, config):
             if frames > 1:
                 raise BadInput("UnsupportedImage", f"the {image.format} image has {frames} frames: send one frame")
             image.load()
+            image = _to_mode(image, PIL_MODE[config.color])
         except BadInput:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -139,9 +143,8 @@ def decode_image(payload, config):
         except UnidentifiedImageError:
             raise BadInput("InvalidImage", f"the body ({len(payload)} bytes) is not an image format "
                            "Pillow can read (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise BadInput("InvalidImage", f"the image data is broken or truncated: {exc}") from None
-    image = _to_mode(image, PIL_MODE[config.color])
+        except Exception as exc:  # Pillow reports damaged files with many types (OSError, TypeError, ...)
+            raise BadInput("InvalidImage", f"the image data is broken or truncated: {type(exc).__name__}: {exc}") from None
     target = (config.image_size[1], config.image_size[0])  # Pillow sizes are (width, height)
     return image if image.size == target else image.resize(target, Image.BILINEAR)
 

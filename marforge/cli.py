@@ -22,6 +22,7 @@ EXAMPLES = {
     "status": "python -m marforge status",
     "rollout": "python -m marforge rollout fashion 2.0            # exit 3: rejected, 4: rolled back",
     "rollback": "python -m marforge rollback fashion",
+    "soak": "python -m marforge soak fashion --minutes 5",
     "predict": "python -m marforge predict fashion samples/fashion/00000-ankle-boot.png --version 2.0",
     "token": "curl -H \"Authorization: Bearer $(python -m marforge token)\" http://127.0.0.1:8080/ping",
 }
@@ -119,6 +120,24 @@ def _report_rollout(args, run):
     print(report.to_json() if args.json else report.headline())
 
 
+def cmd_soak(args):
+    from marforge import soak
+
+    registry = _registry(args)
+    images = sorted(registry.get(args.name).samples.glob("*.png"))
+    report = soak.soak(_client(args), _run_dir(args), args.name, images, minutes=args.minutes,
+                       concurrency=args.concurrency, log=(lambda line: None) if args.json else print)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for process, start in report.rss_start_mb.items():
+            print(f"RSS {process}: {start} MB after warm-up, {report.rss_end_mb.get(process, 'gone')} MB at the end")
+        print("soak passed: no errors, no memory growth, no p99 drift" if not report.problems
+              else "soak FAILED: " + "; ".join(report.problems))
+    if report.problems:
+        raise MarforgeError("soak failed: " + "; ".join(report.problems), f"read {_run_dir(args)}/logs")
+
+
 def cmd_predict(args):
     client = _client(args)
     answer = client.predict(args.name, Path(args.image).read_bytes(), version=args.version)
@@ -185,6 +204,13 @@ def build_parser():
     p.add_argument("name")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--model-store", help="archives folder (default: model_store)")
+    p.add_argument("--run-dir", help="server state, logs and keys (default: .run)")
+
+    p = command("soak", cmd_soak, "minutes of moderate load on the running server: errors, p99 drift, RSS growth")
+    p.add_argument("name")
+    p.add_argument("--minutes", type=float, default=5.0)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--run-dir", help="server state, logs and keys (default: .run)")
 
     p = command("predict", cmd_predict, "send one image to the server and print the JSON answer")

@@ -19,7 +19,7 @@ from marforge.errors import RegistryError
 REGISTRY_FILE = "models.toml"
 
 SERVING_KEYS = {"workers", "batch_size", "max_batch_delay_ms", "response_timeout_s"}
-HANDLER_KEYS = {"top_k", "max_pixels"}
+HANDLER_KEYS = {"top_k", "max_pixels", "min_side"}
 TRAIN_KEYS = {"dataset", "epochs", "batch_size", "lr", "seed", "min_accuracy"}
 ROLLOUT_DEFAULTS = {
     "min_accuracy": 0.0,  # the candidate's accuracy on the eval set must reach this floor ...

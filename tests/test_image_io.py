@@ -2,8 +2,8 @@
 
 import base64
 import io
+import io
 import json
-import zlib
 
 import numpy as np
 import pytest
@@ -11,23 +11,12 @@ import torch
 from PIL import Image
 
 import image_io
+from images import encode, gradient, multi_frame, png_declaring, sixteen_bit_png, truncated
 
 CONFIG = image_io.HandlerConfig.from_dict({
     "image_size": [28, 28], "color": "grayscale", "mean": [0.5], "std": [0.25],
     "labels": [str(i) for i in range(10)], "top_k": 3, "max_pixels": 4096 * 4096,
 })
-
-
-def encode(image, fmt="PNG", **kwargs):
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def gradient(size=(28, 28)):
-    """A deterministic 8-bit grayscale test image."""
-    w, h = size
-    return Image.fromarray((np.add.outer(np.arange(h), np.arange(w)) * 255 // (w + h - 2)).astype(np.uint8), "L")
 
 
 def pixels(tensor):
@@ -59,9 +48,8 @@ def test_other_modes_become_grayscale(mode):
 
 
 def test_sixteen_bit_png_is_scaled_not_clipped():
-    deep = Image.fromarray(np.asarray(gradient(), dtype=np.uint16) * 257)
-    assert deep.mode == "I;16"
-    tensor = image_io.prepare({"body": encode(deep)}, CONFIG)
+    assert Image.open(io.BytesIO(sixteen_bit_png())).mode == "I;16"
+    tensor = image_io.prepare({"body": sixteen_bit_png()}, CONFIG)
     assert torch.allclose(pixels(tensor)[0], torch.tensor(np.asarray(gradient()), dtype=torch.float32), atol=1e-3)
 
 
@@ -118,9 +106,8 @@ def test_random_bytes_are_not_an_image():
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_truncated_files_are_refused(fmt):
-    data = encode(gradient((64, 64)).convert("RGB"), fmt)
     with pytest.raises(image_io.BadInput, match="broken or truncated"):
-        image_io.prepare({"body": data[: len(data) // 2]}, CONFIG)
+        image_io.prepare({"body": truncated(fmt)}, CONFIG)
 
 
 @pytest.mark.parametrize("side, fragment", [
@@ -128,21 +115,25 @@ def test_truncated_files_are_refused(fmt):
     (100000, "decompression bomb"),  # Pillow refuses this itself
 ])
 def test_absurd_declared_dimensions_are_refused_before_decoding(side, fragment):
-    # A tiny valid PNG whose header (with a correct CRC) declares side x side pixels.
-    png = encode(Image.new("L", (1, 1)))
-    ihdr = png[12:16] + side.to_bytes(4, "big") * 2 + png[24:29]
-    bomb = png[:12] + ihdr + zlib.crc32(ihdr).to_bytes(4, "big") + png[33:]
     with pytest.raises(image_io.BadInput) as caught:
-        image_io.prepare({"body": bomb}, CONFIG)
+        image_io.prepare({"body": png_declaring(side, side)}, CONFIG)
     assert caught.value.kind == "ImageTooLarge" and caught.value.code == 413
     assert fragment in caught.value.message
 
 
-def test_multi_frame_gif_is_refused():
-    frames = [gradient(), Image.new("L", (28, 28), 0)]
-    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
-    with pytest.raises(image_io.BadInput, match="2 frames"):
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF"])
+def test_multi_frame_images_are_refused(fmt):
+    with pytest.raises(image_io.BadInput, match=f"the {fmt} image has 2 frames") as caught:
+        image_io.prepare({"body": multi_frame(fmt)}, CONFIG)
+    assert caught.value.kind == "UnsupportedImage"
+
+
+@pytest.mark.parametrize("data", [encode(Image.new("L", (1, 1))), encode(Image.new("L", (200, 3))),
+                                  png_declaring(0, 0)], ids=["1x1", "200x3", "0x0"])
+def test_images_too_small_to_classify_are_refused(data):
+    with pytest.raises(image_io.BadInput) as caught:
         image_io.prepare({"body": data}, CONFIG)
+    assert caught.value.code == 400 and caught.value.kind in {"ImageTooSmall", "InvalidImage"}
 
 
 def test_top_k_orders_labels_by_probability():
