@@ -11,6 +11,9 @@ MODEL ?= fashion
 VERSION ?=
 RETIRE ?=
 SOAK_MINUTES ?= 5
+BENCH_MODEL ?= fashion
+BENCH_VERSION ?= 2.0
+BENCH_ARGS ?=
 IMAGE ?=
 PYTEST_ARGS ?=
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
@@ -88,6 +91,12 @@ rollback: | $(SETUP_STAMP)
 ## soak: SOAK_MINUTES of moderate load on the running server (make serve first): errors, p99 drift, RSS growth
 soak: | $(SETUP_STAMP)
 	$(PY) -m marforge soak $(MODEL) --minutes $(SOAK_MINUTES) --run-dir $(RUN_DIR)
+
+.PHONY: bench
+## bench: throughput/latency of stock TorchServe, marforge, Flask and the in-process ceiling (BENCH_ARGS=--short for a quick look)
+bench: archive
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	$(PY) -m marforge bench $(BENCH_MODEL) $(BENCH_VERSION) --model-store $(MODEL_STORE) --verbose $(BENCH_ARGS)
 
 .PHONY: predict
 ## predict: send IMAGE to MODEL (VERSION optional): make predict MODEL=fashion VERSION=2.0 IMAGE=x.png

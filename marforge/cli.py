@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -23,6 +24,7 @@ EXAMPLES = {
     "rollout": "python -m marforge rollout fashion 2.0            # exit 3: rejected, 4: rolled back",
     "rollback": "python -m marforge rollback fashion",
     "soak": "python -m marforge soak fashion --minutes 5",
+    "bench": "python -m marforge bench fashion 2.0 --short",
     "predict": "python -m marforge predict fashion samples/fashion/00000-ankle-boot.png --version 2.0",
     "token": "curl -H \"Authorization: Bearer $(python -m marforge token)\" http://127.0.0.1:8080/ping",
 }
@@ -138,6 +140,21 @@ def cmd_soak(args):
         raise MarforgeError("soak failed: " + "; ".join(report.problems), f"read {_run_dir(args)}/logs")
 
 
+def cmd_bench(args):
+    from marforge import bench
+
+    registry = _registry(args)
+    mv = registry.get(args.name, args.version)
+    seconds = 3.0 if args.short else args.seconds
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    variants = [(fmt, _model_store(args)) for fmt in (args.formats.split(",") if args.formats else [])]
+    results = bench.run(registry, _model_store(args), mv, seconds=seconds, concurrencies=concurrencies,
+                        variants=variants, log=print if args.verbose else (lambda line: None))
+    out_dir = bench.write(results, Path(args.out) / time.strftime("%Y%m%d-%H%M%S"))
+    print(bench.markdown(results))
+    print(f"written to {out_dir}/ (results.json, results.md, plot.png)")
+
+
 def cmd_predict(args):
     client = _client(args)
     answer = client.predict(args.name, Path(args.image).read_bytes(), version=args.version)
@@ -212,6 +229,17 @@ def build_parser():
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--run-dir", help="server state, logs and keys (default: .run)")
+
+    p = command("bench", cmd_bench, "throughput and latency: in-process ceiling, stock TorchServe, marforge, Flask")
+    p.add_argument("name", nargs="?", default="fashion")
+    p.add_argument("version", nargs="?", default="2.0")
+    p.add_argument("--seconds", type=float, default=10.0, help="duration of each row at each concurrency")
+    p.add_argument("--short", action="store_true", help="3 s per row: a quick look")
+    p.add_argument("--concurrency", default="1,16,64", help="comma-separated client counts")
+    p.add_argument("--formats", help="archive formats to add as (e) rows, e.g. torchscript,quantized")
+    p.add_argument("--model-store", help="archives folder (default: model_store)")
+    p.add_argument("--out", default="bench-results", help="results folder (a timestamped folder inside)")
+    p.add_argument("--verbose", action="store_true", help="print each row as it is measured")
 
     p = command("predict", cmd_predict, "send one image to the server and print the JSON answer")
     p.add_argument("name")

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -175,6 +176,23 @@ def _wait_for_key_file(server, timeout):
         time.sleep(0.2)
 
 
+def free_ports(count):
+    """`count` distinct ports free on loopback right now (held open together so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def port_open(port, host="127.0.0.1"):
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
+
+
 def log_tail(path, lines=30):
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
@@ -236,11 +254,13 @@ def serve(registry, model_store, run_dir, base_config, ports=None, timeout=300.0
 
     It loads `versions` (default: every registry version not retired by a rollout) from built
     archives, with each model's default taken from the run dir's state (the last promotion) or,
-    failing that, from the registry.
+    failing that, from the registry; when `versions` is given and leaves that default out, its
+    first version of the model is the default.
     """
     model_store = Path(model_store)
     saved = state.load(run_dir)
-    if versions is None:
+    chosen = versions is not None  # a subset chosen by the caller: its first version of a model may be the default
+    if not chosen:
         versions = [mv for mv in registry.all_versions() if mv.version not in saved["retired"].get(mv.name, [])]
     missing = [str(mv.archive_path(model_store)) for mv in versions if not mv.archive_path(model_store).is_file()]
     if missing:
@@ -249,6 +269,8 @@ def serve(registry, model_store, run_dir, base_config, ports=None, timeout=300.0
     defaults = {}
     for name in dict.fromkeys(mv.name for mv in versions):
         defaults[name] = saved["defaults"].get(name, registry.models[name].default_version)
+        if chosen and (name, defaults[name]) not in loaded:
+            defaults[name] = next(mv.version for mv in versions if mv.name == name)
         if (name, defaults[name]) not in loaded:
             raise ServerError(f"the default of {name} is {defaults[name]} (from {'state.json' if name in saved['defaults'] else 'models.toml'}), "
                               "which is not among the versions to load", f"marforge rollback {name}, or fix {Path(run_dir) / state.STATE_FILE}")

@@ -7,7 +7,6 @@ free ports with its own TMPDIR/TEMP and log dir and stopped by its own pid.
 
 import json
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -53,22 +52,10 @@ def stage_model_dir(mv, dest):
     return dest
 
 
-def free_ports(count):
-    """`count` distinct ports free on loopback right now (held open together so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 @pytest.fixture(scope="session")
 def ports():
     names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
-    return dict(zip(names, free_ports(len(names))))
+    return dict(zip(names, server.free_ports(len(names))))
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import zipfile
 import pytest
 import torch
 
-from conftest import ROOT, free_ports
+from conftest import ROOT
 from loadgen import Load
 from marforge import archive, registry as registry_module, rollout, server, state, status, weights
 from marforge.errors import ApiError
@@ -75,7 +75,7 @@ def corrupt(mar, member):
 def env(bad_registry, rollout_store, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("rollout_run")
     names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
-    ports = dict(zip(names, free_ports(len(names))))
+    ports = dict(zip(names, server.free_ports(len(names))))
     started = server.serve(bad_registry, rollout_store, run_dir, ROOT / "config.properties", ports=ports,
                            versions=[bad_registry.get("fashion", "1.0")], timeout=240)
     env = {"registry": bad_registry, "store": rollout_store, "run_dir": run_dir, "ports": ports, "server": started}

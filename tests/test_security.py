@@ -6,7 +6,7 @@ import time
 import pytest
 import requests
 
-from conftest import ROOT, free_ports
+from conftest import ROOT
 from marforge import server
 
 pytestmark = pytest.mark.integration
@@ -19,7 +19,7 @@ def short_lived(registry, store, tmp_path_factory):
     config.write_text((ROOT / "config.properties").read_text() + f"\ntoken_expiration_min={EXPIRY_MIN}\n")
     run_dir = tmp_path_factory.mktemp("security_run")
     names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
-    started = server.serve(registry, store, run_dir, config, ports=dict(zip(names, free_ports(5))),
+    started = server.serve(registry, store, run_dir, config, ports=dict(zip(names, server.free_ports(5))),
                            versions=[registry.get("digits", "1.0")], timeout=240)
     yield started
     server.stop(run_dir)

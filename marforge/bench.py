@@ -1,0 +1,298 @@
+"""`make bench`: the same images, load generator and durations against every way of serving a model.
+
+Rows (each at every concurrency, default 1, 16 and 64):
+  (a) ceiling   the in-process pipeline (decode + preprocess + forward, batches of 8), one process
+                per core: what the machine can do with no server at all
+  (b) stock     TorchServe with its defaults: a worker per core, no batching, every core per worker
+  (c) marforge  TorchServe as `make serve` runs it (config.properties + models.toml)
+  (d) flask     a Flask app like the handwritten-digit example's (marforge/flask_baseline.py)
+  (e) ...       each extra archive format given, served with (c)'s settings
+
+Per row: throughput, p50/p90/p99 latency, errors, the load generator's CPU (in cores), the CPU
+each server process used (in cores), and the peak RSS of the server processes. The load generator
+is marforge.loadgen (asyncio, keep-alive) in this process. Results go to a folder as JSON, a
+markdown table and a PNG plot (throughput against p99).
+"""
+
+import asyncio
+import dataclasses
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+
+from marforge import server
+from marforge.loadgen import run_load
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- measuring ------------------------------------------------------------------------------------
+class Watch:
+    """Samples the RSS of a process tree while a run goes on, and the CPU each process used."""
+
+    def __init__(self, root_pid, roles):
+        self.root = psutil.Process(root_pid)
+        self.roles = roles  # pid -> role name, for the processes whose CPU is reported
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._cpu0 = self._cpu()
+
+    def _tree(self):
+        try:
+            return [self.root] + self.root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def _cpu(self):
+        times = {}
+        for p in self._tree():
+            try:
+                t = p.cpu_times()
+                times[p.pid] = t.user + t.system
+            except psutil.NoSuchProcess:
+                continue
+        return times
+
+    def _sample(self):
+        while not self._stop.wait(0.25):
+            total = 0
+            for p in self._tree():
+                try:
+                    total += p.memory_info().rss
+                except psutil.NoSuchProcess:
+                    continue
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def cpu_cores(self, seconds):
+        """CPU used per role during the run, in cores (1.0 = one core busy all the time)."""
+        cpu1 = self._cpu()
+        used = {}
+        for pid, t in cpu1.items():
+            role = self.roles.get(pid, "worker")
+            used[role] = used.get(role, 0.0) + (t - self._cpu0.get(pid, 0.0)) / seconds
+        return {k: round(v, 2) for k, v in used.items()}
+
+
+def measure(label, url, bodies, concurrency, seconds, pid, roles, headers=None):
+    """One load run against url; a result row."""
+    with Watch(pid, roles) as watch:
+        cpu0 = time.process_time()
+        result = asyncio.run(run_load(url, bodies, concurrency, seconds, headers=headers))
+        loadgen = (time.process_time() - cpu0) / result.seconds
+    return {"row": label, "concurrency": concurrency, "throughput": round(result.throughput(), 1),
+            "p50_ms": round(result.percentile(50), 2), "p90_ms": round(result.percentile(90), 2),
+            "p99_ms": round(result.percentile(99), 2), "errors": result.errors, "requests": len(result.samples),
+            "loadgen_cpu": round(loadgen, 2), "server_cpu": watch.cpu_cores(result.seconds),
+            "peak_rss_mb": round(watch.peak_mb, 1)}
+
+
+# -- (a) the in-process ceiling --------------------------------------------------------------------
+def _ceiling_process(args):
+    key, registry_path, paths, seconds = args
+    import torch
+
+    from marforge import registry
+    from marforge.archive import HANDLERS_DIR, handler_section
+    from marforge.weights import build_model, import_file, read_metadata
+
+    torch.set_num_threads(1)
+    mv = registry.load(registry_path).by_key(key)
+    image_io = import_file(HANDLERS_DIR / "image_io.py", "marforge_bench_image_io")
+    config = image_io.HandlerConfig.from_dict(handler_section(mv, read_metadata(mv)))
+    model = build_model(mv.model_def, mv.weights)
+    bodies = [Path(p).read_bytes() for p in paths]
+    done, i, deadline = 0, 0, time.monotonic() + seconds
+    with torch.inference_mode():
+        while time.monotonic() < deadline:
+            batch = [bodies[(i + j) % len(bodies)] for j in range(8)]
+            i += 8
+            torch.softmax(model(torch.stack([image_io.prepare({"body": b}, config) for b in batch])), dim=1)
+            done += 8
+    return done / seconds
+
+
+def ceiling(mv, registry_path, paths, seconds, processes=None):
+    """Images per second of the whole pipeline in `processes` processes (default: one per core)."""
+    processes = processes or len(os.sched_getaffinity(0))
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        rates = pool.map(_ceiling_process, [(mv.key, str(registry_path), [str(p) for p in paths], seconds)] * processes)
+    return {"row": "(a) ceiling", "concurrency": None, "throughput": round(sum(rates), 1), "processes": processes}
+
+
+# -- servers ---------------------------------------------------------------------------------------
+def _ports():
+    names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
+    return dict(zip(names, server.free_ports(len(names))))
+
+
+@contextmanager
+def torchserve(mv, model_store, stock=False, registry=None):
+    """A TorchServe serving `mv` alone: stock defaults, or marforge's shipped configuration."""
+    run_dir = Path(tempfile.mkdtemp(prefix="marforge-bench-"))
+    ports = _ports()
+    try:
+        if stock:
+            cpus = len(os.sched_getaffinity(0))  # TorchServe's default_workers_per_model
+            base = run_dir / "stock.properties"
+            base.write_text("".join(f"{k}={v}\n" for k, v in {
+                "inference_address": f"http://127.0.0.1:{ports['inference']}",
+                "management_address": f"http://127.0.0.1:{ports['management']}",
+                "metrics_address": f"http://127.0.0.1:{ports['metrics']}",
+                "grpc_inference_port": ports["grpc_inference"], "grpc_management_port": ports["grpc_management"],
+            }.items()))
+            stock_mv = dataclasses.replace(mv, serving={"workers": cpus, "batch_size": 1, "max_batch_delay_ms": 100,
+                                                        "response_timeout_s": 120})
+            props = server.render_config(base, [stock_mv], model_store, {mv.name: mv.version})
+            started = server.start(run_dir, props, [(mv.name, mv.version)], threads=None)
+        else:
+            started = server.serve(registry, model_store, run_dir, ROOT / "config.properties", ports=ports,
+                                   versions=[mv])
+        yield started
+    finally:
+        server.stop(run_dir)
+
+
+@contextmanager
+def flask_baseline(mv, registry_path):
+    port = server.free_ports(1)[0]
+    process = subprocess.Popen([sys.executable, "-m", "marforge.flask_baseline", mv.name, mv.version,
+                                "--port", str(port), "--registry", str(registry_path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not server.port_open(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise server.ServerError("the Flask baseline did not start", "pip install -r requirements-bench.txt")
+            time.sleep(0.2)
+        yield process.pid, f"http://127.0.0.1:{port}/predict"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _torchserve_rows(label, started, mv, bodies, concurrencies, seconds):
+    url = f"{started.client.endpoints.inference}/predictions/{mv.name}/{mv.version}"
+    rows = []
+    for c in concurrencies:
+        key = started.client.key("inference")
+        rows.append(measure(label, url, bodies, c, seconds, started.pid, {started.pid: "frontend"},
+                            headers={"Authorization": f"Bearer {key}"} if key else None))
+    return rows
+
+
+def run(registry, model_store, mv, seconds=10.0, concurrencies=(1, 16, 64), variants=(), log=print):
+    """Every row at every concurrency; returns the results dict (rows plus ratios and targets)."""
+    paths = sorted(registry.models[mv.name].eval_dir.glob("*.png"))
+    bodies = [p.read_bytes() for p in paths]
+    rows = [ceiling(mv, registry.path, paths, seconds)]
+    log(f"{rows[-1]}")
+    for label, stock in (("(b) torchserve stock", True), ("(c) marforge", False)):
+        with torchserve(mv, model_store, stock=stock, registry=registry) as started:
+            for row in _torchserve_rows(label, started, mv, bodies, concurrencies, seconds):
+                rows.append(row)
+                log(f"{row}")
+    with flask_baseline(mv, registry.path) as (pid, url):
+        for c in concurrencies:
+            rows.append(measure("(d) flask", url, bodies, c, seconds, pid, {pid: "flask"}))
+            log(f"{rows[-1]}")
+    for fmt, store in variants:
+        with torchserve(mv, store, registry=registry) as started:
+            for row in _torchserve_rows(f"(e) marforge {fmt}", started, mv, bodies, concurrencies, seconds):
+                rows.append(row)
+                log(f"{row}")
+    return {"model": mv.key, "seconds": seconds, "cpus": len(os.sched_getaffinity(0)), "rows": rows,
+            "ratios": ratios(rows, concurrencies)}
+
+
+def _throughput(rows, label, concurrency):
+    for r in rows:
+        if r["row"].startswith(label) and r["concurrency"] in (concurrency, None):
+            return r
+    return None
+
+
+def ratios(rows, concurrencies):
+    """(c)/(a), (c)/(b), (c)/(d) at each concurrency, with the issue's targets checked."""
+    out = {}
+    for c in concurrencies:
+        mine = _throughput(rows, "(c)", c)
+        for other in ("(a)", "(b)", "(d)"):
+            theirs = _throughput(rows, other, c)
+            if mine and theirs and theirs["throughput"]:
+                out[f"(c)/{other} at {c}"] = round(mine["throughput"] / theirs["throughput"], 2)
+    targets = {"(c)/(b) at 16": 10.0, "(c)/(d) at 16": 4.0, "(c)/(a) at 64": 0.6}
+    checks = {k: {"ratio": out.get(k), "target": v, "met": out.get(k, 0) >= v} for k, v in targets.items()}
+    p99 = (_throughput(rows, "(c)", 16) or {}).get("p99_ms")
+    checks["(c) p99 at 16 <= 50 ms"] = {"value": p99, "met": p99 is not None and p99 <= 50}
+    return {"ratios": out, "targets": checks}
+
+
+# -- reports ---------------------------------------------------------------------------------------
+def markdown(results):
+    lines = [f"model {results['model']}, {results['cpus']} CPUs, {results['seconds']:.0f} s per row",
+             "", "| row | conc. | req/s | p50 ms | p90 ms | p99 ms | errors | loadgen CPU | server CPU (cores) | peak RSS MB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    for r in results["rows"]:
+        if r["concurrency"] is None:
+            lines.append(f"| {r['row']} ({r['processes']} processes, img/s) | - | {r['throughput']} | | | | | | | |")
+            continue
+        cpu = ", ".join(f"{k} {v}" for k, v in sorted(r["server_cpu"].items()))
+        lines.append(f"| {r['row']} | {r['concurrency']} | {r['throughput']} | {r['p50_ms']} | {r['p90_ms']} | "
+                     f"{r['p99_ms']} | {r['errors']} | {r['loadgen_cpu']} | {cpu} | {r['peak_rss_mb']} |")
+    lines += ["", "| check | value | target | met |", "| --- | ---: | ---: | --- |"]
+    for name, check in results["ratios"]["targets"].items():
+        value = check.get("ratio", check.get("value"))
+        lines.append(f"| {name} | {value} | {check.get('target', '')} | {'yes' if check['met'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(8, 5))
+    labels = dict.fromkeys(r["row"] for r in results["rows"] if r["concurrency"] is not None)
+    for label in labels:
+        points = [(r["p99_ms"], r["throughput"], r["concurrency"]) for r in results["rows"] if r["row"] == label]
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        for x, y, c in points:
+            axes.annotate(str(c), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for r in results["rows"]:
+        if r["concurrency"] is None:
+            axes.axhline(r["throughput"], linestyle="--", color="grey", label=r["row"])
+    axes.set_xscale("log")
+    axes.set_xlabel("p99 latency (ms, log scale); labels: concurrency")
+    axes.set_ylabel("throughput (requests/s)")
+    axes.set_title(f"{results['model']} on {results['cpus']} CPUs")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def write(results, out_dir):
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out_dir / "results.md").write_text(markdown(results))
+    plot(results, out_dir / "plot.png")
+    return out_dir
