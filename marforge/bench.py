@@ -296,3 +296,35 @@ def write(results, out_dir):
     (out_dir / "results.md").write_text(markdown(results))
     plot(results, out_dir / "plot.png")
     return out_dir
+
+
+SWEEP_GRID = [
+    {"workers": w, "batch_size": b, "max_batch_delay_ms": d}
+    for w, b, d in [(1, 1, 5), (2, 1, 5), (1, 8, 5), (2, 8, 5), (2, 16, 5), (2, 8, 2), (2, 8, 10), (3, 8, 5)]
+]
+
+
+def sweep(registry, model_store, mv, grid, seconds=5.0, concurrency=16, log=print):
+    """marforge's TorchServe at `concurrency` for each serving setting in `grid` (dicts of
+    workers / batch_size / max_batch_delay_ms); returns one row per setting."""
+    paths = sorted(registry.models[mv.name].eval_dir.glob("*.png"))
+    bodies = [p.read_bytes() for p in paths]
+    rows = []
+    for setting in grid:
+        candidate = dataclasses.replace(mv, serving={**mv.serving, **setting})
+        with torchserve(candidate, model_store, registry=registry) as started:
+            [row] = _torchserve_rows("sweep", started, candidate, bodies, [concurrency], seconds)
+        row.update(setting, threads=server.threads_per_worker(setting.get("workers", mv.serving["workers"])))
+        rows.append(row)
+        log(f"{row}")
+    return rows
+
+
+def sweep_markdown(rows):
+    lines = ["| workers | threads/worker | batch | delay ms | req/s | p50 ms | p99 ms | errors | server CPU (cores) |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in sorted(rows, key=lambda r: -r["throughput"]):
+        cpu = ", ".join(f"{k} {v}" for k, v in sorted(r["server_cpu"].items()))
+        lines.append(f"| {r['workers']} | {r['threads']} | {r['batch_size']} | {r['max_batch_delay_ms']} | "
+                     f"{r['throughput']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | {cpu} |")
+    return "\n".join(lines) + "\n"

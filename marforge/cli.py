@@ -146,6 +146,15 @@ def cmd_bench(args):
     registry = _registry(args)
     mv = registry.get(args.name, args.version)
     seconds = 3.0 if args.short else args.seconds
+    if args.sweep:
+        rows = bench.sweep(registry, _model_store(args), mv, bench.SWEEP_GRID, seconds=seconds,
+                           log=print if args.verbose else (lambda line: None))
+        out_dir = Path(args.out) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "sweep.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (out_dir / "sweep.md").write_text(bench.sweep_markdown(rows))
+        print(bench.sweep_markdown(rows) + f"written to {out_dir}/")
+        return
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     variants = [(fmt, _model_store(args)) for fmt in (args.formats.split(",") if args.formats else [])]
     results = bench.run(registry, _model_store(args), mv, seconds=seconds, concurrencies=concurrencies,
@@ -240,6 +249,8 @@ def build_parser():
     p.add_argument("--model-store", help="archives folder (default: model_store)")
     p.add_argument("--out", default="bench-results", help="results folder (a timestamped folder inside)")
     p.add_argument("--verbose", action="store_true", help="print each row as it is measured")
+    p.add_argument("--sweep", action="store_true", help="instead: marforge's server at concurrency 16 for each "
+                   "workers/batch/delay setting in bench.SWEEP_GRID (how the shipped defaults were chosen)")
 
     p = command("predict", cmd_predict, "send one image to the server and print the JSON answer")
     p.add_argument("name")
