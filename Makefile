@@ -7,6 +7,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 MODEL_STORE ?= model_store
 RUN_DIR ?= .run
+FORMAT ?=
 MODEL ?= fashion
 VERSION ?=
 RETIRE ?=
@@ -21,10 +22,10 @@ FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.marforge-setup
 # The archive list comes from models.toml (read with the standard library only: no venv needed).
-ARCHIVES = $(shell $(PYTHON) -m marforge.registry archives $(MODEL_STORE))
+ARCHIVES = $(shell $(PYTHON) -m marforge.registry archives $(MODEL_STORE) $(FORMAT))
 # What goes into an archive or its verification: a change to any of these rebuilds it.
 ARCHIVE_INPUTS := models.toml $(wildcard handlers/*.py model_defs/*.py samples/*/*) \
-	marforge/archive.py marforge/worker.py marforge/registry.py
+	marforge/archive.py marforge/variants.py marforge/worker.py marforge/registry.py
 VERSION_FLAG = $(if $(VERSION),--version $(VERSION))
 
 .PHONY: help
@@ -55,11 +56,18 @@ weights: $(SETUP_STAMP)
 	MARFORGE_FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(PY) -m marforge.train --samples
 
 .PHONY: archive
-## archive: build and verify model_store/<name>-<version>.mar for every registry version (make -j safe)
+## archive: build and verify model_store/<name>-<version>.mar for every version (make -j safe; FORMAT=torchscript|onnx|compile|quantized builds <name>-<version>-<format>.mar)
 archive: $(ARCHIVES)
 
 $(MODEL_STORE)/%.mar: weights/%.pt weights/%.json $(ARCHIVE_INPUTS) | $(SETUP_STAMP)
 	$(PY) -m marforge archive --key $* --model-store $(MODEL_STORE)
+
+# One rule per optional format; make prefers these (the shorter stem) for <key>-<format>.mar.
+define VARIANT_RULE
+$(MODEL_STORE)/%-$(1).mar: weights/%.pt weights/%.json $(ARCHIVE_INPUTS) | $(SETUP_STAMP)
+	$(PY) -m marforge archive --key $$* --format $(1) --model-store $(MODEL_STORE)
+endef
+$(foreach format,torchscript onnx compile quantized,$(eval $(call VARIANT_RULE,$(format))))
 
 .PHONY: serve
 ## serve: build what is missing, start TorchServe, wait until every version is READY, print URLs and a curl

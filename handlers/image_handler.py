@@ -1,7 +1,9 @@
 """The one TorchServe handler for every image classifier marforge serves.
 
 Configured per archive by the `handler:` section of its model-config.yaml (image size, grayscale or
-RGB, mean/std, labels, top-k, pixel limit); model loading and device choice stay in BaseHandler.
+RGB, mean/std, labels, top-k, pixel limit); model loading and device choice stay in BaseHandler,
+which also opens a `.onnx` serialized file as an onnxruntime InferenceSession: then the inputs are
+fed to it as numpy instead of calling a module.
 Each request of a batch is answered on its own: a bad image gets a 4xx JSON error for that request
 only, while the others of the batch are still predicted, and the worker keeps running.
 
@@ -23,6 +25,8 @@ class ImageClassifier(BaseHandler):
     def initialize(self, context):
         self.config = image_io.HandlerConfig.from_dict((context.model_yaml_config or {}).get("handler"))
         super().initialize(context)
+        # BaseHandler's rule: a .onnx serialized file is served by an onnxruntime InferenceSession
+        self.onnx_input = self.model.get_inputs()[0].name if (self.model_pt_path or "").endswith(".onnx") else None
         self.identity = {"model": context.model_name, "version": context.manifest["model"]["modelVersion"]}
 
     def preprocess(self, data):
@@ -45,8 +49,11 @@ class ImageClassifier(BaseHandler):
         inputs, slots = data
         if inputs is None:
             return None, slots
-        with torch.inference_mode():
-            outputs = self.model(inputs.to(self.device), *args, **kwargs)
+        if self.onnx_input is not None:
+            outputs = torch.from_numpy(self.model.run(None, {self.onnx_input: inputs.numpy()})[0])
+        else:
+            with torch.inference_mode():
+                outputs = self.model(inputs.to(self.device), *args, **kwargs)
         return torch.softmax(outputs.float(), dim=1).cpu(), slots
 
     def postprocess(self, data):

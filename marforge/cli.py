@@ -55,8 +55,8 @@ def cmd_archive(args):
     registry = _registry(args)
     versions = [registry.by_key(args.key)] if args.key else registry.select(args.name, args.version)
     for mv in versions:
-        path = archive.build(mv, _model_store(args))
-        print(f"built and verified {path} ({mv.name} {mv.version})")
+        path, report = archive.build_with_report(mv, _model_store(args), fmt=args.format)
+        print(f"built and verified {path} ({mv.name} {mv.version}): {report.summary()}")
 
 
 def cmd_verify(args):
@@ -200,6 +200,8 @@ def build_parser():
     p.add_argument("name", nargs="?", help="model name (default: every model)")
     p.add_argument("version", nargs="?", help="version (default: every version of the model)")
     p.add_argument("--key", help="one version by its file stem, e.g. fashion-2.0 (the Makefile uses this)")
+    p.add_argument("--format", choices=("eager", "torchscript", "onnx", "compile", "quantized"),
+                   help="archive format (default: the registry's, written to <key>.mar; others to <key>-<format>.mar)")
     p.add_argument("--model-store", help="output folder (default: model_store)")
 
     p = command("verify", cmd_verify, "load an archive as a worker does and compare it with its source model")

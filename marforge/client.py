@@ -123,8 +123,10 @@ class Client:
         return description["modelVersion"]
 
     def register(self, mar_name, workers, batch_size=1, max_batch_delay_ms=100, response_timeout_s=120,
-                 timeout=300.0):
-        params = {"url": mar_name, "initial_workers": workers, "synchronous": "true",
+                 timeout=300.0, synchronous=True):
+        """Register an archive from the model store. Synchronous: answers once the workers started
+        (HTTP 500 if they cannot; TorchServe may or may not leave the version registered then)."""
+        params = {"url": mar_name, "initial_workers": workers, "synchronous": str(synchronous).lower(),
                   "batch_size": batch_size, "max_batch_delay": max_batch_delay_ms,
                   "response_timeout": response_timeout_s}
         return self._management("POST", "/models", params=params, timeout=timeout).json()

@@ -2,8 +2,11 @@
 
 Each version names its model definition, how TorchServe serves it and (for `make weights`) how it
 is trained. File names follow from `<name>-<version>`: weights/<key>.pt with its provenance in
-weights/<key>.json, samples/<name>/ for the sample images, model_store/<key>.mar for the archive. The Makefile, the archiver, the server launcher and the tests all
-read it through this module; nothing else repeats it. Only the standard library is used here, so the
+weights/<key>.json, samples/<name>/ for the sample images, eval/<name>/ for the held-out images,
+model_store/<key>.mar for the archive the server loads (built in the version's `format`, eager unless
+the registry says otherwise) and model_store/<key>-<format>.mar for any other format built on request.
+The Makefile, the archiver, the server launcher and the tests all read it through this module;
+nothing else repeats it. Only the standard library is used here, so the
 Makefile can ask for the archive list before the virtualenv exists:
 
     python3 -m marforge.registry archives model_store     # model_store/fashion-1.0.mar ...
@@ -29,8 +32,12 @@ ROLLOUT_DEFAULTS = {
     "watch_s": 10.0,  # after promotion, probe the unversioned URL this long
     "ready_timeout_s": 180.0,  # how long new workers may take to become READY
 }
-VERSION_KEYS = {"model_def", "serving", "handler", "train"}
-MODEL_KEYS = {"default_version", "versions", "serving", "handler", "rollout"}
+VERSION_KEYS = {"model_def", "format", "serving", "handler", "train"}
+MODEL_KEYS = {"default_version", "format", "versions", "serving", "handler", "rollout"}
+# How a version is archived (marforge/variants.py builds each one); `format` in a model or version
+# table picks the one the server loads as model_store/<name>-<version>.mar.
+FORMATS = ("eager", "torchscript", "onnx", "compile", "quantized")
+DEFAULT_FORMAT = "eager"
 TOP_KEYS = {"serving", "handler", "rollout", "models"}
 
 
@@ -46,6 +53,8 @@ class ModelVersion:
     serving: dict
     handler: dict
     train: dict = field(default_factory=dict)
+    format: str = DEFAULT_FORMAT  # the archive format the server loads (one of FORMATS)
+    eval_dir: Path = None  # the model's labelled held-out images (eval/<name>/)
 
     @property
     def key(self):
@@ -57,8 +66,10 @@ class ModelVersion:
         """The provenance file that sits beside the weights (same stem, `.json`)."""
         return self.weights.with_suffix(".json")
 
-    def archive_path(self, model_store):
-        return Path(model_store) / f"{self.key}.mar"
+    def archive_path(self, model_store, fmt=None):
+        """`<key>.mar` for the registry's own format (what the server loads), `<key>-<fmt>.mar` otherwise."""
+        fmt = fmt or self.format
+        return Path(model_store) / (f"{self.key}.mar" if fmt == self.format else f"{self.key}-{fmt}.mar")
 
 
 @dataclass(frozen=True)
@@ -136,6 +147,13 @@ def _require(table, key, where, path):
     return table[key]
 
 
+def _format(table, default, where, path):
+    fmt = table.get("format", default)
+    if fmt not in FORMATS:
+        raise RegistryError(f"{path}: {where} format {fmt!r} is not one of {', '.join(FORMATS)}")
+    return fmt
+
+
 def load(path=None):
     """Read and validate the registry; relative paths in it are resolved against its folder."""
     path = Path(path or REGISTRY_FILE).resolve()
@@ -154,6 +172,8 @@ def load(path=None):
         where = f"[models.{name}]"
         _check_keys(mtable, MODEL_KEYS, where, path)
         layer = {section: _layered(top[section], mtable, section, where, path) for section in top}
+        model_format = _format(mtable, DEFAULT_FORMAT, where, path)
+        eval_dir = root / "eval" / name
         versions = {}
         for version, vtable in _require(mtable, "versions", where, path).items():
             vwhere = f'[models.{name}.versions."{version}"]'
@@ -169,26 +189,30 @@ def load(path=None):
                 serving=serving,
                 handler=handler,
                 train=train,
+                format=_format(vtable, model_format, vwhere, path),
+                eval_dir=eval_dir,
             )
         default = _require(mtable, "default_version", where, path)
         if default not in versions:
             raise RegistryError(f"{path}: {where} default_version {default!r} is not one of its versions")
         models[name] = Model(name=name, default_version=default, versions=versions, rollout=layer["rollout"],
-                             eval_dir=root / "eval" / name)
+                             eval_dir=eval_dir)
     return Registry(path=path, models=models)
 
 
 def main(argv):
-    """Tiny stdlib-only entry for the Makefile: `archives DIR` prints one archive path per version."""
-    if len(argv) != 3 or argv[1] != "archives":
-        print("usage: python3 -m marforge.registry archives MODEL_STORE", file=sys.stderr)
+    """Tiny stdlib-only entry for the Makefile: `archives DIR [FORMAT]` prints one archive path per
+    version (in the registry's format, or in FORMAT when given)."""
+    if len(argv) not in (3, 4) or argv[1] != "archives" or (len(argv) == 4 and argv[3] not in FORMATS):
+        print(f"usage: python3 -m marforge.registry archives MODEL_STORE [{'|'.join(FORMATS)}]", file=sys.stderr)
         return 2
     try:
         registry = load()
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(" ".join(str(Path(argv[2]) / f"{v.key}.mar") for v in registry.all_versions()))
+    fmt = argv[3] if len(argv) == 4 else None
+    print(" ".join(str(v.archive_path(argv[2], fmt)) for v in registry.all_versions()))
     return 0
 
 

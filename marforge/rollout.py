@@ -105,6 +105,14 @@ def is_registered(client, name, version):
         raise
 
 
+def unregister_if_present(client, name, version):
+    try:
+        client.unregister(name, version)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+
+
 def preflight(client, mv, model_store, run_dir):
     """Check the candidate before touching the server; returns True if it still has to be registered."""
     mar = mv.archive_path(model_store)
@@ -133,8 +141,7 @@ def register_candidate(client, mv, model_store, run_dir, timeout):
                         response_timeout_s=mv.serving["response_timeout_s"], timeout=timeout)
         client.wait_ready([(mv.name, mv.version)], timeout=timeout)
     except (ApiError, ServerError) as exc:
-        if is_registered(client, mv.name, mv.version):
-            client.unregister(mv.name, mv.version)
+        unregister_if_present(client, mv.name, mv.version)  # TorchServe sometimes leaves it, workerless
         tail = log_tail(Path(run_dir) / "logs" / "model_log.log", lines=15)
         raise Rejected(f"{mv.name} {mv.version} could not start its workers: {exc.message}\n"
                        f"--- tail of {run_dir}/logs/model_log.log ---\n{tail}",

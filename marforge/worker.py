@@ -88,6 +88,11 @@ class LoadedArchive:
             ts_logger.setLevel(level)
         return self
 
+    @property
+    def handler(self):
+        """The handler object the worker built (its `model` is what BaseHandler loaded); None for a function."""
+        return getattr(self.service._entry_point, "__self__", None)
+
     def predict(self, rows):
         """Send one batch; each row maps parameter names to values, as the frontend would send them.
 

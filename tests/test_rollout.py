@@ -170,10 +170,9 @@ def test_4_retire_under_load_drops_nothing_and_rollback_brings_it_back(env):
 
 def test_5_status_reports_a_version_whose_workers_cannot_load(env):
     client = env["server"].client
-    with pytest.raises(ApiError) as caught:  # registered by hand, skipping marforge's checks
-        client.register("fashion-8.0.mar", workers=1)
-    assert caught.value.status == 500
+    client.register("fashion-8.0.mar", workers=1, synchronous=False)  # by hand, skipping marforge's checks
     try:
+        time.sleep(3)  # its workers start, fail to load the weights, and are retried
         assert client.ping()["status"] == "Healthy"  # TorchServe's own health check sees nothing wrong
         rows = {r["version"]: r for r in status.collect(client) if r["model"] == "fashion"}
         assert rows["8.0"]["ready"] is False and rows["1.0"]["ready"] is True

@@ -1,0 +1,187 @@
+"""Archive formats: what each one serializes, what the archiver gets, and how closely it must agree.
+
+One version's weights can be archived in five formats (`FORMATS`); the handler, its `handler:`
+config and the verification are the same for all of them (marforge/archive.py). `prepare` writes the
+serialized file of one format into a work dir and says how to archive it:
+
+- eager:       the model file and the state_dict; TorchServe builds the class and loads the weights.
+- torchscript: the eval-mode model traced on an example input; no model file, so BaseHandler uses
+               torch.jit.load.
+- onnx:        exported with a dynamic batch dimension; BaseHandler opens an onnxruntime
+               InferenceSession for a `.onnx` file and the handler feeds it numpy.
+- compile:     the eager archive plus `pt2: {compile: {enable: true, backend: inductor}}` in
+               model-config.yaml; BaseHandler wraps the model in torch.compile, which compiles on the
+               first batch of each new shape. BaseHandler only warns when torch.compile fails, so
+               `compile_outcome` checks that inductor really compiled the worker's model.
+- quantized:   the nn.Linear layers dynamically quantized to int8, then traced like torchscript.
+
+The archive records its format in model-config.yaml (`marforge: {format: ...}`) so that it can be
+verified later with the right tolerance.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from marforge.errors import ArchiveError
+from marforge.registry import FORMATS
+from marforge.weights import build_model
+
+__all__ = ["FORMATS", "TOLERANCES", "Tolerance", "Variant", "prepare", "compile_counts", "compile_outcome"]
+
+CHANNELS = {"grayscale": 1, "rgb": 3}
+ONNX_OPSET = 17
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far an archive's answers may be from the eager source model's on the same images."""
+
+    probability: float  # largest |p_archive - p_source| over the probabilities the handler returns
+    top1_agreement: float  # share of images whose top-1 class must be the source model's
+
+
+TOLERANCES = {
+    # Same code and weights as the source model: only the batch composition differs.
+    "eager": Tolerance(1e-5, 1.0),
+    # Other kernels and operation order than eager PyTorch: float32 rounding only.
+    "torchscript": Tolerance(1e-4, 1.0),
+    "onnx": Tolerance(1e-4, 1.0),
+    "compile": Tolerance(1e-4, 1.0),
+    # Dynamic int8 quantization scales each batch's activations by that batch's own range, so an
+    # answer also depends on the other requests of its batch. Measured on the 300 eval images of
+    # fashion 1.0 / fashion 2.0 / digits 1.0, batched 1, 2, 4, 8 (in order and shuffled) and 300
+    # at once: max probability difference 0.061 / 0.034 / 0.037, top-1 agreement >= 0.993 / 0.997
+    # / 1.0 (at most 2 of 300 flipped, only images whose eager top two were within 0.11 of each
+    # other; eval accuracy moved by at most 1 image). The bounds leave ~1.6x headroom over the
+    # worst case seen; wrong weights (e.g. shuffled output rows) disagree on most images and fail.
+    "quantized": Tolerance(0.1, 0.98),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One format's serialized file and what else the archiver and model-config.yaml need."""
+
+    fmt: str
+    serialized_file: Path
+    model_file: Path = None  # None: the serialized file is self-contained (TorchScript, ONNX)
+    config: dict = field(default_factory=dict)  # extra model-config.yaml sections
+
+    def archiver_args(self):
+        args = ["--serialized-file", str(self.serialized_file)]
+        return args + (["--model-file", str(self.model_file)] if self.model_file else [])
+
+
+def prepare(mv, fmt, metadata, work_dir):
+    """Write `fmt`'s serialized file for version `mv` into `work_dir`; returns its Variant."""
+    if fmt not in FORMATS:
+        raise ArchiveError(f"unknown archive format {fmt!r} for {mv.key} (known: {', '.join(FORMATS)})")
+    try:
+        variant = _BUILDERS[fmt](mv, metadata, Path(work_dir))
+    except Exception as exc:  # e.g. onnx missing, or a model the tracer or exporter cannot handle
+        raise ArchiveError(f"cannot write the {fmt} model of {mv.key}: {type(exc).__name__}: {exc}",
+                           "pip install -r requirements.txt if a module is missing; else try another --format") from None
+    return Variant(variant.fmt, variant.serialized_file, variant.model_file,
+                   {**variant.config, "marforge": {"format": fmt}})
+
+
+def source_model(mv):
+    """The eager model every format starts from (model definition + weights, eval mode)."""
+    return build_model(mv.model_def, mv.weights)
+
+
+def example_input(metadata, batch=2):
+    """A zero batch shaped like the handler's inputs: batch x channels x height x width."""
+    import torch
+
+    height, width = metadata["preprocess"]["image_size"]
+    return torch.zeros(batch, CHANNELS[metadata["preprocess"]["color"]], height, width)
+
+
+def _eager(mv, metadata, work_dir):
+    return Variant("eager", mv.weights, mv.model_def)
+
+
+def _compile(mv, metadata, work_dir):
+    return Variant("compile", mv.weights, mv.model_def, {"pt2": {"compile": {"enable": True, "backend": "inductor"}}})
+
+
+def _traced(model, metadata, path):
+    """Trace `model` and save it as TorchScript (deprecated in torch 2.14, still what BaseHandler loads)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+        traced = torch.jit.trace(model, example_input(metadata))
+        torch.jit.save(traced, str(path))
+    return path
+
+
+def _torchscript(mv, metadata, work_dir):
+    return Variant("torchscript", _traced(source_model(mv), metadata, work_dir / f"{mv.key}-torchscript.pt"))
+
+
+def _quantized(mv, metadata, work_dir):
+    import warnings
+
+    import torch
+    from torch import nn
+
+    with warnings.catch_warnings():  # torch.ao quantization is deprecated in favour of torchao
+        warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
+        quantized = torch.ao.quantization.quantize_dynamic(source_model(mv), {nn.Linear}, dtype=torch.qint8)
+    return Variant("quantized", _traced(quantized, metadata, work_dir / f"{mv.key}-quantized.pt"))
+
+
+def _onnx(mv, metadata, work_dir):
+    """ONNX through the TorchScript-based exporter (dynamo=False): it needs only the `onnx` package."""
+    import warnings
+
+    import torch
+
+    path = work_dir / f"{mv.key}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces its successor
+        torch.onnx.export(source_model(mv), (example_input(metadata),), str(path), dynamo=False,
+                          opset_version=ONNX_OPSET, input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    return Variant("onnx", path)
+
+
+_BUILDERS = {"eager": _eager, "torchscript": _torchscript, "onnx": _onnx, "compile": _compile, "quantized": _quantized}
+
+
+def compile_counts():
+    """This process's counts so far: (graphs dynamo captured, inductor outputs).
+
+    Inductor outputs are FX graph cache lookups (hit, miss or bypass) plus generated modules loaded:
+    the first grows whenever its cache is on, the second on a fresh compile even when it is off.
+    """
+    from torch._dynamo.utils import counters
+    from torch._inductor.codecache import PyCodeCache
+
+    inductor = counters["inductor"]
+    lookups = inductor["fxgraph_cache_miss"] + inductor["fxgraph_cache_hit"] + inductor["fxgraph_cache_bypass"]
+    return counters["stats"]["unique_graphs"], lookups + len(PyCodeCache.modules)
+
+
+def compile_outcome(model, before):
+    """Check that a worker's model ran through inductor since `compile_counts()` returned `before`.
+
+    Returns the number of graphs dynamo captured (and inductor compiled) for the batches run.
+    """
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    if not isinstance(model, OptimizedModule):
+        raise ArchiveError(f"torch.compile failed when the worker loaded the model (BaseHandler only warns): "
+                           f"it runs the eager {type(model).__name__}",
+                           "look for 'has failed' in the worker's log, or build --format eager")
+    graphs, outputs = (now - then for now, then in zip(compile_counts(), before))
+    hint = "check that a C++ compiler (g++) works and TORCHDYNAMO_SUPPRESS_ERRORS is unset"
+    if graphs < 1:
+        raise ArchiveError("torch.compile fell back to eager: dynamo captured no graph for the batches run", hint)
+    if outputs < 1:
+        raise ArchiveError(f"torch.compile captured {graphs} graph(s) but inductor produced no code for them", hint)
+    return graphs
