@@ -327,6 +327,7 @@ def rollback(client, registry, model_store, run_dir, name, log=print):
         if not is_registered(client, name, target):
             register_candidate(client, mv, model_store, run_dir, registry.models[name].rollout["ready_timeout_s"])
             s["detail"] = f"{target} registered again (it was retired)"
+        client.scale(name, target, workers=mv.serving["workers"])  # retire left it one worker
         client.wait_ready([(name, target)], timeout=registry.models[name].rollout["ready_timeout_s"])
     with _step(report, "promote", log) as s:
         client.set_default(name, target)
