@@ -19,6 +19,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -199,7 +200,10 @@ def _torchserve_rows(label, started, mv, bodies, concurrencies, seconds):
 
 
 def run(registry, model_store, mv, seconds=10.0, concurrencies=(1, 16, 64), variants=(), log=print):
-    """Every row at every concurrency; returns the results dict (rows plus ratios and targets)."""
+    """Every row at every concurrency; returns the results dict (rows plus ratios and targets).
+
+    `variants` names archive formats already built as model_store/<key>-<format>.mar, served as (e).
+    """
     paths = sorted(registry.models[mv.name].eval_dir.glob("*.png"))
     bodies = [p.read_bytes() for p in paths]
     rows = [ceiling(mv, registry.path, paths, seconds)]
@@ -213,7 +217,12 @@ def run(registry, model_store, mv, seconds=10.0, concurrencies=(1, 16, 64), vari
         for c in concurrencies:
             rows.append(measure("(d) flask", url, bodies, c, seconds, pid, {pid: "flask"}))
             log(f"{rows[-1]}")
-    for fmt, store in variants:
+    for fmt in variants:
+        built = mv.archive_path(model_store, fmt)
+        if not built.is_file():
+            raise server.ServerError(f"{built} not built", f"python -m marforge archive {mv.name} {mv.version} --format {fmt}")
+        store = Path(tempfile.mkdtemp(prefix=f"marforge-bench-{fmt}-"))
+        shutil.copy(built, mv.archive_path(store))  # served under the name the server loads
         with torchserve(mv, store, registry=registry) as started:
             for row in _torchserve_rows(f"(e) marforge {fmt}", started, mv, bodies, concurrencies, seconds):
                 rows.append(row)

@@ -156,7 +156,7 @@ def cmd_bench(args):
         print(bench.sweep_markdown(rows) + f"written to {out_dir}/")
         return
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    variants = [(fmt, _model_store(args)) for fmt in (args.formats.split(",") if args.formats else [])]
+    variants = args.formats.split(",") if args.formats else []
     results = bench.run(registry, _model_store(args), mv, seconds=seconds, concurrencies=concurrencies,
                         variants=variants, log=print if args.verbose else (lambda line: None))
     out_dir = bench.write(results, Path(args.out) / time.strftime("%Y%m%d-%H%M%S"))
