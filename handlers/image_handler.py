@@ -1,9 +1,12 @@
 """The one TorchServe handler for every image classifier marforge serves.
 
 Configured per archive by the `handler:` section of its model-config.yaml (image size, grayscale or
-RGB, mean/std, labels, top-k, pixel limit); model loading and device choice stay in BaseHandler,
-which also opens a `.onnx` serialized file as an onnxruntime InferenceSession: then the inputs are
-fed to it as numpy instead of calling a module.
+RGB, mean/std, labels, top-k, pixel limit, half precision, pinned memory); model loading stays in
+BaseHandler, which also opens a `.onnx` serialized file as an onnxruntime InferenceSession: then the
+inputs are fed to it as numpy instead of calling a module. `placement.decide` picks the device
+(TorchServe's GPU for the worker, else the CPU; always the CPU for a quantized archive) and whether
+to use float16 and pinned memory; the model and each batch go there, the answers come back as CPU
+float32.
 Each request of a batch is answered on its own: a bad image gets a 4xx JSON error for that request
 only, while the others of the batch are still predicted, and the worker keeps running.
 
@@ -15,19 +18,52 @@ The file is not called image_classifier.py on purpose: when a handler fails to i
 tries `ts.torch_handler.<same name>`, and would silently serve its own ImageClassifier instead.
 """
 
+import logging
+
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 import image_io
+import placement
+
+logger = logging.getLogger(__name__)
 
 
 class ImageClassifier(BaseHandler):
     def initialize(self, context):
         self.config = image_io.HandlerConfig.from_dict((context.model_yaml_config or {}).get("handler"))
-        super().initialize(context)
+        self.placement = placement.decide(context.system_properties.get("gpu_id"), torch.cuda.is_available(),
+                                          placement.archive_format(context.model_yaml_config), self.config)
+        for note in self.placement.notes:
+            logger.info(note)
+        self._load(context)
+        if self.device != self.placement.device:  # BaseHandler's MPS/XPU/XLA devices: used as they are
+            self.placement = placement.Placement(self.device)
+        if self.placement.half:
+            self.model.half()
+        logger.info("model on %s, half precision %s, pinned memory %s",
+                    self.placement.device, self.placement.half, self.placement.pin)
         # BaseHandler's rule: a .onnx serialized file is served by an onnxruntime InferenceSession
         self.onnx_input = self.model.get_inputs()[0].name if (self.model_pt_path or "").endswith(".onnx") else None
         self.identity = {"model": context.model_name, "version": context.manifest["model"]["modelVersion"]}
+
+    def _load(self, context):
+        """BaseHandler's initialize, with the worker's gpu_id hidden from it for a CPU-only format.
+
+        BaseHandler picks cuda:<gpu_id> whenever CUDA is available and a gpu_id is assigned, and loads
+        the model there (map_location, model.to). Without a gpu_id its own rule gives the CPU, and
+        self.device, map_location and the load all follow from that one value; it is put back once
+        the model is loaded, so the context still says which GPU TorchServe assigned.
+        """
+        properties = context.system_properties
+        gpu_id = properties.get("gpu_id")
+        if not self.placement.cpu_only or gpu_id is None:
+            return super().initialize(context)
+        properties["gpu_id"] = None
+        try:
+            super().initialize(context)
+        finally:
+            properties["gpu_id"] = gpu_id
 
     def preprocess(self, data):
         """Decode every request; returns (stacked inputs of the good ones, one slot per request).
@@ -53,7 +89,7 @@ class ImageClassifier(BaseHandler):
             outputs = torch.from_numpy(self.model.run(None, {self.onnx_input: inputs.numpy()})[0])
         else:
             with torch.inference_mode():
-                outputs = self.model(inputs.to(self.device), *args, **kwargs)
+                outputs = self.model(placement.to_device(inputs, self.placement), *args, **kwargs)
         return torch.softmax(outputs.float(), dim=1).cpu(), slots
 
     def postprocess(self, data):

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-CONFIG_KEYS = {"image_size", "color", "mean", "std", "labels", "top_k", "max_pixels", "min_side"}
+CONFIG_KEYS = {"image_size", "color", "mean", "std", "labels", "top_k", "max_pixels", "min_side",
+               "half_precision", "pin_memory"}
 CHANNELS = {"grayscale": 1, "rgb": 3}
 PIL_MODE = {"grayscale": "L", "rgb": "RGB"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -50,6 +51,8 @@ class HandlerConfig:
     top_k: int = 3
     max_pixels: int = 4096 * 4096
     min_side: int = 8  # smaller images carry too little to classify (sklearn's digits are 8 x 8)
+    half_precision: bool = False  # float16 model and inputs; on a CUDA device only (placement.py)
+    pin_memory: bool = True  # copy batches to the GPU through pinned memory; on a CUDA device only
 
     @classmethod
     def from_dict(cls, section):
@@ -71,8 +74,12 @@ class HandlerConfig:
             raise ValueError(f"handler mean and std need {CHANNELS[color]} value(s) for {color}")
         if len(size) != 2 or min(size) < 1 or min(std) <= 0:
             raise ValueError("handler image_size needs two positive numbers and std must be positive")
+        flags = {"half_precision": section.get("half_precision", False), "pin_memory": section.get("pin_memory", True)}
+        for key, value in flags.items():
+            if not isinstance(value, bool):
+                raise ValueError(f"handler {key} must be true or false, not {value!r}")
         config = cls(size, color, mean, std, tuple(section["labels"]), int(section.get("top_k", 3)),
-                     int(section.get("max_pixels", 4096 * 4096)), int(section.get("min_side", 8)))
+                     int(section.get("max_pixels", 4096 * 4096)), int(section.get("min_side", 8)), **flags)
         if not config.labels or config.top_k < 1:
             raise ValueError("handler labels must not be empty and top_k must be at least 1")
         return config

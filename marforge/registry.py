@@ -23,7 +23,7 @@ from marforge.errors import RegistryError
 REGISTRY_FILE = "models.toml"
 
 SERVING_KEYS = {"workers", "batch_size", "max_batch_delay_ms", "response_timeout_s"}
-HANDLER_KEYS = {"top_k", "max_pixels", "min_side"}
+HANDLER_KEYS = {"top_k", "max_pixels", "min_side", "half_precision", "pin_memory"}  # handlers/image_io.py validates
 TRAIN_KEYS = {"dataset", "epochs", "batch_size", "lr", "seed", "min_accuracy"}
 ROLLOUT_DEFAULTS = {
     "min_accuracy": 0.0,  # the candidate's accuracy on the eval set must reach this floor ...

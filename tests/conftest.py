@@ -32,8 +32,11 @@ def store(registry, tmp_path_factory):
     return path
 
 
-def stage_model_dir(mv, dest):
-    """Lay out `dest` as TorchServe unpacks an archive (without running the archiver)."""
+def stage_model_dir(mv, dest, handler=None):
+    """Lay out `dest` as TorchServe unpacks an archive (without running the archiver).
+
+    `handler` overrides keys of the archive's `handler:` section (e.g. {"half_precision": True}).
+    """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for handler_file in (ROOT / "handlers").glob("*.py"):
@@ -43,7 +46,8 @@ def stage_model_dir(mv, dest):
     metadata = json.loads(mv.metadata.read_text())
     import yaml
 
-    (dest / "model-config.yaml").write_text(yaml.safe_dump({"handler": archive.handler_section(mv, metadata)}))
+    section = {**archive.handler_section(mv, metadata), **(handler or {})}
+    (dest / "model-config.yaml").write_text(yaml.safe_dump({"handler": section}))
     (dest / "MAR-INF").mkdir(exist_ok=True)
     (dest / "MAR-INF" / "MANIFEST.json").write_text(json.dumps({"model": {
         "modelName": mv.name, "modelVersion": mv.version, "handler": "image_handler.py",

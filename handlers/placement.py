@@ -1,0 +1,79 @@
+"""Where marforge's image handler runs a model: CUDA device or CPU, half precision, pinned memory.
+
+Shipped flat beside `image_handler.py` in every archive and imported as a top-level module, like
+`image_io`. `decide` is a pure function of what a worker knows at load time (the gpu_id TorchServe
+assigned it, whether CUDA is available, the archive's format, the `handler:` config); `to_device`
+moves one stacked CPU batch to the chosen device. Rules:
+
+- CUDA only when CUDA is available AND TorchServe assigned a gpu_id (BaseHandler's own rule), on
+  `cuda:<gpu_id>`; otherwise the CPU.
+- `half_precision` and `pin_memory` apply only on CUDA; on the CPU they are ignored (float16 matmuls
+  and convolutions there are slow or missing, and pinning only speeds up copies to a GPU).
+- A `quantized` archive (dynamic int8, whose kernels exist only for the CPU) always runs on the CPU.
+- An `onnx` archive runs in BaseHandler's onnxruntime session (CUDA provider on a GPU worker, when
+  onnxruntime-gpu is installed), fed float32 numpy from the CPU: no half precision, no pinning.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+CPU_ONLY_FORMATS = {"quantized"}  # dynamic int8: quantized Linear kernels exist only for the CPU
+NUMPY_FORMATS = {"onnx"}  # onnxruntime takes float32 numpy arrays and copies them itself
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What `decide` chose; `notes` are the lines the handler logs to explain a choice."""
+
+    device: torch.device
+    half: bool = False  # model and inputs in float16
+    pin: bool = False  # copy each batch through pinned host memory, asynchronously
+    cpu_only: bool = False  # the format cannot run on a GPU, even an assigned one
+    notes: tuple = field(default=())
+
+
+def archive_format(model_yaml_config):
+    """The format recorded in model-config.yaml (`marforge: {format: ...}`); eager when absent."""
+    return ((model_yaml_config or {}).get("marforge") or {}).get("format", "eager")
+
+
+def decide(gpu_id, cuda_available, fmt, config):
+    """The Placement for a worker with `gpu_id` (None: none assigned) serving a `fmt` archive.
+
+    `config` is the handler's HandlerConfig (its `half_precision` and `pin_memory` are read).
+    """
+    if fmt in CPU_ONLY_FORMATS:
+        note = (f"{fmt} archive: runs on the CPU although GPU {gpu_id} is assigned (its int8 kernels are CPU-only)"
+                if gpu_id is not None and cuda_available else None)
+        return _on_cpu(config, cpu_only=True, extra=note)
+    if not cuda_available or gpu_id is None:
+        return _on_cpu(config)
+    device = torch.device(f"cuda:{gpu_id}")
+    if fmt in NUMPY_FORMATS:
+        ignored = f"{fmt} archive: half_precision ignored (onnxruntime is fed float32)"
+        return Placement(device, notes=(ignored,) if config.half_precision else ())
+    return Placement(device, half=config.half_precision, pin=config.pin_memory)
+
+
+def _on_cpu(config, cpu_only=False, extra=None):
+    notes = (extra,) if extra else ()
+    if config.half_precision:  # pin_memory is on by default and means nothing off a GPU: not worth a line
+        notes += ("half_precision ignored on the CPU: float16 is slow or unsupported there; running float32",)
+    return Placement(torch.device("cpu"), cpu_only=cpu_only, notes=notes)
+
+
+def to_device(batch, placement):
+    """Move a stacked CPU float32 batch to `placement.device` (float16 there when `placement.half`).
+
+    With `placement.pin` the batch is copied into page-locked memory so that the copy to the GPU can
+    run asynchronously (non_blocking); the cast to float16 happens after the copy, on the device, so
+    that it is the pinned float32 tensor that is copied. On the CPU the batch is returned as it is.
+    """
+    if placement.device.type == "cpu":
+        return batch
+    if placement.pin:
+        batch = batch.pin_memory().to(placement.device, non_blocking=True)
+    else:
+        batch = batch.to(placement.device)
+    return batch.half() if placement.half else batch
