@@ -14,6 +14,7 @@ import io
 import json
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -171,12 +172,22 @@ def _to_mode(image, mode):
 
 
 def to_tensor(image, config):
-    """A C x H x W float tensor: pixels scaled to [0, 1], then normalised with the configured mean/std."""
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(pixels.reshape(image.size[1], image.size[0], -1)).permute(2, 0, 1)
-    mean = torch.tensor(config.mean, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(config.std, dtype=torch.float32).view(-1, 1, 1)
-    return (tensor - mean) / std
+    """A C x H x W float tensor: pixels scaled to [0, 1], then normalised with the configured mean/std.
+
+    Computed as pixels * (1 / (255 * std)) + (-mean / std) in one fused op with constants made once
+    per config: per-image tensor ops cost more than the arithmetic on a 28 x 28 image.
+    """
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32))
+    scale, shift = _affine(config.mean, config.std)
+    return torch.addcmul(shift, pixels.view(image.size[1], image.size[0], -1).permute(2, 0, 1), scale)
+
+
+@lru_cache(maxsize=32)
+def _affine(mean, std):
+    """(scale, shift), each C x 1 x 1: normalised = pixel * scale + shift for 8-bit pixels."""
+    std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    return 1.0 / (255.0 * std), -mean / std
 
 
 def prepare(row, config):
