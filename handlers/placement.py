@@ -10,8 +10,11 @@ moves one stacked CPU batch to the chosen device. Rules:
 - `half_precision` and `pin_memory` apply only on CUDA; on the CPU they are ignored (float16 matmuls
   and convolutions there are slow or missing, and pinning only speeds up copies to a GPU).
 - A `quantized` archive (dynamic int8, whose kernels exist only for the CPU) always runs on the CPU.
-- An `onnx` archive runs in BaseHandler's onnxruntime session (CUDA provider on a GPU worker, when
+- An `onnx` archive runs in an onnxruntime session (CUDA provider on a GPU worker, when
   onnxruntime-gpu is installed), fed float32 numpy from the CPU: no half precision, no pinning.
+  `onnx_session` opens it with the worker's share of the cores, not BaseHandler's all of them.
+- A TorchScript model (torchscript and quantized archives) on the CPU is frozen and rewritten for
+  it by `for_cpu` when the worker loads it; the archive itself stays portable to a GPU.
 """
 
 from dataclasses import dataclass, field
@@ -77,3 +80,30 @@ def to_device(batch, placement):
     else:
         batch = batch.to(placement.device)
     return batch.half() if placement.half else batch
+
+
+def onnx_session(path, providers):
+    """An onnxruntime session for `path` that uses the worker's share of the cores.
+
+    BaseHandler sizes onnxruntime's thread pool to every logical core, in every worker: with one
+    worker per core they fight over the cores as PyTorch's own default does (measured on 2 cores:
+    a worker at concurrency 1 kept 1.4 cores busy). torch.get_num_threads() follows
+    OMP_NUM_THREADS, which marforge sets to each worker's share.
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+
+
+def for_cpu(model):
+    """A TorchScript model frozen and rewritten for CPU inference (torch.jit.optimize_for_inference:
+    folded constants, fused conv + relu, oneDNN convolutions and linears).
+
+    Done at load time, not at archive time, because the rewritten graph runs only on the CPU. Measured
+    on the ConvNet, batches of 8, one thread: 159 us per image eager, 146 traced, 76 rewritten;
+    probabilities within 1e-6 of the eager model (archive verification checks every archive).
+    """
+    return torch.jit.optimize_for_inference(torch.jit.freeze(model.eval()))
