@@ -31,6 +31,7 @@ from marforge.errors import ServerError
 
 ADDRESS_KEYS = {"inference": "inference_address", "management": "management_address", "metrics": "metrics_address"}
 GRPC_PORT_KEYS = ("grpc_inference_port", "grpc_management_port")
+LOG_CONFIG = "log4j2.xml"  # the frontend's logging, read from beside the base config.properties when there
 
 
 def read_properties(path):
@@ -122,11 +123,12 @@ def threads_per_worker(total_workers, cpus=None):
     return max(1, cpus // max(1, total_workers))
 
 
-def start(run_dir, props, expected, timeout=300.0, threads=None):
+def start(run_dir, props, expected, timeout=300.0, threads=None, log_config=None):
     """Start TorchServe detached in `run_dir` with `props`; return once every expected version is READY.
 
     `expected` is a list of (name, version). `threads` sets OMP_NUM_THREADS for the workers unless
-    the environment already does. On failure the server is stopped and the error names the log.
+    the environment already does. `log_config` is a log4j2.xml for the frontend (None: the one in
+    TorchServe's jar). On failure the server is stopped and the error names the log.
     """
     run_dir = Path(run_dir).resolve()
     if (run_dir / "server.pid").exists() and pid_alive(int((run_dir / "server.pid").read_text())):
@@ -145,6 +147,8 @@ def start(run_dir, props, expected, timeout=300.0, threads=None):
         env["OMP_NUM_THREADS"] = str(threads)
     torchserve = Path(sys.executable).with_name("torchserve")
     command = [str(torchserve), "--start", "--ncs", "--ts-config", str(config), "--model-store", props["model_store"]]
+    if log_config:
+        command += ["--log-config", str(Path(log_config).resolve())]
     with open(run_dir / "logs" / "torchserve.out", "ab") as out:
         launcher = subprocess.run(command, cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, timeout=60)
@@ -252,6 +256,9 @@ def _wait_gone(pids, timeout):
 def serve(registry, model_store, run_dir, base_config, ports=None, timeout=300.0, versions=None):
     """Start a server and wait until every version it loads is READY.
 
+    The frontend logs with the log4j2.xml beside `base_config` when there is one (the project's
+    cuts TorchServe's per-request and per-batch log lines).
+
     It loads `versions` (default: every registry version not retired by a rollout) from built
     archives, with each model's default taken from the run dir's state (the last promotion) or,
     failing that, from the registry; when `versions` is given and leaves that default out, its
@@ -276,7 +283,9 @@ def serve(registry, model_store, run_dir, base_config, ports=None, timeout=300.0
                               "which is not among the versions to load", f"marforge rollback {name}, or fix {Path(run_dir) / state.STATE_FILE}")
     props = render_config(base_config, versions, model_store, defaults, ports=ports)
     threads = threads_per_worker(sum(mv.serving["workers"] for mv in versions))
-    started = start(run_dir, props, sorted(loaded), timeout=timeout, threads=threads)
+    log_config = Path(base_config).with_name(LOG_CONFIG)
+    started = start(run_dir, props, sorted(loaded), timeout=timeout, threads=threads,
+                    log_config=log_config if log_config.is_file() else None)
     for mv in versions:
         state.record_archive(run_dir, mv.key, sha256_of(mv.archive_path(model_store)))
     return started
