@@ -1,15 +1,16 @@
 """`make bench`: the same images, load generator and durations against every way of serving a model.
 
 Rows (each at every concurrency, default 1, 16 and 64):
-  (a) ceiling   the in-process pipeline (decode + preprocess + forward, batches of 8), one process
-                per core: what the machine can do with no server at all
+  (a) ceiling   the archive's own handler run in-process (decode + preprocess + model, batches of
+                8), one single-threaded process per core: what the machine can do with no server
   (b) stock     TorchServe with its defaults: a worker per core, no batching, every core per worker
   (c) marforge  TorchServe as `make serve` runs it (config.properties + models.toml)
   (d) flask     a Flask app like the handwritten-digit example's (marforge/flask_baseline.py)
   (e) ...       each extra archive format given, served with (c)'s settings
 
 Per row: throughput, p50/p90/p99 latency, errors, the load generator's CPU (in cores), the CPU
-each server process used (in cores), and the peak RSS of the server processes. The load generator
+each server process used (in cores), and the peak RSS of the server processes. Every server first
+gets a few seconds of unrecorded load at the highest concurrency (`warm_up`). The load generator
 is marforge.loadgen (asyncio, keep-alive) in this process. Results go to a folder as JSON, a
 markdown table and a PNG plot (throughput against p99).
 """
@@ -34,6 +35,7 @@ from marforge import server
 from marforge.loadgen import run_load
 
 ROOT = Path(__file__).resolve().parent.parent
+WARM_UP_S = 5.0  # unrecorded load on each server before its rows
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -107,34 +109,29 @@ def measure(label, url, bodies, concurrency, seconds, pid, roles, headers=None):
 
 # -- (a) the in-process ceiling --------------------------------------------------------------------
 def _ceiling_process(args):
-    key, registry_path, paths, seconds = args
+    mar_path, paths, seconds = args
     import torch
 
-    from marforge import registry
-    from marforge.archive import HANDLERS_DIR, handler_section
-    from marforge.weights import build_model, import_file, read_metadata
+    from marforge.worker import LoadedArchive
 
     torch.set_num_threads(1)
-    mv = registry.load(registry_path).by_key(key)
-    image_io = import_file(HANDLERS_DIR / "image_io.py", "marforge_bench_image_io")
-    config = image_io.HandlerConfig.from_dict(handler_section(mv, read_metadata(mv)))
-    model = build_model(mv.model_def, mv.weights)
-    bodies = [Path(p).read_bytes() for p in paths]
-    done, i, deadline = 0, 0, time.monotonic() + seconds
-    with torch.inference_mode():
+    rows = [{"body": Path(p).read_bytes()} for p in paths]
+    with LoadedArchive(mar_path) as loaded:
+        handler = loaded.handler
+        done, deadline = 0, time.monotonic() + seconds
         while time.monotonic() < deadline:
-            batch = [bodies[(i + j) % len(bodies)] for j in range(8)]
-            i += 8
-            torch.softmax(model(torch.stack([image_io.prepare({"body": b}, config) for b in batch])), dim=1)
+            batch = [rows[(done + j) % len(rows)] for j in range(8)]
+            handler.inference(handler.preprocess(batch))
             done += 8
     return done / seconds
 
 
-def ceiling(mv, registry_path, paths, seconds, processes=None):
-    """Images per second of the whole pipeline in `processes` processes (default: one per core)."""
+def ceiling(mar_path, paths, seconds, processes=None):
+    """Images per second of the archive's own handler (decode, preprocess, model, softmax; batches of
+    8) run in-process, in `processes` single-threaded processes (default: one per core)."""
     processes = processes or len(os.sched_getaffinity(0))
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        rates = pool.map(_ceiling_process, [(mv.key, str(registry_path), [str(p) for p in paths], seconds)] * processes)
+        rates = pool.map(_ceiling_process, [(str(mar_path), [str(p) for p in paths], seconds)] * processes)
     return {"row": "(a) ceiling", "concurrency": None, "throughput": round(sum(rates), 1), "processes": processes}
 
 
@@ -189,8 +186,18 @@ def flask_baseline(mv, registry_path):
         process.wait(10)
 
 
-def _torchserve_rows(label, started, mv, bodies, concurrencies, seconds):
+def warm_up(url, bodies, concurrency, seconds, headers=None):
+    """Unrecorded load before a server's rows: its JIT (the Java frontend's above all) and caches
+    reach steady state first. Measured on 2 cores: a cold frontend at 64 clients served ~1,850
+    req/s where a warm one served ~2,950."""
+    if seconds > 0:
+        asyncio.run(run_load(url, bodies, concurrency, seconds, headers=headers))
+
+
+def _torchserve_rows(label, started, mv, bodies, concurrencies, seconds, warm_s=WARM_UP_S):
     url = f"{started.client.endpoints.inference}/predictions/{mv.name}/{mv.version}"
+    key = started.client.key("inference")
+    warm_up(url, bodies, max(concurrencies), warm_s, headers={"Authorization": f"Bearer {key}"} if key else None)
     rows = []
     for c in concurrencies:
         key = started.client.key("inference")
@@ -206,14 +213,16 @@ def run(registry, model_store, mv, seconds=10.0, concurrencies=(1, 16, 64), vari
     """
     paths = sorted(registry.models[mv.name].eval_dir.glob("*.png"))
     bodies = [p.read_bytes() for p in paths]
-    rows = [ceiling(mv, registry.path, paths, seconds)]
+    warm_s = min(WARM_UP_S, seconds)
+    rows = [ceiling(mv.archive_path(model_store), paths, seconds)]
     log(f"{rows[-1]}")
     for label, stock in (("(b) torchserve stock", True), ("(c) marforge", False)):
         with torchserve(mv, model_store, stock=stock, registry=registry) as started:
-            for row in _torchserve_rows(label, started, mv, bodies, concurrencies, seconds):
+            for row in _torchserve_rows(label, started, mv, bodies, concurrencies, seconds, warm_s):
                 rows.append(row)
                 log(f"{row}")
     with flask_baseline(mv, registry.path) as (pid, url):
+        warm_up(url, bodies, max(concurrencies), warm_s)
         for c in concurrencies:
             rows.append(measure("(d) flask", url, bodies, c, seconds, pid, {pid: "flask"}))
             log(f"{rows[-1]}")
@@ -224,7 +233,7 @@ def run(registry, model_store, mv, seconds=10.0, concurrencies=(1, 16, 64), vari
         store = Path(tempfile.mkdtemp(prefix=f"marforge-bench-{fmt}-"))
         shutil.copy(built, mv.archive_path(store))  # served under the name the server loads
         with torchserve(mv, store, registry=registry) as started:
-            for row in _torchserve_rows(f"(e) marforge {fmt}", started, mv, bodies, concurrencies, seconds):
+            for row in _torchserve_rows(f"(e) marforge {fmt}", started, mv, bodies, concurrencies, seconds, warm_s):
                 rows.append(row)
                 log(f"{row}")
     return {"model": mv.key, "seconds": seconds, "cpus": len(os.sched_getaffinity(0)), "rows": rows,
