@@ -27,6 +27,10 @@ ARCHIVES = $(shell $(PYTHON) -m marforge.registry archives $(MODEL_STORE) $(FORM
 ARCHIVE_INPUTS := models.toml $(wildcard handlers/*.py model_defs/*.py samples/*/*) \
 	marforge/archive.py marforge/variants.py marforge/worker.py marforge/registry.py
 VERSION_FLAG = $(if $(VERSION),--version $(VERSION))
+# Every version in every format the benchmarks serve (compile is left out: inductor compiles each new
+# batch shape on its first request, 10-30 s on 2 cores; add it with BENCH_FORMATS="... compile").
+BENCH_FORMATS ?= eager torchscript onnx quantized
+BENCH_ARCHIVES = $(shell $(PYTHON) -m marforge.registry archives $(MODEL_STORE) $(BENCH_FORMATS))
 
 .PHONY: help
 ## help: list the targets (the default goal)
@@ -67,7 +71,7 @@ define VARIANT_RULE
 $(MODEL_STORE)/%-$(1).mar: weights/%.pt weights/%.json $(ARCHIVE_INPUTS) | $(SETUP_STAMP)
 	$(PY) -m marforge archive --key $$* --format $(1) --model-store $(MODEL_STORE)
 endef
-$(foreach format,torchscript onnx compile quantized,$(eval $(call VARIANT_RULE,$(format))))
+$(foreach format,eager torchscript onnx compile quantized,$(eval $(call VARIANT_RULE,$(format))))
 
 .PHONY: serve
 ## serve: build what is missing, start TorchServe, wait until every version is READY, print URLs and a curl
@@ -101,10 +105,15 @@ soak: | $(SETUP_STAMP)
 	$(PY) -m marforge soak $(MODEL) --minutes $(SOAK_MINUTES) --run-dir $(RUN_DIR)
 
 .PHONY: bench
-## bench: throughput/latency of stock TorchServe, marforge, Flask and the in-process ceiling (BENCH_ARGS=--short for a quick look)
-bench: archive
+## bench: ceiling, stock TorchServe, marforge, Flask and every other format of BENCH_MODEL BENCH_VERSION (BENCH_ARGS=--short for a quick look)
+bench: $(BENCH_ARCHIVES)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	$(PY) -m marforge bench $(BENCH_MODEL) $(BENCH_VERSION) --model-store $(MODEL_STORE) --verbose $(BENCH_ARGS)
+
+.PHONY: bench-formats
+## bench-formats: every version in every format at 16 and 64 clients: which format wins for each model
+bench-formats: $(BENCH_ARCHIVES)
+	$(PY) -m marforge bench --compare-formats --concurrency 16,64 --seconds 5 --model-store $(MODEL_STORE) --verbose $(BENCH_ARGS)
 
 .PHONY: predict
 ## predict: send IMAGE to MODEL (VERSION optional): make predict MODEL=fashion VERSION=2.0 IMAGE=x.png

@@ -227,17 +227,60 @@ def run(registry, model_store, mv, seconds=10.0, concurrencies=(1, 16, 64), vari
             rows.append(measure("(d) flask", url, bodies, c, seconds, pid, {pid: "flask"}))
             log(f"{rows[-1]}")
     for fmt in variants:
-        built = mv.archive_path(model_store, fmt)
-        if not built.is_file():
-            raise server.ServerError(f"{built} not built", f"python -m marforge archive {mv.name} {mv.version} --format {fmt}")
-        store = Path(tempfile.mkdtemp(prefix=f"marforge-bench-{fmt}-"))
-        shutil.copy(built, mv.archive_path(store))  # served under the name the server loads
-        with torchserve(mv, store, registry=registry) as started:
+        with format_server(registry, model_store, mv, fmt) as started:
             for row in _torchserve_rows(f"(e) marforge {fmt}", started, mv, bodies, concurrencies, seconds, warm_s):
                 rows.append(row)
                 log(f"{row}")
     return {"model": mv.key, "seconds": seconds, "cpus": len(os.sched_getaffinity(0)), "rows": rows,
             "ratios": ratios(rows, concurrencies)}
+
+
+@contextmanager
+def format_server(registry, model_store, mv, fmt):
+    """marforge's TorchServe serving `mv` from its archive in format `fmt` (built beforehand)."""
+    built = mv.archive_path(model_store, fmt)
+    if not built.is_file():
+        raise server.ServerError(f"{built} not built", f"make archive FORMAT={fmt}")
+    store = Path(tempfile.mkdtemp(prefix=f"marforge-bench-{fmt}-"))
+    try:
+        shutil.copy(built, mv.archive_path(store))  # served under the name the server loads
+        with torchserve(mv, store, registry=registry) as started:
+            yield started
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def compare_formats(registry, model_store, versions, formats, seconds=5.0, concurrencies=(16, 64), log=print):
+    """Every version in every format, served with marforge's settings; rows plus the winner per version.
+
+    The winner is the format with the highest throughput at the highest concurrency; a format less
+    than 5% ahead of eager does not count as a win (eager needs no conversion step).
+    """
+    rows, winners = [], {}
+    for mv in versions:
+        bodies = [p.read_bytes() for p in sorted(mv.eval_dir.glob("*.png"))]
+        for fmt in formats:
+            with format_server(registry, model_store, mv, fmt) as started:
+                for row in _torchserve_rows(fmt, started, mv, bodies, concurrencies, seconds, min(WARM_UP_S, seconds)):
+                    rows.append({**row, "version": mv.key, "format": fmt})
+                    log(f"{mv.key} {rows[-1]}")
+        at_top = {r["format"]: r["throughput"] for r in rows if r["version"] == mv.key and r["concurrency"] == max(concurrencies)}
+        best = max(at_top, key=at_top.get)
+        winners[mv.key] = best if "eager" not in at_top or at_top[best] >= 1.05 * at_top["eager"] else "eager"
+    return {"seconds": seconds, "cpus": len(os.sched_getaffinity(0)), "rows": rows, "winners": winners}
+
+
+def formats_markdown(results):
+    lines = [f"{results['cpus']} CPUs, {results['seconds']:.0f} s per row", "",
+             "| version | format | conc. | req/s | p50 ms | p99 ms | errors | server CPU (cores) | peak RSS MB |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    for r in results["rows"]:
+        cpu = ", ".join(f"{k} {v}" for k, v in sorted(r["server_cpu"].items()))
+        lines.append(f"| {r['version']} | {r['format']} | {r['concurrency']} | {r['throughput']} | {r['p50_ms']} | "
+                     f"{r['p99_ms']} | {r['errors']} | {cpu} | {r['peak_rss_mb']} |")
+    lines += ["", "Fastest format per version (models.toml `format` serves it as <name>-<version>.mar):", ""]
+    lines += [f"- {key}: {fmt}" for key, fmt in results["winners"].items()]
+    return "\n".join(lines) + "\n"
 
 
 def _throughput(rows, label, concurrency):

@@ -15,6 +15,10 @@ from pathlib import Path
 
 from marforge.errors import INFRA_ERROR, MarforgeError
 
+# Formats `bench` serves by default; compile only on request (inductor compiles each new batch shape
+# on its first request, 10-30 s on 2 cores). The Makefile's BENCH_FORMATS builds the same list.
+BENCH_FORMATS = ["eager", "torchscript", "onnx", "quantized"]
+
 EXAMPLES = {
     "archive": "python -m marforge archive fashion 2.0      # builds model_store/fashion-2.0.mar",
     "verify": "python -m marforge verify model_store/fashion-2.0.mar",
@@ -156,7 +160,18 @@ def cmd_bench(args):
         print(bench.sweep_markdown(rows) + f"written to {out_dir}/")
         return
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    variants = args.formats.split(",") if args.formats else []
+    if args.compare_formats:
+        results = bench.compare_formats(registry, _model_store(args), registry.all_versions(),
+                                        args.formats.split(",") if args.formats else BENCH_FORMATS, seconds=seconds,
+                                        concurrencies=[c for c in concurrencies if c > 1] or concurrencies,
+                                        log=print if args.verbose else (lambda line: None))
+        out_dir = Path(args.out) / f"formats-{time.strftime('%Y%m%d-%H%M%S')}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "formats.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out_dir / "formats.md").write_text(bench.formats_markdown(results))
+        print(bench.formats_markdown(results) + f"written to {out_dir}/")
+        return
+    variants = args.formats.split(",") if args.formats else [f for f in BENCH_FORMATS if f != mv.format]
     results = bench.run(registry, _model_store(args), mv, seconds=seconds, concurrencies=concurrencies,
                         variants=variants, log=print if args.verbose else (lambda line: None))
     out_dir = bench.write(results, Path(args.out) / time.strftime("%Y%m%d-%H%M%S"))
@@ -247,12 +262,16 @@ def build_parser():
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each row at each concurrency")
     p.add_argument("--short", action="store_true", help="3 s per row: a quick look")
     p.add_argument("--concurrency", default="1,16,64", help="comma-separated client counts")
-    p.add_argument("--formats", help="archive formats to add as (e) rows, e.g. torchscript,quantized")
+    p.add_argument("--formats", help="archive formats to add as (e) rows (default: eager, torchscript, onnx and "
+                   "quantized, less the registry's own; compile on request), e.g. torchscript,compile")
     p.add_argument("--model-store", help="archives folder (default: model_store)")
     p.add_argument("--out", default="bench-results", help="results folder (a timestamped folder inside)")
     p.add_argument("--verbose", action="store_true", help="print each row as it is measured")
     p.add_argument("--sweep", action="store_true", help="instead: marforge's server at concurrency 16 for each "
                    "workers/batch/delay setting in bench.SWEEP_GRID (how the shipped defaults were chosen)")
+    p.add_argument("--compare-formats", action="store_true", help="instead: every registry version in every "
+                   "format of --formats (default eager,torchscript,onnx,quantized; build them first with make archive "
+                   "FORMAT=...) at the concurrencies above 1; names the fastest format per version")
 
     p = command("predict", cmd_predict, "send one image to the server and print the JSON answer")
     p.add_argument("name")

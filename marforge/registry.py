@@ -216,18 +216,18 @@ def load(path=None):
 
 
 def main(argv):
-    """Tiny stdlib-only entry for the Makefile: `archives DIR [FORMAT]` prints one archive path per
-    version (in the registry's format, or in FORMAT when given)."""
-    if len(argv) not in (3, 4) or argv[1] != "archives" or (len(argv) == 4 and argv[3] not in FORMATS):
-        print(f"usage: python3 -m marforge.registry archives MODEL_STORE [{'|'.join(FORMATS)}]", file=sys.stderr)
+    """Tiny stdlib-only entry for the Makefile: `archives DIR [FORMAT ...]` prints one archive path per
+    version and format (the registry's own format when none is given)."""
+    if len(argv) < 3 or argv[1] != "archives" or not set(argv[3:]) <= set(FORMATS):
+        print(f"usage: python3 -m marforge.registry archives MODEL_STORE [{'|'.join(FORMATS)} ...]", file=sys.stderr)
         return 2
     try:
         registry = load()
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    fmt = argv[3] if len(argv) == 4 else None
-    print(" ".join(str(v.archive_path(argv[2], fmt)) for v in registry.all_versions()))
+    formats = argv[3:] or [None]
+    print(" ".join(dict.fromkeys(str(v.archive_path(argv[2], f)) for f in formats for v in registry.all_versions())))
     return 0
 
 
