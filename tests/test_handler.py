@@ -70,6 +70,16 @@ def test_an_all_bad_batch_leaves_the_worker_serving(loaded):
     assert handler.predict([{"body": path.read_bytes()}])[0].json()["predictions"][0]["label"] == label
 
 
+def test_torchserves_per_batch_log_line_is_dropped_and_others_kept(loaded, caplog):
+    """TorchServe's worker logs 'Backend received inference at' for every batch; the handler drops it."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        logging.info("Backend received inference at: %d", 1795471046)
+        logging.info("a worker line that matters: %s", "kept")
+    assert [r.getMessage() for r in caplog.records] == ["a worker line that matters: kept"]
+
+
 def test_missing_handler_section_fails_loading_with_a_clear_error(registry, tmp_path):
     model_dir = stage_model_dir(registry.by_key("digits-1.0"), tmp_path)
     (model_dir / "model-config.yaml").write_text("minWorkers: 1\n")

@@ -14,6 +14,7 @@ import yaml
 from marforge import archive, registry as registry_module, variants
 from marforge.errors import ArchiveError, RegistryError
 from marforge.weights import build_model
+from marforge.worker import LoadedArchive
 
 BUILDS = [("1.0", fmt) for fmt in variants.FORMATS] + [("2.0", fmt) for fmt in variants.FORMATS if fmt != "compile"]
 SELF_CONTAINED = {"torchscript", "onnx", "quantized"}  # archived without a model file
@@ -40,7 +41,9 @@ def config_of(mar):
 
 def test_formats_are_named_after_the_registry_format(registry, built):
     store = next(iter(built.values()))[0].parent
-    expected = {f"fashion-{version}.mar" if fmt == "eager" else f"fashion-{version}-{fmt}.mar" for version, fmt in BUILDS}
+    expected = {registry.get("fashion", version).archive_path(store, fmt).name for version, fmt in BUILDS}
+    assert {f"fashion-{version}.mar" for version, _ in BUILDS} <= expected  # the registry's own format ...
+    assert len(expected) == len(BUILDS)  # ... and every other one under its own name
     assert {p.name for p in store.glob("*")} == expected  # and no partial files left over
     for (version, fmt), (path, _) in built.items():
         assert path == registry.get("fashion", version).archive_path(store, fmt)
@@ -85,6 +88,25 @@ def test_quantized_weights_are_smaller(registry, built):
     for version in ("1.0", "2.0"):
         eager_bytes = registry.get("fashion", version).weights.stat().st_size
         assert built[version, "quantized"][1].serialized_bytes < 0.4 * eager_bytes
+
+
+def test_a_cpu_worker_runs_torchscript_frozen_and_rewritten(built):
+    """The archive holds the plain traced model; the worker freezes it and rewrites it for oneDNN."""
+    mar = built["2.0", "torchscript"][0]
+    with zipfile.ZipFile(mar) as archive_file:
+        serialized = archive.manifest_of(mar)["model"]["serializedFile"]
+        archive_file.extract(serialized, mar.parent / "extracted")
+    assert list(torch.jit.load(str(mar.parent / "extracted" / serialized)).parameters())  # portable: not frozen
+    with LoadedArchive(mar) as loaded:
+        model = loaded.handler.model
+        assert not list(model.parameters())  # frozen: the weights are constants of the graph
+        assert "mkldnn" in str(model.graph)  # convolutions run through oneDNN
+
+
+def test_onnxruntime_uses_the_workers_share_of_the_cores(built, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # what OMP_NUM_THREADS=1 gives a worker
+    with LoadedArchive(built["2.0", "onnx"][0]) as loaded:
+        assert loaded.handler.model.get_session_options().intra_op_num_threads == 1
 
 
 def test_verify_reads_the_format_from_the_archive(registry, built):
