@@ -144,6 +144,15 @@ def cmd_soak(args):
         raise MarforgeError("soak failed: " + "; ".join(report.problems), f"read {_run_dir(args)}/logs")
 
 
+def _write_bench(out, name, data, table):
+    """Write `<out>/<name>-<time>/<name>.json` and `.md`, and print the table."""
+    out_dir = Path(out) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (out_dir / f"{name}.md").write_text(table)
+    print(table + f"written to {out_dir}/")
+
+
 def cmd_bench(args):
     from marforge import bench
 
@@ -153,11 +162,7 @@ def cmd_bench(args):
     if args.sweep:
         rows = bench.sweep(registry, _model_store(args), mv, bench.SWEEP_GRID, seconds=seconds,
                            log=print if args.verbose else (lambda line: None))
-        out_dir = Path(args.out) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "sweep.json").write_text(json.dumps(rows, indent=2) + "\n")
-        (out_dir / "sweep.md").write_text(bench.sweep_markdown(rows))
-        print(bench.sweep_markdown(rows) + f"written to {out_dir}/")
+        _write_bench(args.out, "sweep", rows, bench.sweep_markdown(rows))
         return
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     if args.compare_formats:
@@ -165,11 +170,7 @@ def cmd_bench(args):
                                         args.formats.split(",") if args.formats else BENCH_FORMATS, seconds=seconds,
                                         concurrencies=[c for c in concurrencies if c > 1] or concurrencies,
                                         log=print if args.verbose else (lambda line: None))
-        out_dir = Path(args.out) / f"formats-{time.strftime('%Y%m%d-%H%M%S')}"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "formats.json").write_text(json.dumps(results, indent=2) + "\n")
-        (out_dir / "formats.md").write_text(bench.formats_markdown(results))
-        print(bench.formats_markdown(results) + f"written to {out_dir}/")
+        _write_bench(args.out, "formats", results, bench.formats_markdown(results))
         return
     variants = args.formats.split(",") if args.formats else [f for f in BENCH_FORMATS if f != mv.format]
     results = bench.run(registry, _model_store(args), mv, seconds=seconds, concurrencies=concurrencies,
