@@ -12,21 +12,30 @@ from marforge import archive, registry as registry_module, weights
 from marforge.errors import ArchiveError, RegistryError, WeightsError
 
 
+NEEDS_MODEL_FILE = {"eager", "compile"}  # the other formats are archived without the model definition
+
+
 def test_every_version_has_its_own_versioned_archive(registry, store):
     assert sorted(p.name for p in store.glob("*.mar")) == sorted(f"{mv.key}.mar" for mv in registry.all_versions())
     for mv in registry.all_versions():
-        manifest = archive.manifest_of(mv.archive_path(store))["model"]
+        path = mv.archive_path(store)
+        manifest = archive.manifest_of(path)["model"]
         assert (manifest["modelName"], manifest["modelVersion"]) == (mv.name, mv.version)
         assert manifest["handler"] == "image_handler.py"
-        assert manifest["modelFile"] == mv.model_def.name
+        assert archive.archive_format(path) == mv.format  # built in the format the registry names
+        assert manifest.get("modelFile") == (mv.model_def.name if mv.format in NEEDS_MODEL_FILE else None)
 
 
 def test_archives_are_flat_and_carry_the_handler_config(registry, store):
     for mv in registry.all_versions():
         with zipfile.ZipFile(mv.archive_path(store)) as mar:
             names = set(mar.namelist())
-            assert {"image_handler.py", "image_io.py", mv.model_def.name, mv.weights.name,
-                    "model-config.yaml"} <= names
+            serialized = archive.manifest_of(mv.archive_path(store))["model"]["serializedFile"]
+            expected = {"image_handler.py", "image_io.py", "placement.py", serialized, "model-config.yaml"}
+            if mv.format in NEEDS_MODEL_FILE:
+                assert serialized == mv.weights.name
+                expected.add(mv.model_def.name)
+            assert expected <= names
             import yaml
 
             config = yaml.safe_load(mar.read("model-config.yaml"))
