@@ -253,8 +253,7 @@ def format_server(registry, model_store, mv, fmt):
 def compare_formats(registry, model_store, versions, formats, seconds=5.0, concurrencies=(16, 64), log=print):
     """Every version in every format, served with marforge's settings; rows plus the winner per version.
 
-    The winner is the format with the highest throughput at the highest concurrency; a format less
-    than 5% ahead of eager does not count as a win (eager needs no conversion step).
+    The winner per version is `winner`'s: the fastest at the highest concurrency, if 5% ahead of eager.
     """
     rows, winners = [], {}
     for mv in versions:
@@ -264,10 +263,17 @@ def compare_formats(registry, model_store, versions, formats, seconds=5.0, concu
                 for row in _torchserve_rows(fmt, started, mv, bodies, concurrencies, seconds, min(WARM_UP_S, seconds)):
                     rows.append({**row, "version": mv.key, "format": fmt})
                     log(f"{mv.key} {rows[-1]}")
-        at_top = {r["format"]: r["throughput"] for r in rows if r["version"] == mv.key and r["concurrency"] == max(concurrencies)}
-        best = max(at_top, key=at_top.get)
-        winners[mv.key] = best if "eager" not in at_top or at_top[best] >= 1.05 * at_top["eager"] else "eager"
+        winners[mv.key] = winner([r for r in rows if r["version"] == mv.key])
     return {"seconds": seconds, "cpus": len(os.sched_getaffinity(0)), "rows": rows, "winners": winners}
+
+
+def winner(rows, margin=1.05):
+    """The format of `rows` (one version's) with the highest throughput at the highest concurrency
+    measured; eager unless the best is at least `margin` times eager's (eager needs no conversion)."""
+    top = max(r["concurrency"] for r in rows)
+    at_top = {r["format"]: r["throughput"] for r in rows if r["concurrency"] == top}
+    best = max(at_top, key=at_top.get)
+    return best if "eager" not in at_top or at_top[best] >= margin * at_top["eager"] else "eager"
 
 
 def formats_markdown(results):
@@ -359,33 +365,48 @@ def write(results, out_dir):
     return out_dir
 
 
+# One knob at a time around the shipped defaults (a worker per core, batches of 8 within 5 ms) on a
+# 2-core machine: workers per version, then batch size, then the batch window.
 SWEEP_GRID = [
     {"workers": w, "batch_size": b, "max_batch_delay_ms": d}
-    for w, b, d in [(1, 1, 5), (2, 1, 5), (1, 8, 5), (2, 8, 5), (2, 16, 5), (2, 8, 2), (2, 8, 10), (3, 8, 5)]
+    for w, b, d in [(2, 8, 5), (1, 8, 5), (3, 8, 5), (2, 1, 5), (2, 4, 5), (2, 16, 5), (2, 8, 1), (2, 8, 2), (2, 8, 10)]
 ]
 
 
-def sweep(registry, model_store, mv, grid, seconds=5.0, concurrency=16, log=print):
-    """marforge's TorchServe at `concurrency` for each serving setting in `grid` (dicts of
-    workers / batch_size / max_batch_delay_ms); returns one row per setting."""
+def sweep(registry, model_store, mv, grid, seconds=5.0, concurrencies=(1, 16, 64), log=print):
+    """marforge's TorchServe serving `mv` (in its registry format) for each serving setting in `grid`
+    (dicts of workers / batch_size / max_batch_delay_ms), measured at every concurrency; returns one
+    row per setting and concurrency."""
     paths = sorted(registry.models[mv.name].eval_dir.glob("*.png"))
     bodies = [p.read_bytes() for p in paths]
     rows = []
     for setting in grid:
         candidate = dataclasses.replace(mv, serving={**mv.serving, **setting})
         with torchserve(candidate, model_store, registry=registry) as started:
-            [row] = _torchserve_rows("sweep", started, candidate, bodies, [concurrency], seconds)
-        row.update(setting, threads=server.threads_per_worker(setting.get("workers", mv.serving["workers"])))
-        rows.append(row)
-        log(f"{row}")
+            for row in _torchserve_rows("sweep", started, candidate, bodies, concurrencies, seconds,
+                                        min(WARM_UP_S, seconds)):
+                row.update(setting, threads=server.threads_per_worker(setting.get("workers", mv.serving["workers"])))
+                rows.append(row)
+                log(f"{row}")
     return rows
 
 
 def sweep_markdown(rows):
-    lines = ["| workers | threads/worker | batch | delay ms | req/s | p50 ms | p99 ms | errors | server CPU (cores) |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for r in sorted(rows, key=lambda r: -r["throughput"]):
-        cpu = ", ".join(f"{k} {v}" for k, v in sorted(r["server_cpu"].items()))
-        lines.append(f"| {r['workers']} | {r['threads']} | {r['batch_size']} | {r['max_batch_delay_ms']} | "
-                     f"{r['throughput']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | {cpu} |")
+    """One line per setting, in the order swept: throughput, p50 and p99 at each concurrency."""
+    knobs = ("workers", "threads", "batch_size", "max_batch_delay_ms")
+    settings = {}
+    for r in rows:
+        settings.setdefault(tuple(r[k] for k in knobs), {})[r["concurrency"]] = r
+    concurrencies = sorted({r["concurrency"] for r in rows})
+    head = ["workers", "threads/worker", "batch", "delay ms"]
+    for c in concurrencies:
+        head += [f"req/s @{c}", f"p50 ms @{c}", f"p99 ms @{c}"]
+    lines = ["| " + " | ".join(head + ["errors"]) + " |", "|" + " ---: |" * (len(head) + 1)]
+    for knob_values, by_concurrency in settings.items():
+        cells = [str(v) for v in knob_values]
+        for c in concurrencies:
+            r = by_concurrency.get(c)
+            cells += [str(r["throughput"]), str(r["p50_ms"]), str(r["p99_ms"])] if r else ["-"] * 3
+        cells.append(str(sum(r["errors"] for r in by_concurrency.values())))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -161,6 +161,7 @@ def cmd_bench(args):
     seconds = 3.0 if args.short else args.seconds
     if args.sweep:
         rows = bench.sweep(registry, _model_store(args), mv, bench.SWEEP_GRID, seconds=seconds,
+                           concurrencies=[int(c) for c in args.concurrency.split(",")],
                            log=print if args.verbose else (lambda line: None))
         _write_bench(args.out, "sweep", rows, bench.sweep_markdown(rows))
         return
@@ -268,8 +269,8 @@ def build_parser():
     p.add_argument("--model-store", help="archives folder (default: model_store)")
     p.add_argument("--out", default="bench-results", help="results folder (a timestamped folder inside)")
     p.add_argument("--verbose", action="store_true", help="print each row as it is measured")
-    p.add_argument("--sweep", action="store_true", help="instead: marforge's server at concurrency 16 for each "
-                   "workers/batch/delay setting in bench.SWEEP_GRID (how the shipped defaults were chosen)")
+    p.add_argument("--sweep", action="store_true", help="instead: marforge's server at each concurrency for "
+                   "each workers/batch/delay setting in bench.SWEEP_GRID (how the shipped defaults were chosen)")
     p.add_argument("--compare-formats", action="store_true", help="instead: every registry version in every "
                    "format of --formats (default eager,torchscript,onnx,quantized; build them first with make archive "
                    "FORMAT=...) at the concurrencies above 1; names the fastest format per version")
