@@ -1,8 +1,9 @@
 """`make bench`: the same images, load generator and durations against every way of serving a model.
 
 Rows (each at every concurrency, default 1, 16 and 64):
-  (a) ceiling   the archive's own handler run in-process (decode + preprocess + model, batches of
-                8), one single-threaded process per core: what the machine can do with no server
+  (a) ceiling   the archive's own handler run in-process (decode + preprocess + model, in batches of
+                the version's batch size), one single-threaded process per core: what the machine can
+                do with no server
   (b) stock     TorchServe with its defaults: a worker per core, no batching, every core per worker
   (c) marforge  TorchServe as `make serve` runs it (config.properties + models.toml)
   (d) flask     a Flask app like the handwritten-digit example's (marforge/flask_baseline.py)
@@ -109,7 +110,7 @@ def measure(label, url, bodies, concurrency, seconds, pid, roles, headers=None):
 
 # -- (a) the in-process ceiling --------------------------------------------------------------------
 def _ceiling_process(args):
-    mar_path, paths, seconds = args
+    mar_path, paths, seconds, batch_size = args
     import torch
 
     from marforge.worker import LoadedArchive
@@ -120,18 +121,18 @@ def _ceiling_process(args):
         handler = loaded.handler
         done, deadline = 0, time.monotonic() + seconds
         while time.monotonic() < deadline:
-            batch = [rows[(done + j) % len(rows)] for j in range(8)]
+            batch = [rows[(done + j) % len(rows)] for j in range(batch_size)]
             handler.inference(handler.preprocess(batch))
-            done += 8
+            done += batch_size
     return done / seconds
 
 
-def ceiling(mar_path, paths, seconds, processes=None):
+def ceiling(mar_path, paths, seconds, processes=None, batch_size=16):
     """Images per second of the archive's own handler (decode, preprocess, model, softmax; batches of
-    8) run in-process, in `processes` single-threaded processes (default: one per core)."""
+    `batch_size`) run in-process, in `processes` single-threaded processes (default: one per core)."""
     processes = processes or len(os.sched_getaffinity(0))
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        rates = pool.map(_ceiling_process, [(str(mar_path), [str(p) for p in paths], seconds)] * processes)
+        rates = pool.map(_ceiling_process, [(str(mar_path), [str(p) for p in paths], seconds, batch_size)] * processes)
     return {"row": "(a) ceiling", "concurrency": None, "throughput": round(sum(rates), 1), "processes": processes}
 
 
@@ -214,7 +215,7 @@ def run(registry, model_store, mv, seconds=10.0, concurrencies=(1, 16, 64), vari
     paths = sorted(registry.models[mv.name].eval_dir.glob("*.png"))
     bodies = [p.read_bytes() for p in paths]
     warm_s = min(WARM_UP_S, seconds)
-    rows = [ceiling(mv.archive_path(model_store), paths, seconds)]
+    rows = [ceiling(mv.archive_path(model_store), paths, seconds, batch_size=mv.serving["batch_size"])]
     log(f"{rows[-1]}")
     for label, stock in (("(b) torchserve stock", True), ("(c) marforge", False)):
         with torchserve(mv, model_store, stock=stock, registry=registry) as started:
@@ -365,11 +366,12 @@ def write(results, out_dir):
     return out_dir
 
 
-# One knob at a time around the shipped defaults (a worker per core, batches of 8 within 5 ms) on a
+# One knob at a time around the shipped defaults (a worker per core, batches of 16 within 1 ms) on a
 # 2-core machine: workers per version, then batch size, then the batch window.
 SWEEP_GRID = [
     {"workers": w, "batch_size": b, "max_batch_delay_ms": d}
-    for w, b, d in [(2, 8, 5), (1, 8, 5), (3, 8, 5), (2, 1, 5), (2, 4, 5), (2, 16, 5), (2, 8, 1), (2, 8, 2), (2, 8, 10)]
+    for w, b, d in [(2, 16, 1), (1, 16, 1), (3, 16, 1), (2, 1, 1), (2, 4, 1), (2, 8, 1), (2, 32, 1),
+                    (2, 16, 2), (2, 16, 5), (2, 16, 10)]
 ]
 
 
