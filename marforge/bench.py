@@ -5,6 +5,7 @@ Rows (each at every concurrency, default 1, 16 and 64):
                 the version's batch size), one single-threaded process per core: what the machine can
                 do with no server
   (b) stock     TorchServe with its defaults: a worker per core, no batching, every core per worker
+  (b')          the same with the eager archive, when the version is served in another format
   (c) marforge  TorchServe as `make serve` runs it (config.properties + models.toml)
   (d) flask     a Flask app like the handwritten-digit example's (marforge/flask_baseline.py)
   (e) ...       each extra archive format given, served with (c)'s settings
@@ -222,6 +223,15 @@ def run(registry, model_store, mv, seconds=10.0, concurrencies=(1, 16, 64), vari
             for row in _torchserve_rows(label, started, mv, bodies, concurrencies, seconds, warm_s):
                 rows.append(row)
                 log(f"{row}")
+    if mv.format != "eager" and mv.archive_path(model_store, "eager").is_file():
+        # What stock TorchServe does with the PyTorch model itself, which is what most users start from.
+        with format_server(registry, model_store, mv, "eager", stock=True) as started:
+            for row in _torchserve_rows("(b') torchserve stock, eager archive", started, mv, bodies, concurrencies,
+                                        seconds, warm_s):
+                rows.append(row)
+                log(f"{row}")
+    elif mv.format != "eager":
+        log(f"(b') skipped: {mv.archive_path(model_store, 'eager')} not built (make archive FORMAT=eager)")
     with flask_baseline(mv, registry.path) as (pid, url):
         warm_up(url, bodies, max(concurrencies), warm_s)
         for c in concurrencies:
@@ -237,15 +247,16 @@ def run(registry, model_store, mv, seconds=10.0, concurrencies=(1, 16, 64), vari
 
 
 @contextmanager
-def format_server(registry, model_store, mv, fmt):
-    """marforge's TorchServe serving `mv` from its archive in format `fmt` (built beforehand)."""
+def format_server(registry, model_store, mv, fmt, stock=False):
+    """TorchServe serving `mv` from its archive in format `fmt` (built beforehand), with marforge's
+    settings or, if `stock`, TorchServe's defaults."""
     built = mv.archive_path(model_store, fmt)
     if not built.is_file():
         raise server.ServerError(f"{built} not built", f"make archive FORMAT={fmt}")
     store = Path(tempfile.mkdtemp(prefix=f"marforge-bench-{fmt}-"))
     try:
         shutil.copy(built, mv.archive_path(store))  # served under the name the server loads
-        with torchserve(mv, store, registry=registry) as started:
+        with torchserve(mv, store, stock=stock, registry=registry) as started:
             yield started
     finally:
         shutil.rmtree(store, ignore_errors=True)
@@ -298,11 +309,12 @@ def _throughput(rows, label, concurrency):
 
 
 def ratios(rows, concurrencies):
-    """(c)/(a), (c)/(b), (c)/(d) at each concurrency, with the issue's targets checked."""
+    """(c)/(a), (c)/(b), (c)/(d) (and (c)/(b') when measured) at each concurrency, with the issue's
+    targets checked; the targets compare with (b) on the same archive as (c)."""
     out = {}
     for c in concurrencies:
         mine = _throughput(rows, "(c)", c)
-        for other in ("(a)", "(b)", "(d)"):
+        for other in ("(a)", "(b)", "(b')", "(d)"):
             theirs = _throughput(rows, other, c)
             if mine and theirs and theirs["throughput"]:
                 out[f"(c)/{other} at {c}"] = round(mine["throughput"] / theirs["throughput"], 2)
@@ -325,6 +337,15 @@ def markdown(results):
         cpu = ", ".join(f"{k} {v}" for k, v in sorted(r["server_cpu"].items()))
         lines.append(f"| {r['row']} | {r['concurrency']} | {r['throughput']} | {r['p50_ms']} | {r['p90_ms']} | "
                      f"{r['p99_ms']} | {r['errors']} | {r['loadgen_cpu']} | {cpu} | {r['peak_rss_mb']} |")
+    ratios_by_pair = {}
+    for name, value in results["ratios"]["ratios"].items():
+        pair, concurrency = name.split(" at ")
+        ratios_by_pair.setdefault(pair, {})[int(concurrency)] = value
+    concurrencies = sorted({c for by in ratios_by_pair.values() for c in by})
+    lines += ["", "| ratio | " + " | ".join(f"at {c}" for c in concurrencies) + " |",
+              "| --- |" + " ---: |" * len(concurrencies)]
+    for pair, by in ratios_by_pair.items():
+        lines.append(f"| {pair} | " + " | ".join(str(by.get(c, "-")) for c in concurrencies) + " |")
     lines += ["", "| check | value | target | met |", "| --- | ---: | ---: | --- |"]
     for name, check in results["ratios"]["targets"].items():
         value = check.get("ratio", check.get("value"))

@@ -13,6 +13,7 @@ def row(label, concurrency, throughput, p99=10.0, **extra):
 def test_ratios_compare_marforge_with_each_row_and_check_the_targets():
     rows = [{"row": "(a) ceiling", "concurrency": None, "throughput": 8000.0, "processes": 2},
             row("(b) torchserve stock", 16, 100.0), row("(b) torchserve stock", 64, 110.0),
+            row("(b') torchserve stock, eager archive", 16, 50.0),
             row("(c) marforge", 16, 2000.0, p99=60.0), row("(c) marforge", 64, 4000.0),
             row("(d) flask", 16, 400.0), row("(d) flask", 64, 420.0),
             row("(e) marforge onnx", 16, 9999.0)]  # (e) rows are never taken for (c)
@@ -20,12 +21,14 @@ def test_ratios_compare_marforge_with_each_row_and_check_the_targets():
     assert result["ratios"]["(c)/(b) at 16"] == 20.0
     assert result["ratios"]["(c)/(d) at 16"] == 5.0
     assert result["ratios"]["(c)/(a) at 64"] == 0.5  # the ceiling has no concurrency: it counts at each
+    assert result["ratios"]["(c)/(b') at 16"] == 40.0  # reported, but the target is on (b), the same archive
     targets = result["targets"]
     assert targets["(c)/(b) at 16"]["met"] and targets["(c)/(d) at 16"]["met"]
     assert not targets["(c)/(a) at 64"]["met"]
     assert targets["(c) p99 at 16 <= 50 ms"] == {"value": 60.0, "met": False}
-    assert "| (c)/(a) at 64 | 0.5 | 0.6 | NO |" in bench.markdown(
-        {"model": "fashion-2.0", "cpus": 2, "seconds": 6, "rows": rows, "ratios": result})
+    table = bench.markdown({"model": "fashion-2.0", "cpus": 2, "seconds": 6, "rows": rows, "ratios": result})
+    assert "| (c)/(a) at 64 | 0.5 | 0.6 | NO |" in table
+    assert "| (c)/(b) | 20.0 | 36.36 |" in table and "| (c)/(b') | 40.0 | - |" in table
 
 
 def test_a_missing_row_fails_its_target_instead_of_passing():
