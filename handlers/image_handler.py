@@ -18,6 +18,7 @@ The file is not called image_classifier.py on purpose: when a handler fails to i
 tries `ts.torch_handler.<same name>`, and would silently serve its own ImageClassifier instead.
 """
 
+import json
 import logging
 
 import torch
@@ -107,14 +108,19 @@ class ImageClassifier(BaseHandler):
         return torch.softmax(outputs.float(), dim=1).cpu(), slots
 
     def postprocess(self, data):
-        """One JSON answer per request, in request order, with a per-request HTTP status."""
+        """One JSON answer per request, in request order, with a per-request HTTP status.
+
+        Answers are encoded here (compact, by json's C encoder): handed a dict, TorchServe encodes
+        it with indent=2, which runs the pure-Python encoder, ~7% of a worker's CPU at 64 clients.
+        """
         probabilities, slots = data
         answers = []
         for idx, slot in enumerate(slots):
             self.context.set_response_content_type(idx, "application/json")
             if isinstance(slot, image_io.BadInput):
                 self.context.set_response_status(slot.code, slot.kind, idx)
-                answers.append({**slot.as_dict(), **self.identity})
+                answer = {**slot.as_dict(), **self.identity}
             else:
-                answers.append({**self.identity, "predictions": image_io.top_k(probabilities[slot], self.config)})
+                answer = {**self.identity, "predictions": image_io.top_k(probabilities[slot], self.config)}
+            answers.append(json.dumps(answer).encode())
         return answers

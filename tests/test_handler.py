@@ -34,6 +34,16 @@ def test_samples_get_the_true_label_with_model_and_version(loaded):
         assert answer.content_type == "application/json"
 
 
+def test_answers_are_compact_json_encoded_by_the_handler(loaded):
+    mv, handler = loaded
+    (path, _), *_ = archive.sample_files(mv)
+    good, bad = handler.predict([{"body": path.read_bytes()}, {"body": b"not an image"}])
+    for answer in (good, bad):  # TorchServe would have encoded a dict with indent=2 (slow, multi-line)
+        assert b"\n" not in answer.body and answer.body.startswith(b'{"')
+        assert answer.content_type == "application/json"
+    assert bad.status == 400 and bad.json()["type"] == "InvalidImage"
+
+
 def test_answers_match_the_source_model(loaded):
     mv, handler = loaded
     paths = [path for path, _ in archive.sample_files(mv)]
