@@ -218,18 +218,18 @@ def run(registry, model_store, mv, seconds=10.0, concurrencies=(1, 16, 64), vari
     warm_s = min(WARM_UP_S, seconds)
     rows = [ceiling(mv.archive_path(model_store), paths, seconds, batch_size=mv.serving["batch_size"])]
     log(f"{rows[-1]}")
-    for label, stock in (("(b) torchserve stock", True), ("(c) marforge", False)):
-        with torchserve(mv, model_store, stock=stock, registry=registry) as started:
+
+    def served(label, context):
+        with context as started:
             for row in _torchserve_rows(label, started, mv, bodies, concurrencies, seconds, warm_s):
                 rows.append(row)
                 log(f"{row}")
+
+    served("(b) torchserve stock", torchserve(mv, model_store, stock=True, registry=registry))
+    served("(c) marforge", torchserve(mv, model_store, registry=registry))
     if mv.format != "eager" and mv.archive_path(model_store, "eager").is_file():
         # What stock TorchServe does with the PyTorch model itself, which is what most users start from.
-        with format_server(registry, model_store, mv, "eager", stock=True) as started:
-            for row in _torchserve_rows("(b') torchserve stock, eager archive", started, mv, bodies, concurrencies,
-                                        seconds, warm_s):
-                rows.append(row)
-                log(f"{row}")
+        served("(b') torchserve stock, eager archive", format_server(registry, model_store, mv, "eager", stock=True))
     elif mv.format != "eager":
         log(f"(b') skipped: {mv.archive_path(model_store, 'eager')} not built (make archive FORMAT=eager)")
     with flask_baseline(mv, registry.path) as (pid, url):
@@ -238,10 +238,7 @@ def run(registry, model_store, mv, seconds=10.0, concurrencies=(1, 16, 64), vari
             rows.append(measure("(d) flask", url, bodies, c, seconds, pid, {pid: "flask"}))
             log(f"{rows[-1]}")
     for fmt in variants:
-        with format_server(registry, model_store, mv, fmt) as started:
-            for row in _torchserve_rows(f"(e) marforge {fmt}", started, mv, bodies, concurrencies, seconds, warm_s):
-                rows.append(row)
-                log(f"{row}")
+        served(f"(e) marforge {fmt}", format_server(registry, model_store, mv, fmt))
     return {"model": mv.key, "seconds": seconds, "cpus": len(os.sched_getaffinity(0)), "rows": rows,
             "ratios": ratios(rows, concurrencies)}
 
