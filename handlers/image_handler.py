@@ -57,8 +57,11 @@ class ImageClassifier(BaseHandler):
                     self.placement.device, self.placement.half, self.placement.pin)
         self.onnx_input = None
         if (self.model_pt_path or "").endswith(".onnx"):  # BaseHandler opened an onnxruntime InferenceSession
-            self.model = placement.onnx_session(self.model_pt_path, self.model.get_providers())
+            self.model = placement.onnx_session(self.model_pt_path, self.placement.device)
             self.onnx_input = self.model.get_inputs()[0].name
+            if self.placement.device.type == "cuda" and "CUDAExecutionProvider" not in self.model.get_providers():
+                logger.warning("onnxruntime has no CUDA provider here: %s runs on the CPU "
+                               "(pip install onnxruntime-gpu to run it on %s)", self.model_pt_path, self.placement.device)
         logging.getLogger().addFilter(_not_per_batch_chatter)
         self.identity = {"model": context.model_name, "version": context.manifest["model"]["modelVersion"]}
 

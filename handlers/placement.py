@@ -10,9 +10,10 @@ moves one stacked CPU batch to the chosen device. Rules:
 - `half_precision` and `pin_memory` apply only on CUDA; on the CPU they are ignored (float16 matmuls
   and convolutions there are slow or missing, and pinning only speeds up copies to a GPU).
 - A `quantized` archive (dynamic int8, whose kernels exist only for the CPU) always runs on the CPU.
-- An `onnx` archive runs in an onnxruntime session (CUDA provider on a GPU worker, when
-  onnxruntime-gpu is installed), fed float32 numpy from the CPU: no half precision, no pinning.
-  `onnx_session` opens it with the worker's share of the cores, not BaseHandler's all of them.
+- An `onnx` archive runs in an onnxruntime session (on a GPU worker, the CUDA provider on that
+  worker's GPU, when onnxruntime-gpu is installed), fed float32 numpy from the CPU: no half
+  precision, no pinning. `onnx_session` opens it with the worker's share of the cores, not
+  BaseHandler's all of them.
 - A TorchScript model (torchscript and quantized archives) on the CPU is frozen and rewritten for
   it by `for_cpu` when the worker loads it; the archive itself stays portable to a GPU.
 """
@@ -82,20 +83,30 @@ def to_device(batch, placement):
     return batch.half() if placement.half else batch
 
 
-def onnx_session(path, providers):
-    """An onnxruntime session for `path` that uses the worker's share of the cores.
+def onnx_providers(device):
+    """onnxruntime's execution providers for a worker placed on `device`: on `cuda:<n>` the CUDA
+    provider on GPU n (BaseHandler's session puts every worker on GPU 0), then the CPU."""
+    if device.type == "cuda":
+        return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def onnx_session(path, device):
+    """An onnxruntime session for `path` on `device` that uses the worker's share of the cores.
 
     BaseHandler sizes onnxruntime's thread pool to every logical core, in every worker: with one
     worker per core they fight over the cores as PyTorch's own default does (measured on 2 cores:
     a worker at concurrency 1 kept 1.4 cores busy). torch.get_num_threads() follows
-    OMP_NUM_THREADS, which marforge sets to each worker's share.
+    OMP_NUM_THREADS, which marforge sets to each worker's share. onnxruntime without its CUDA
+    provider (the `onnxruntime` package, not `onnxruntime-gpu`) falls back to the CPU with a
+    warning; `session.get_providers()` says which providers it really uses.
     """
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=onnx_providers(device))
 
 
 def for_cpu(model):

@@ -162,3 +162,42 @@ def test_the_same_mocked_gpu_worker_really_tries_cuda_for_torchscript(registry, 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(RuntimeError, match="CUDA"):
         image_handler.ImageClassifier().initialize(context)
+
+
+def test_onnxruntime_is_asked_for_the_workers_own_gpu():
+    assert placement.onnx_providers(torch.device("cuda:1")) == [
+        ("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert placement.onnx_providers(torch.device("cpu")) == ["CPUExecutionProvider"]
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available provider names")
+def test_onnx_archive_on_a_gpu_worker_without_onnxruntime_gpu_says_it_runs_on_the_cpu(
+        registry, tmp_path, monkeypatch, caplog):
+    """CUDA mocked available and GPU 1 assigned; the onnxruntime installed here has no CUDA provider,
+    so the session falls back to the CPU: the worker must say so, and still answer."""
+    import onnxruntime
+
+    caplog.set_level(logging.INFO)
+    mv = registry.by_key("fashion-2.0")
+    context = stage_traced(mv, tmp_path, "onnx")
+    context.system_properties["gpu_id"] = 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    asked = []
+    real_session = onnxruntime.InferenceSession
+
+    def session(*args, providers=None, **kwargs):
+        asked.append(providers)
+        return real_session(*args, providers=providers, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    handler = image_handler.ImageClassifier()
+    handler.initialize(context)
+    assert handler.placement.device == torch.device("cuda:1")
+    assert asked[-1] == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert handler.model.get_providers() == ["CPUExecutionProvider"]
+    assert "onnxruntime has no CUDA provider here" in caplog.text and "cuda:1" in caplog.text
+    paths = [path for path, _ in archive.sample_files(mv)]
+    inputs = torch.stack([image_io.prepare({"body": p.read_bytes()}, handler.config) for p in paths])
+    probabilities, _ = handler.inference((inputs, list(range(len(paths)))))
+    expected = archive.source_probabilities(mv, context.model_yaml_config["handler"], paths)
+    assert torch.allclose(probabilities, torch.stack(list(expected)), atol=1e-4)
