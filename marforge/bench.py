@@ -128,7 +128,7 @@ def _ceiling_process(args):
     return done / seconds
 
 
-def ceiling(mar_path, paths, seconds, processes=None, batch_size=16):
+def ceiling(mar_path, paths, seconds, batch_size, processes=None):
     """Images per second of the archive's own handler (decode, preprocess, model, softmax; batches of
     `batch_size`) run in-process, in `processes` single-threaded processes (default: one per core)."""
     processes = processes or len(os.sched_getaffinity(0))
@@ -188,18 +188,19 @@ def flask_baseline(mv, registry_path):
         process.wait(10)
 
 
-def warm_up(url, bodies, concurrency, seconds, headers=None):
-    """Unrecorded load before a server's rows: its JIT (the Java frontend's above all) and caches
-    reach steady state first. Measured on 2 cores: a cold frontend at 64 clients served ~1,850
-    req/s where a warm one served ~2,950."""
+def warm_up(url, bodies, concurrency, row_seconds, headers=None):
+    """Unrecorded load before a server's rows (WARM_UP_S, or `row_seconds` when the rows are shorter):
+    its JIT (the Java frontend's above all) and caches reach steady state first. Measured on 2
+    cores: a cold frontend at 64 clients served ~1,850 req/s where a warm one served ~2,950."""
+    seconds = min(WARM_UP_S, row_seconds)
     if seconds > 0:
         asyncio.run(run_load(url, bodies, concurrency, seconds, headers=headers))
 
 
-def _torchserve_rows(label, started, mv, bodies, concurrencies, seconds, warm_s=WARM_UP_S):
+def _torchserve_rows(label, started, mv, bodies, concurrencies, seconds):
     url = f"{started.client.endpoints.inference}/predictions/{mv.name}/{mv.version}"
     key = started.client.key("inference")
-    warm_up(url, bodies, max(concurrencies), warm_s, headers={"Authorization": f"Bearer {key}"} if key else None)
+    warm_up(url, bodies, max(concurrencies), seconds, headers={"Authorization": f"Bearer {key}"} if key else None)
     rows = []
     for c in concurrencies:
         key = started.client.key("inference")
@@ -215,13 +216,12 @@ def run(registry, model_store, mv, seconds=10.0, concurrencies=(1, 16, 64), vari
     """
     paths = sorted(registry.models[mv.name].eval_dir.glob("*.png"))
     bodies = [p.read_bytes() for p in paths]
-    warm_s = min(WARM_UP_S, seconds)
-    rows = [ceiling(mv.archive_path(model_store), paths, seconds, batch_size=mv.serving["batch_size"])]
+    rows = [ceiling(mv.archive_path(model_store), paths, seconds, mv.serving["batch_size"])]
     log(f"{rows[-1]}")
 
     def served(label, context):
         with context as started:
-            for row in _torchserve_rows(label, started, mv, bodies, concurrencies, seconds, warm_s):
+            for row in _torchserve_rows(label, started, mv, bodies, concurrencies, seconds):
                 rows.append(row)
                 log(f"{row}")
 
@@ -233,7 +233,7 @@ def run(registry, model_store, mv, seconds=10.0, concurrencies=(1, 16, 64), vari
     elif mv.format != "eager":
         log(f"(b') skipped: {mv.archive_path(model_store, 'eager')} not built (make archive FORMAT=eager)")
     with flask_baseline(mv, registry.path) as (pid, url):
-        warm_up(url, bodies, max(concurrencies), warm_s)
+        warm_up(url, bodies, max(concurrencies), seconds)
         for c in concurrencies:
             rows.append(measure("(d) flask", url, bodies, c, seconds, pid, {pid: "flask"}))
             log(f"{rows[-1]}")
@@ -269,7 +269,7 @@ def compare_formats(registry, model_store, versions, formats, seconds=5.0, concu
         bodies = [p.read_bytes() for p in sorted(mv.eval_dir.glob("*.png"))]
         for fmt in formats:
             with format_server(registry, model_store, mv, fmt) as started:
-                for row in _torchserve_rows(fmt, started, mv, bodies, concurrencies, seconds, min(WARM_UP_S, seconds)):
+                for row in _torchserve_rows(fmt, started, mv, bodies, concurrencies, seconds):
                     rows.append({**row, "version": mv.key, "format": fmt})
                     log(f"{mv.key} {rows[-1]}")
         winners[mv.key] = winner([r for r in rows if r["version"] == mv.key])
@@ -403,8 +403,7 @@ def sweep(registry, model_store, mv, grid, seconds=5.0, concurrencies=(1, 16, 64
     for setting in grid:
         candidate = dataclasses.replace(mv, serving={**mv.serving, **setting})
         with torchserve(candidate, model_store, registry=registry) as started:
-            for row in _torchserve_rows("sweep", started, candidate, bodies, concurrencies, seconds,
-                                        min(WARM_UP_S, seconds)):
+            for row in _torchserve_rows("sweep", started, candidate, bodies, concurrencies, seconds):
                 row.update(setting, threads=server.threads_per_worker(setting.get("workers", mv.serving["workers"])))
                 rows.append(row)
                 log(f"{row}")

@@ -159,13 +159,13 @@ def cmd_bench(args):
     registry = _registry(args)
     mv = registry.get(args.name, args.version)
     seconds = 3.0 if args.short else args.seconds
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
     if args.sweep:
         rows = bench.sweep(registry, _model_store(args), mv, bench.SWEEP_GRID, seconds=seconds,
-                           concurrencies=[int(c) for c in args.concurrency.split(",")],
+                           concurrencies=concurrencies,
                            log=print if args.verbose else (lambda line: None))
         _write_bench(args.out, "sweep", rows, bench.sweep_markdown(rows))
         return
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
     if args.compare_formats:
         results = bench.compare_formats(registry, _model_store(args), registry.all_versions(),
                                         args.formats.split(",") if args.formats else BENCH_FORMATS, seconds=seconds,
