@@ -21,16 +21,17 @@ FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
 PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.marforge-setup
-# The archive list comes from models.toml (read with the standard library only: no venv needed).
-ARCHIVES = $(shell $(PYTHON) -m marforge.registry archives $(MODEL_STORE) $(FORMAT))
-# What goes into an archive or its verification: a change to any of these rebuilds it.
-ARCHIVE_INPUTS := models.toml $(wildcard handlers/*.py model_defs/*.py samples/*/*) \
-	marforge/archive.py marforge/variants.py marforge/worker.py marforge/registry.py
+MARFORGE := $(PYTHON) -m marforge --registry models.toml
+# The archive lists come from models.toml (read with the standard library only: no venv needed).
+ARCHIVES = $(shell $(MARFORGE) archives --model-store $(MODEL_STORE) $(if $(FORMAT),--formats $(FORMAT)))
+BENCH_ARCHIVES = $(shell $(MARFORGE) archives --model-store $(MODEL_STORE) --bench)
+# What an archive is built from. The code that builds it, and its weights, are file prerequisites;
+# the version's own registry entry, model definition, samples and eval images are in its stamp
+# $(MODEL_STORE)/.inputs/<key>.json, rewritten only when they change (marforge/build/inputs.py): so a
+# change to a rollout threshold, a serving setting or another version rebuilds nothing.
+ARCHIVE_INPUTS := $(wildcard handlers/*.py marforge/build/*.py) marforge/registry.py marforge/project.py \
+	marforge/shipped.py marforge/labelled.py marforge/files.py
 VERSION_FLAG = $(if $(VERSION),--version $(VERSION))
-# Every version in every format the benchmarks serve (compile is left out: inductor compiles each new
-# batch shape on its first request, 10-30 s on 2 cores; add it with BENCH_FORMATS="... compile").
-BENCH_FORMATS ?= eager torchscript onnx quantized
-BENCH_ARCHIVES = $(shell $(PYTHON) -m marforge.registry archives $(MODEL_STORE) $(BENCH_FORMATS))
 
 .PHONY: help
 ## help: list the targets (the default goal)
@@ -56,22 +57,29 @@ $(SETUP_STAMP): requirements.txt
 weights: $(SETUP_STAMP)
 	@test -d $(FASHION_MNIST_DIR) || { echo "error: Fashion-MNIST not found in $(FASHION_MNIST_DIR): apt-get install -y dataset-fashion-mnist (or set FASHION_MNIST_DIR)" >&2; exit 1; }
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-train.txt
-	MARFORGE_FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(PY) -m marforge.train --all
-	MARFORGE_FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(PY) -m marforge.train --samples
+	MARFORGE_FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(PY) -m marforge train --all
+	MARFORGE_FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(PY) -m marforge samples
 
 .PHONY: archive
 ## archive: build and verify model_store/<name>-<version>.mar for every version (make -j safe; FORMAT=torchscript|onnx|compile|quantized builds <name>-<version>-<format>.mar)
 archive: $(ARCHIVES)
 
-$(MODEL_STORE)/%.mar: weights/%.pt weights/%.json $(ARCHIVE_INPUTS) | $(SETUP_STAMP)
+$(MODEL_STORE)/%.mar: weights/%.pt weights/%.json $(MODEL_STORE)/.inputs/%.json $(ARCHIVE_INPUTS) | $(SETUP_STAMP)
 	$(PY) -m marforge archive --key $* --model-store $(MODEL_STORE)
 
 # One rule per optional format; make prefers these (the shorter stem) for <key>-<format>.mar.
 define VARIANT_RULE
-$(MODEL_STORE)/%-$(1).mar: weights/%.pt weights/%.json $(ARCHIVE_INPUTS) | $(SETUP_STAMP)
+$(MODEL_STORE)/%-$(1).mar: weights/%.pt weights/%.json $(MODEL_STORE)/.inputs/%.json $(ARCHIVE_INPUTS) | $(SETUP_STAMP)
 	$(PY) -m marforge archive --key $$* --format $(1) --model-store $(MODEL_STORE)
 endef
 $(foreach format,eager torchscript onnx compile quantized,$(eval $(call VARIANT_RULE,$(format))))
+
+# Checked on every make run, rewritten only when the version's inputs changed.
+$(MODEL_STORE)/.inputs/%.json: FORCE
+	@$(MARFORGE) stamp $* --model-store $(MODEL_STORE) >/dev/null
+.PRECIOUS: $(MODEL_STORE)/.inputs/%.json
+.PHONY: FORCE
+FORCE:
 
 .PHONY: serve
 ## serve: build what is missing, start TorchServe, wait until every version is READY, print URLs and a curl

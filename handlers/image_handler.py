@@ -1,9 +1,10 @@
 """The one TorchServe handler for every image classifier marforge serves.
 
 Configured per archive by the `handler:` section of its model-config.yaml (image size, grayscale or
-RGB, mean/std, labels, top-k, pixel limit, half precision, pinned memory); model loading stays in
-BaseHandler, which also opens a `.onnx` serialized file as an onnxruntime InferenceSession: then the
-inputs are fed to it as numpy instead of calling a module. `placement.decide` picks the device
+RGB, mean/std, labels, top-k, pixel limit, half precision, pinned memory; `contract.HandlerConfig`);
+model loading stays in BaseHandler, which also opens a `.onnx` serialized file as an onnxruntime
+InferenceSession (sized and placed by `placement.onnx_session`): then the inputs are fed to it as
+numpy instead of calling a module. `placement.decide` picks the device
 (TorchServe's GPU for the worker, else the CPU; always the CPU for a quantized archive) and whether
 to use float16 and pinned memory; the model and each batch go there, the answers come back as CPU
 float32.
@@ -20,30 +21,45 @@ tries `ts.torch_handler.<same name>`, and would silently serve its own ImageClas
 
 import json
 import logging
+import sys
 
 import torch
+from ts.torch_handler import base_handler
 from ts.torch_handler.base_handler import BaseHandler
 
+import contract
 import image_io
 import placement
 
 logger = logging.getLogger(__name__)
-# TorchServe's worker logs this line for every batch (ts/protocol/otf_message_handler.py); writing it,
-# and the frontend reading it back into model_log.log, cost ~3% of a busy worker and say nothing
-# that the PredictionTime metric and the access log do not.
+# TorchServe's worker logs this line for every batch (ts/protocol/otf_message_handler.py, through the
+# root logger); writing it, and the frontend reading it back into model_log.log, costs a busy worker
+# time and says nothing that the PredictionTime metric and the access log do not.
 PER_BATCH_LINE = "Backend received inference at: %d"
 
 
-def _not_per_batch_chatter(record):
-    """Root-logger filter: drop TorchServe's per-batch line, keep everything else."""
+def drop_per_batch_line(record):
+    """A logging filter (a function: TorchServe wants exactly one class in a handler module) that
+    drops TorchServe's per-batch line and keeps every other record."""
     return record.msg != PER_BATCH_LINE
+
+
+def quiet_worker_log():
+    """Put `drop_per_batch_line` on the worker's own log output: the root logger's handler that writes to
+    stdout, which a TorchServe worker sets up (logging.basicConfig) and the frontend reads into
+    model_log.log. A process that merely loads the handler (marforge's verification, the tests) has
+    no such handler, so its logging is left as it was."""
+    for handler in logging.getLogger().handlers:
+        if (type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.__stdout__)
+                and drop_per_batch_line not in handler.filters):
+            handler.addFilter(drop_per_batch_line)
 
 
 class ImageClassifier(BaseHandler):
     def initialize(self, context):
-        self.config = image_io.HandlerConfig.from_dict((context.model_yaml_config or {}).get("handler"))
+        self.config = contract.HandlerConfig.from_dict((context.model_yaml_config or {}).get("handler"))
         self.placement = placement.decide(context.system_properties.get("gpu_id"), torch.cuda.is_available(),
-                                          placement.archive_format(context.model_yaml_config), self.config)
+                                          contract.archive_format(context.model_yaml_config), self.config)
         for note in self.placement.notes:
             logger.info(note)
         self._load(context)
@@ -56,31 +72,36 @@ class ImageClassifier(BaseHandler):
         logger.info("model on %s, half precision %s, pinned memory %s",
                     self.placement.device, self.placement.half, self.placement.pin)
         self.onnx_input = None
-        if (self.model_pt_path or "").endswith(".onnx"):  # BaseHandler opened an onnxruntime InferenceSession
-            self.model = placement.onnx_session(self.model_pt_path, self.placement.device)
+        if (self.model_pt_path or "").endswith(".onnx"):  # an onnxruntime InferenceSession, opened in _load
             self.onnx_input = self.model.get_inputs()[0].name
             if self.placement.device.type == "cuda" and "CUDAExecutionProvider" not in self.model.get_providers():
                 logger.warning("onnxruntime has no CUDA provider here: %s runs on the CPU "
                                "(pip install onnxruntime-gpu to run it on %s)", self.model_pt_path, self.placement.device)
-        logging.getLogger().addFilter(_not_per_batch_chatter)
+        quiet_worker_log()
         self.identity = {"model": context.model_name, "version": context.manifest["model"]["modelVersion"]}
 
     def _load(self, context):
-        """BaseHandler's initialize, with the worker's gpu_id hidden from it for a CPU-only format.
+        """BaseHandler's initialize, with two of its choices made by the worker's Placement instead.
 
-        BaseHandler picks cuda:<gpu_id> whenever CUDA is available and a gpu_id is assigned, and loads
-        the model there (map_location, model.to). Without a gpu_id its own rule gives the CPU, and
-        self.device, map_location and the load all follow from that one value; it is put back once
-        the model is loaded, so the context still says which GPU TorchServe assigned.
+        - A CPU-only format: BaseHandler picks cuda:<gpu_id> whenever CUDA is available and a gpu_id
+          is assigned, and loads the model there. With the gpu_id hidden its own rule gives the CPU,
+          and self.device, map_location and the load all follow from that one value; the gpu_id is
+          put back afterwards, so the context still says which GPU TorchServe assigned.
+        - An ONNX file: BaseHandler opens it with its module's `setup_ort_session` (every core, GPU 0
+          for every worker), which it looks up when it loads. For the load's duration that name is
+          `placement.onnx_session` for this worker (its share of the cores, its own GPU), so the
+          session is opened once, the right way.
         """
         properties = context.system_properties
         gpu_id = properties.get("gpu_id")
-        if not self.placement.cpu_only or gpu_id is None:
-            return super().initialize(context)
-        properties["gpu_id"] = None
+        if self.placement.cpu_only:
+            properties["gpu_id"] = None
+        bases_session = base_handler.setup_ort_session
+        base_handler.setup_ort_session = lambda path, map_location: placement.onnx_session(path, self.placement.device)
         try:
             super().initialize(context)
         finally:
+            base_handler.setup_ort_session = bases_session
             properties["gpu_id"] = gpu_id
 
     def preprocess(self, data):

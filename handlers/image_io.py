@@ -1,8 +1,9 @@
 """Request decoding and image preprocessing for marforge's image-classifier handler.
 
 Shipped flat beside `image_handler.py` in every archive and imported as a top-level module. It
-holds everything that is not the handler class itself (TorchServe's loader insists that the handler
-module define exactly one class). Nothing here knows about TorchServe, so it is tested directly.
+turns a request row into the model's input (decoding and checking the image here, the geometry and
+normalisation in `contract`) and a probability vector into the labels of an answer. Nothing here
+knows about TorchServe, so it is tested directly.
 
 A request row is one dict from TorchServe: `{"body": ...}` for a raw body, `{"data": ...}` or any
 form-field name for multipart, with JSON bodies already parsed when the Content-Type says JSON.
@@ -13,17 +14,13 @@ import binascii
 import io
 import json
 import warnings
-from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-CONFIG_KEYS = {"image_size", "color", "mean", "std", "labels", "top_k", "max_pixels", "min_side",
-               "half_precision", "pin_memory"}
-CHANNELS = {"grayscale": 1, "rgb": 3}
-PIL_MODE = {"grayscale": "L", "rgb": "RGB"}
+import contract
+
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
@@ -38,52 +35,6 @@ class BadInput(Exception):
 
     def as_dict(self):
         return {"code": self.code, "type": self.kind, "message": self.message}
-
-
-@dataclass(frozen=True)
-class HandlerConfig:
-    """The `handler:` section of an archive's model-config.yaml, validated."""
-
-    image_size: tuple  # (height, width) the model expects
-    color: str  # "grayscale" or "rgb"
-    mean: tuple  # one value per channel, applied after scaling pixels to [0, 1]
-    std: tuple
-    labels: tuple  # class index -> name
-    top_k: int = 3
-    max_pixels: int = 4096 * 4096
-    min_side: int = 8  # smaller images carry too little to classify (sklearn's digits are 8 x 8)
-    half_precision: bool = False  # float16 model and inputs; on a CUDA device only (placement.py)
-    pin_memory: bool = True  # copy batches to the GPU through pinned memory; on a CUDA device only
-
-    @classmethod
-    def from_dict(cls, section):
-        if not isinstance(section, dict):
-            raise ValueError("model-config.yaml needs a 'handler:' section (image_size, color, mean, std, labels)")
-        unknown = sorted(set(section) - CONFIG_KEYS)
-        if unknown:
-            raise ValueError(f"unknown key(s) in the handler section: {', '.join(unknown)}")
-        missing = sorted({"image_size", "color", "mean", "std", "labels"} - set(section))
-        if missing:
-            raise ValueError(f"the handler section lacks: {', '.join(missing)}")
-        size = section["image_size"]
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        color = section["color"]
-        if color not in CHANNELS:
-            raise ValueError(f"handler color must be one of {sorted(CHANNELS)}, not {color!r}")
-        mean, std = tuple(section["mean"]), tuple(section["std"])
-        if len(mean) != CHANNELS[color] or len(std) != CHANNELS[color]:
-            raise ValueError(f"handler mean and std need {CHANNELS[color]} value(s) for {color}")
-        if len(size) != 2 or min(size) < 1 or min(std) <= 0:
-            raise ValueError("handler image_size needs two positive numbers and std must be positive")
-        flags = {"half_precision": section.get("half_precision", False), "pin_memory": section.get("pin_memory", True)}
-        for key, value in flags.items():
-            if not isinstance(value, bool):
-                raise ValueError(f"handler {key} must be true or false, not {value!r}")
-        config = cls(size, color, mean, std, tuple(section["labels"]), int(section.get("top_k", 3)),
-                     int(section.get("max_pixels", 4096 * 4096)), int(section.get("min_side", 8)), **flags)
-        if not config.labels or config.top_k < 1:
-            raise ValueError("handler labels must not be empty and top_k must be at least 1")
-        return config
 
 
 def extract_payload(row):
@@ -126,7 +77,7 @@ def _base64_field(obj):
 
 
 def decode_image(payload, config):
-    """Decode bytes into a PIL image of the configured size and color, or raise BadInput."""
+    """Decode bytes into a PIL image in the configured color mode (any size), or raise BadInput."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on damaged files; errors still raise
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -143,7 +94,7 @@ def decode_image(payload, config):
             if frames > 1:
                 raise BadInput("UnsupportedImage", f"the {image.format} image has {frames} frames: send one frame")
             image.load()
-            image = _to_mode(image, PIL_MODE[config.color])
+            image = _to_mode(image, contract.PIL_MODES[config.color])
         except BadInput:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -153,8 +104,7 @@ def decode_image(payload, config):
                            "Pillow can read (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)") from None
         except Exception as exc:  # Pillow reports damaged files with many types (OSError, TypeError, ...)
             raise BadInput("InvalidImage", f"the image data is broken or truncated: {type(exc).__name__}: {exc}") from None
-    target = (config.image_size[1], config.image_size[0])  # Pillow sizes are (width, height)
-    return image if image.size == target else image.resize(target, Image.BILINEAR)
+    return image
 
 
 def _to_mode(image, mode):
@@ -171,28 +121,9 @@ def _to_mode(image, mode):
     return image if image.mode == mode else image.convert(mode)
 
 
-def to_tensor(image, config):
-    """A C x H x W float tensor: pixels scaled to [0, 1], then normalised with the configured mean/std.
-
-    Computed as pixels * (1 / (255 * std)) + (-mean / std) in one fused op with constants made once
-    per config: per-image tensor ops cost more than the arithmetic on a 28 x 28 image.
-    """
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32))
-    scale, shift = _affine(config.mean, config.std)
-    return torch.addcmul(shift, pixels.view(image.size[1], image.size[0], -1).permute(2, 0, 1), scale)
-
-
-@lru_cache(maxsize=32)
-def _affine(mean, std):
-    """(scale, shift), each C x 1 x 1: normalised = pixel * scale + shift for 8-bit pixels."""
-    std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    return 1.0 / (255.0 * std), -mean / std
-
-
 def prepare(row, config):
     """One request row -> model input tensor (C x H x W), or BadInput saying what was wrong."""
-    return to_tensor(decode_image(extract_payload(row), config), config)
+    return contract.to_input(decode_image(extract_payload(row), config), config)
 
 
 def top_k(probabilities, config):

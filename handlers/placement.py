@@ -37,11 +37,6 @@ class Placement:
     notes: tuple = field(default=())
 
 
-def archive_format(model_yaml_config):
-    """The format recorded in model-config.yaml (`marforge: {format: ...}`); eager when absent."""
-    return ((model_yaml_config or {}).get("marforge") or {}).get("format", "eager")
-
-
 def decide(gpu_id, cuda_available, fmt, config):
     """The Placement for a worker with `gpu_id` (None: none assigned) serving a `fmt` archive.
 

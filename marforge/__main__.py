@@ -1,4 +1,4 @@
-"""`python -m marforge ...`: see marforge/cli.py."""
+"""`python -m marforge ...`: see marforge/cli/__init__.py."""
 
 import sys
 

@@ -1,11 +1,16 @@
-"""Typed errors for marforge: one class per outcome, each with an exit code and a next step.
+"""Every outcome marforge reports as an error: one class each, with an exit code and a next step.
 
-The CLI maps these to a message and an exit code; everything else is a bug and is shown with a
-traceback only when MARFORGE_DEBUG is set.
+The CLI prints `message` and `hint` and exits with `exit_code`; anything else that escapes is a bug
+and is shown with a traceback (MARFORGE_DEBUG=1 shows one for these too).
+
+    exit 1  USER_ERROR    the input, the registry or a file the user controls is wrong
+    exit 2  INFRA_ERROR   the server, a subprocess or the machine failed
+    exit 3  Rejected      a rollout refused its candidate; the server is as it was
+    exit 4  RolledBack    a rollout promoted its candidate, the watch failed, the old default is back
 """
 
-USER_ERROR = 1  # the input, the registry or a file the user controls is wrong
-INFRA_ERROR = 2  # the server, a subprocess or the machine failed
+USER_ERROR = 1
+INFRA_ERROR = 2
 
 
 class MarforgeError(Exception):
@@ -30,8 +35,16 @@ class WeightsError(MarforgeError):
     """A weights file or its metadata is missing, mismatched or not a plain state_dict."""
 
 
+class CheckpointError(WeightsError):
+    """A foreign checkpoint cannot be imported: not a checkpoint, unsafe, or not this model's."""
+
+
 class ArchiveError(MarforgeError):
     """Building or verifying a .mar archive failed."""
+
+
+class DataError(MarforgeError):
+    """A data set or a labelled image folder is missing or malformed."""
 
 
 class ServerError(MarforgeError):
@@ -48,3 +61,19 @@ class ApiError(ServerError):
         self.status = status
         self.url = url
         self.body = body
+
+
+class Rejected(MarforgeError):
+    """A rollout refused its candidate (or a rollback had nothing to go back to); the server is unchanged."""
+
+    exit_code = 3
+
+
+class RolledBack(MarforgeError):
+    """A rollout promoted its candidate, the watch failed, and the previous default was restored."""
+
+    exit_code = 4
+
+
+class MeasurementFailed(MarforgeError):
+    """A soak or benchmark ran and its verdict is a failure (errors, growth, drift)."""

@@ -1,29 +1,23 @@
 """The model registry: `models.toml` lists every model name and version marforge builds and serves.
 
-Each version names its model definition, how TorchServe serves it and (for `make weights`) how it
-is trained. File names follow from `<name>-<version>`: weights/<key>.pt with its provenance in
-weights/<key>.json, samples/<name>/ for the sample images, eval/<name>/ for the held-out images,
-model_store/<key>.mar for the archive the server loads (built in the version's `format`, eager unless
-the registry says otherwise) and model_store/<key>-<format>.mar for any other format built on request.
-The Makefile, the archiver, the server launcher and the tests all read it through this module;
-nothing else repeats it. Only the standard library is used here, so the
-Makefile can ask for the archive list before the virtualenv exists:
-
-    python3 -m marforge.registry archives model_store     # model_store/fashion-1.0.mar ...
+Each version names its model definition, how TorchServe serves it and (for `marforge train`) how it
+is trained. File names follow from `<name>-<version>`, the version's key, in the project's fixed
+folders (marforge/project.py): weights/<key>.pt with its provenance in weights/<key>.json,
+samples/<name>/ for the sample images, eval/<name>/ for the held-out images, and in the model store
+<key>.mar for the archive the server loads (built in the version's `format`, eager unless the
+registry says otherwise) and <key>-<format>.mar for any other format built on request.
+Unknown keys are errors. Only the standard library is used (and handlers/contract.py, which is
+stdlib-only at import), so the Makefile can ask for the archive list before the virtualenv exists.
 """
 
 import os
-import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from marforge import shipped
 from marforge.errors import RegistryError
 
-REGISTRY_FILE = "models.toml"
-
 SERVING_KEYS = {"workers", "batch_size", "max_batch_delay_ms", "response_timeout_s"}
-HANDLER_KEYS = {"top_k", "max_pixels", "min_side", "half_precision", "pin_memory"}  # handlers/image_io.py validates
 TRAIN_KEYS = {"dataset", "epochs", "batch_size", "lr", "seed", "min_accuracy"}
 ROLLOUT_DEFAULTS = {
     "min_accuracy": 0.0,  # the candidate's accuracy on the eval set must reach this floor ...
@@ -35,11 +29,13 @@ ROLLOUT_DEFAULTS = {
 }
 VERSION_KEYS = {"model_def", "format", "serving", "handler", "train"}
 MODEL_KEYS = {"default_version", "format", "versions", "serving", "handler", "rollout"}
-# How a version is archived (marforge/variants.py builds each one); `format` in a model or version
-# table picks the one the server loads as model_store/<name>-<version>.mar.
-FORMATS = ("eager", "torchscript", "onnx", "compile", "quantized")
-DEFAULT_FORMAT = "eager"
-TOP_KEYS = {"serving", "handler", "rollout", "models"}
+TOP_KEYS = {"paths", "serving", "handler", "rollout", "models"}
+
+
+def handler_keys():
+    """The registry's handler options: the handler config's keys that do not come from the weights' metadata."""
+    contract = shipped.contract()
+    return contract.HandlerConfig.keys() - set(contract.PREPROCESS_KEYS) - {"labels"}
 
 
 @dataclass(frozen=True)
@@ -53,9 +49,9 @@ class ModelVersion:
     samples: Path
     serving: dict
     handler: dict
+    eval_dir: Path  # the model's labelled held-out images (eval/<name>/)
+    format: str  # the archive format the server loads (one of contract.FORMATS)
     train: dict = field(default_factory=dict)
-    format: str = DEFAULT_FORMAT  # the archive format the server loads (one of FORMATS)
-    eval_dir: Path = None  # the model's labelled held-out images (eval/<name>/)
 
     @property
     def key(self):
@@ -84,7 +80,7 @@ class Model:
 
 @dataclass(frozen=True)
 class Registry:
-    path: Path
+    path: Path  # models.toml
     models: dict  # name -> Model, in registry order
 
     def get(self, name, version=None):
@@ -132,13 +128,10 @@ def _check_keys(table, allowed, where, path):
         )
 
 
-ALLOWED = {"serving": SERVING_KEYS, "handler": HANDLER_KEYS, "rollout": set(ROLLOUT_DEFAULTS), "train": TRAIN_KEYS}
-
-
-def _layered(base, table, section, where, path):
+def _layered(base, table, section, where, path, allowed):
     """`base` overridden by `table[section]`, with unknown keys refused."""
     merged = {**base, **table.get(section, {})}
-    _check_keys(merged, ALLOWED[section], f"{where}.{section}" if where else f"[{section}]", path)
+    _check_keys(merged, allowed[section], f"{where}.{section}" if where else f"[{section}]", path)
     return merged
 
 
@@ -149,11 +142,8 @@ def _require(table, key, where, path):
 
 
 def _workers(value, where, path):
-    """Workers per version: a positive number, or "auto" for one per available CPU core.
-
-    Measured on 2 cores (bench --sweep, README): one single-threaded worker per core with batching
-    served ~780 req/s; one worker with 2 threads ~460. Idle versions' workers cost memory, not CPU.
-    """
+    """Workers per version: a positive number, or "auto" for one per available CPU core (the
+    defaults sweep, docs/performance.md, chose one single-threaded worker per core)."""
     if value == "auto":
         return len(os.sched_getaffinity(0))
     if not isinstance(value, int) or value < 1:
@@ -163,49 +153,53 @@ def _workers(value, where, path):
 
 def _format(table, default, where, path):
     fmt = table.get("format", default)
-    if fmt not in FORMATS:
-        raise RegistryError(f"{path}: {where} format {fmt!r} is not one of {', '.join(FORMATS)}")
+    formats = shipped.contract().FORMATS
+    if fmt not in formats:
+        raise RegistryError(f"{path}: {where} format {fmt!r} is not one of {', '.join(formats)}")
     return fmt
 
 
-def load(path=None):
-    """Read and validate the registry; relative paths in it are resolved against its folder."""
-    path = Path(path or REGISTRY_FILE).resolve()
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise RegistryError(f"{path}: registry file not found", "run marforge from the project root") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RegistryError(f"{path}: not valid TOML: {exc}") from None
-    root = path.parent
+def load(path):
+    """The registry in the models.toml at `path` (its project's paths ignore the environment)."""
+    from marforge.project import Project
+
+    return Project.at(path).registry
+
+
+def from_project(project):
+    """Validate the project's models.toml into a Registry; file paths come from the project's folders."""
+    data, path = project.data, project.registry_file
+    allowed = {"serving": SERVING_KEYS, "handler": handler_keys(), "rollout": set(ROLLOUT_DEFAULTS),
+               "train": TRAIN_KEYS}
     _check_keys(data, TOP_KEYS, "the top level", path)
-    top = {section: _layered(defaults, data, section, "", path)
+    top = {section: _layered(defaults, data, section, "", path, allowed)
            for section, defaults in (("serving", {}), ("handler", {}), ("rollout", ROLLOUT_DEFAULTS))}
+    default_format = shipped.contract().DEFAULT_FORMAT
     models = {}
     for name, mtable in data.get("models", {}).items():
         where = f"[models.{name}]"
         _check_keys(mtable, MODEL_KEYS, where, path)
-        layer = {section: _layered(top[section], mtable, section, where, path) for section in top}
-        model_format = _format(mtable, DEFAULT_FORMAT, where, path)
-        eval_dir = root / "eval" / name
+        layer = {section: _layered(top[section], mtable, section, where, path, allowed) for section in top}
+        model_format = _format(mtable, default_format, where, path)
+        eval_dir = project.eval_root / name
         versions = {}
         for version, vtable in _require(mtable, "versions", where, path).items():
             vwhere = f'[models.{name}.versions."{version}"]'
             _check_keys(vtable, VERSION_KEYS, vwhere, path)
-            serving, handler = (_layered(layer[section], vtable, section, vwhere, path) for section in ("serving", "handler"))
-            train = _layered({}, vtable, "train", vwhere, path)
+            serving, handler = (_layered(layer[section], vtable, section, vwhere, path, allowed)
+                                for section in ("serving", "handler"))
             serving["workers"] = _workers(serving.get("workers", "auto"), vwhere, path)
             versions[version] = ModelVersion(
                 name=name,
                 version=version,
-                model_def=root / _require(vtable, "model_def", vwhere, path),
-                weights=root / "weights" / f"{name}-{version}.pt",
-                samples=root / "samples" / name,
+                model_def=project.root / _require(vtable, "model_def", vwhere, path),
+                weights=project.weights_dir / f"{name}-{version}.pt",
+                samples=project.samples_dir / name,
+                eval_dir=eval_dir,
                 serving=serving,
                 handler=handler,
-                train=train,
                 format=_format(vtable, model_format, vwhere, path),
-                eval_dir=eval_dir,
+                train=_layered({}, vtable, "train", vwhere, path, allowed),
             )
         default = _require(mtable, "default_version", where, path)
         if default not in versions:
@@ -213,23 +207,3 @@ def load(path=None):
         models[name] = Model(name=name, default_version=default, versions=versions, rollout=layer["rollout"],
                              eval_dir=eval_dir)
     return Registry(path=path, models=models)
-
-
-def main(argv):
-    """Tiny stdlib-only entry for the Makefile: `archives DIR [FORMAT ...]` prints one archive path per
-    version and format (the registry's own format when none is given)."""
-    if len(argv) < 3 or argv[1] != "archives" or not set(argv[3:]) <= set(FORMATS):
-        print(f"usage: python3 -m marforge.registry archives MODEL_STORE [{'|'.join(FORMATS)} ...]", file=sys.stderr)
-        return 2
-    try:
-        registry = load()
-    except RegistryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    formats = argv[3:] or [None]
-    print(" ".join(dict.fromkeys(str(v.archive_path(argv[2], f)) for f in formats for v in registry.all_versions())))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))

@@ -13,14 +13,27 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "handlers"))  # the handler imports image_io as a top-level module
+sys.path.insert(0, str(ROOT / "handlers"))  # the handler imports its modules as top-level modules
 
-from marforge import archive, registry as registry_module, server  # noqa: E402
+from marforge.build import archive, verify  # noqa: E402
+from marforge.project import Project  # noqa: E402
+from marforge.serve import launch, process  # noqa: E402
+from marforge.serve.rundir import RunDir  # noqa: E402
+
+
+def project_at(model_store, run_dir, config=ROOT / "config.properties", registry=ROOT / "models.toml"):
+    """The repository's project with its model store, run dir and base config moved (for a test's server)."""
+    return Project.at(registry, model_store=model_store, run_dir=run_dir, config=config)
+
+
+def start_server(project, versions=None, timeout=240):
+    """A real TorchServe for `project` on free ports (the caller stops it: process.stop(RunDir(...)))."""
+    return launch.serve(project, versions=versions, ports=process.free_listeners(), timeout=timeout)
 
 
 @pytest.fixture(scope="session")
 def registry():
-    return registry_module.load(ROOT / "models.toml")
+    return Project.at(ROOT / "models.toml").registry
 
 
 @pytest.fixture(scope="session")
@@ -58,25 +71,24 @@ def stage_model_dir(mv, dest, handler=None):
 
 @pytest.fixture(scope="session")
 def ports():
-    names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
-    return dict(zip(names, server.free_ports(len(names))))
+    return process.free_listeners()
 
 
 @pytest.fixture(scope="session")
-def live_server(registry, store, ports, tmp_path_factory):
+def live_server(store, ports, tmp_path_factory):
     """One real TorchServe (Java frontend + Python workers) serving every registry version."""
     run_dir = tmp_path_factory.mktemp("run")
-    started = server.serve(registry, store, run_dir, ROOT / "config.properties", ports=ports, timeout=240)
+    started = launch.serve(project_at(store, run_dir), ports=ports, timeout=240)
     try:
         yield started
     finally:
-        server.stop(run_dir)
+        process.stop(RunDir(run_dir))
 
 
 @pytest.fixture(scope="session")
 def samples(registry):
     """{model name: [(path, true label)]} for the committed sample images."""
-    return {name: archive.sample_files(next(iter(m.versions.values()))) for name, m in registry.models.items()}
+    return {name: verify.sample_files(next(iter(m.versions.values()))) for name, m in registry.models.items()}
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,8 @@ import zipfile
 import pytest
 import torch
 
-from marforge import archive, registry as registry_module, weights
+from marforge import files, registry as registry_module, shipped
+from marforge.build import archive, mar, verify
 from marforge.errors import ArchiveError, RegistryError, WeightsError
 
 
@@ -19,26 +20,26 @@ def test_every_version_has_its_own_versioned_archive(registry, store):
     assert sorted(p.name for p in store.glob("*.mar")) == sorted(f"{mv.key}.mar" for mv in registry.all_versions())
     for mv in registry.all_versions():
         path = mv.archive_path(store)
-        manifest = archive.manifest_of(path)["model"]
+        manifest = mar.manifest_of(path)
         assert (manifest["modelName"], manifest["modelVersion"]) == (mv.name, mv.version)
         assert manifest["handler"] == "image_handler.py"
-        assert archive.archive_format(path) == mv.format  # built in the format the registry names
+        assert mar.archive_format(path) == mv.format  # built in the format the registry names
         assert manifest.get("modelFile") == (mv.model_def.name if mv.format in NEEDS_MODEL_FILE else None)
 
 
 def test_archives_are_flat_and_carry_the_handler_config(registry, store):
     for mv in registry.all_versions():
-        with zipfile.ZipFile(mv.archive_path(store)) as mar:
-            names = set(mar.namelist())
-            serialized = archive.manifest_of(mv.archive_path(store))["model"]["serializedFile"]
-            expected = {"image_handler.py", "image_io.py", "placement.py", serialized, "model-config.yaml"}
+        with zipfile.ZipFile(mv.archive_path(store)) as archive_file:
+            names = set(archive_file.namelist())
+            serialized = mar.manifest_of(mv.archive_path(store))["serializedFile"]
+            expected = {"image_handler.py", "contract.py", "image_io.py", "placement.py", serialized, "model-config.yaml"}
             if mv.format in NEEDS_MODEL_FILE:
                 assert serialized == mv.weights.name
                 expected.add(mv.model_def.name)
             assert expected <= names
             import yaml
 
-            config = yaml.safe_load(mar.read("model-config.yaml"))
+            config = yaml.safe_load(archive_file.read("model-config.yaml"))
         metadata = json.loads(mv.metadata.read_text())
         assert config["handler"]["labels"] == metadata["labels"]
         assert config["handler"]["mean"] == metadata["preprocess"]["mean"]
@@ -48,8 +49,9 @@ def test_archives_are_flat_and_carry_the_handler_config(registry, store):
 
 def test_a_built_archive_verifies(registry, store):
     mv = registry.get("fashion", "2.0")
-    report = archive.verify(mv.archive_path(store), mv)
-    assert len(report) == len(archive.sample_files(mv))
+    report = verify.check(mv.archive_path(store), mv)
+    assert [row["sample"] for row in report.samples] == [path.name for path, _ in verify.sample_files(mv)]
+    assert report.images == len(verify.sample_files(mv)) + len(verify.eval_files(mv))
 
 
 def with_member_replaced(source, dest, member, data):
@@ -67,7 +69,7 @@ def test_verification_catches_corrupted_weights_inside_an_archive(registry, stor
     torch.save(state, buffer)
     bad = with_member_replaced(mv.archive_path(store), tmp_path / "fashion-1.0.mar", mv.weights.name, buffer.read_bytes())
     with pytest.raises(ArchiveError, match="source model"):
-        archive.verify(bad, mv)
+        verify.check(bad, mv)
 
 
 def test_verification_catches_truncated_weights(registry, store, tmp_path):
@@ -75,7 +77,7 @@ def test_verification_catches_truncated_weights(registry, store, tmp_path):
     bad = with_member_replaced(mv.archive_path(store), tmp_path / "fashion-1.0.mar", mv.weights.name,
                                mv.weights.read_bytes()[:1000])
     with pytest.raises(ArchiveError, match="a worker cannot load this archive"):
-        archive.verify(bad, mv)
+        verify.check(bad, mv)
 
 
 def copy_version(mv, tmp_path, **changes):
@@ -90,7 +92,7 @@ def copy_version(mv, tmp_path, **changes):
 def test_a_handler_that_fails_to_import_leaves_no_archive(registry, tmp_path):
     mv = registry.get("digits", "1.0")
     handlers = tmp_path / "handlers"
-    shutil.copytree(archive.HANDLERS_DIR, handlers, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(shipped.HANDLERS_DIR, handlers, ignore=shutil.ignore_patterns("__pycache__"))
     (handlers / "image_io.py").write_text("import a_module_that_does_not_exist\n")
     store = tmp_path / "store"
     with pytest.raises(ArchiveError, match="cannot load this archive.*a_module_that_does_not_exist"):
@@ -104,7 +106,7 @@ def test_weights_that_do_not_match_their_metadata_are_refused(registry, tmp_path
         f.write(b"\0")
     with pytest.raises(WeightsError, match="does not match") as caught:
         archive.build(mv, tmp_path / "store")
-    assert "retrain with: python -m marforge.train digits 1.0" in str(caught.value)
+    assert "retrain with: python -m marforge train digits 1.0" in str(caught.value)
     assert not (tmp_path / "store" / "digits-1.0.mar").exists()
 
 
@@ -112,7 +114,7 @@ def test_a_pickled_model_is_refused_with_a_conversion_hint(registry, tmp_path):
     mv = copy_version(registry.get("digits", "1.0"), tmp_path)
     torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), mv.weights)  # a whole pickled model
     metadata = json.loads(mv.metadata.read_text())
-    metadata["sha256"] = weights.sha256_of(mv.weights)
+    metadata["sha256"] = files.sha256(mv.weights)
     mv.metadata.write_text(json.dumps(metadata))
     with pytest.raises(WeightsError, match="not a plain state_dict") as caught:
         archive.build(mv, tmp_path / "store")
@@ -127,9 +129,3 @@ def test_registry_rejects_unknown_keys_and_missing_defaults(tmp_path):
     path.write_text('[models.a]\ndefault_version = "2.0"\n[models.a.versions."1.0"]\nmodel_def = "m.py"\n')
     with pytest.raises(RegistryError, match="default_version '2.0' is not one of its versions"):
         registry_module.load(path)
-
-
-def test_registry_lists_archives_for_the_makefile(registry, capsys, monkeypatch):
-    monkeypatch.chdir(registry.path.parent)
-    assert registry_module.main(["registry", "archives", "store"]) == 0
-    assert capsys.readouterr().out.split() == [f"store/{mv.key}.mar" for mv in registry.all_versions()]

@@ -1,7 +1,12 @@
-"""The benchmark's arithmetic: ratios against the issue's targets, the format winner, the sweep table.
-(The benchmark itself is `make bench`, not part of `make test`.)"""
+"""The benchmark's arithmetic and reports: ratios, targets, the format winner, the tables and the
+generated blocks of docs/performance.md. (The benchmark itself is `make bench`, not part of `make test`.)"""
 
-from marforge import bench
+import pytest
+
+from marforge.errors import DataError
+from marforge.measure import experiments, report, targets
+
+MACHINE = {"cpus": 2, "cpu_model": "Test CPU", "gpu": None, "torch": "2.x", "commit": "abc1234", "date": "today"}
 
 
 def row(label, concurrency, throughput, p99=10.0, **extra):
@@ -10,30 +15,47 @@ def row(label, concurrency, throughput, p99=10.0, **extra):
             "server_cpu": {"frontend": 0.5, "worker": 1.0}, "peak_rss_mb": 1400.0, **extra}
 
 
-def test_ratios_compare_marforge_with_each_row_and_check_the_targets():
-    rows = [{"row": "(a) ceiling", "concurrency": None, "throughput": 8000.0, "processes": 2},
-            row("(b) torchserve stock", 16, 100.0), row("(b) torchserve stock", 64, 110.0),
-            row("(b') torchserve stock, eager archive", 16, 50.0),
-            row("(c) marforge", 16, 2000.0, p99=60.0), row("(c) marforge", 64, 4000.0),
-            row("(d) flask", 16, 400.0), row("(d) flask", 64, 420.0),
-            row("(e) marforge onnx", 16, 9999.0)]  # (e) rows are never taken for (c)
-    result = bench.ratios(rows, [16, 64])
-    assert result["ratios"]["(c)/(b) at 16"] == 20.0
-    assert result["ratios"]["(c)/(d) at 16"] == 5.0
-    assert result["ratios"]["(c)/(a) at 64"] == 0.5  # the ceiling has no concurrency: it counts at each
-    assert result["ratios"]["(c)/(b') at 16"] == 40.0  # reported, but the target is on (b), the same archive
-    targets = result["targets"]
-    assert targets["(c)/(b) at 16"]["met"] and targets["(c)/(d) at 16"]["met"]
-    assert not targets["(c)/(a) at 64"]["met"]
-    assert targets["(c) p99 at 16 <= 50 ms"] == {"value": 60.0, "met": False}
-    table = bench.markdown({"model": "fashion-2.0", "cpus": 2, "seconds": 6, "rows": rows, "ratios": result})
-    assert "| (c)/(a) at 64 | 0.5 | 0.6 | NO |" in table
-    assert "| (c)/(b) | 20.0 | 36.36 |" in table and "| (c)/(b') | 40.0 | - |" in table
+ROWS = [{"row": "(a) ceiling", "concurrency": None, "throughput": 8000.0, "processes": 2},
+        row("(b) torchserve stock", 16, 100.0), row("(b) torchserve stock", 64, 110.0),
+        row("(b') torchserve stock, eager archive", 16, 50.0),
+        row("(c) marforge", 16, 2000.0, p99=60.0), row("(c) marforge", 64, 4000.0),
+        row("(d) flask", 16, 400.0), row("(d) flask", 64, 420.0),
+        row("(e) marforge onnx", 16, 9999.0)]  # (e) rows are never taken for (c)
+
+
+def test_ratios_compare_marforge_with_each_row():
+    ratios = targets.ratios(ROWS, [16, 64])
+    assert ratios == {"(c)/(a) at 16": 0.25, "(c)/(b) at 16": 20.0, "(c)/(b') at 16": 40.0, "(c)/(d) at 16": 5.0,
+                      "(c)/(a) at 64": 0.5, "(c)/(b) at 64": 36.36, "(c)/(d) at 64": 9.52}
+
+
+def test_targets_are_checked_against_their_bounds():
+    checks = targets.check(ROWS)
+    assert checks == {
+        "(c)/(b) at 16": {"value": 20.0, "target": 10.0, "met": True},
+        "(c)/(d) at 16": {"value": 5.0, "target": 4.0, "met": True},
+        "(c)/(a) at 64": {"value": 0.5, "target": 0.6, "met": False},  # the ceiling counts at any concurrency
+        "(c) p99 at 16 <= 50 ms": {"value": 60.0, "target": 50.0, "met": False},
+    }
 
 
 def test_a_missing_row_fails_its_target_instead_of_passing():
-    result = bench.ratios([row("(c) marforge", 16, 2000.0)], [16])
-    assert not any(check["met"] for name, check in result["targets"].items() if name != "(c) p99 at 16 <= 50 ms")
+    checks = targets.check([row("(c) marforge", 16, 2000.0)])
+    assert {name: check["met"] for name, check in checks.items()} == {
+        "(c)/(b) at 16": False, "(c)/(d) at 16": False, "(c)/(a) at 64": False, "(c) p99 at 16 <= 50 ms": True}
+    assert checks["(c)/(b) at 16"]["value"] is None
+
+
+def test_the_bench_table_shows_rows_ratios_and_targets():
+    results = {"model": "fashion-2.0", "format": "onnx", "seconds": 6, "machine": MACHINE, "rows": ROWS,
+               "ratios": targets.ratios(ROWS, [16, 64]), "targets": targets.check(ROWS)}
+    table = report.bench_markdown(results)
+    assert table.startswith("`make bench`: fashion-2.0 served as onnx, 6 s per row. 2 CPUs (Test CPU), no GPU; "
+                            "torch 2.x, commit abc1234, today.\n")
+    assert "| (a) ceiling (2 processes, img/s) | - | 8000.0 | | | | | | | |" in table
+    assert "| (c) marforge | 16 | 2000.0 | 30.0 | 48.0 | 60.0 | 0 | 0.2 | frontend 0.5, worker 1.0 | 1400.0 |" in table
+    assert "| (c)/(b) | 20.0 | 36.36 |" in table and "| (c)/(b') | 40.0 | - |" in table
+    assert "| (c)/(a) at 64 | 0.5 | 0.6 | NO |" in table
 
 
 def formats(**throughput_at_64):
@@ -42,13 +64,13 @@ def formats(**throughput_at_64):
 
 
 def test_the_winner_is_the_fastest_format_at_the_top_concurrency():
-    assert bench.winner(formats(eager=3000, onnx=4000, torchscript=3500)) == "onnx"
-    assert bench.winner(formats(eager=5000, onnx=4000)) == "eager"
+    assert experiments.winner(formats(eager=3000, onnx=4000, torchscript=3500)) == "onnx"
+    assert experiments.winner(formats(eager=5000, onnx=4000)) == "eager"
 
 
 def test_a_win_within_five_percent_of_eager_goes_to_eager():
-    assert bench.winner(formats(eager=4000, onnx=4150)) == "eager"
-    assert bench.winner(formats(eager=4000, onnx=4250)) == "onnx"
+    assert experiments.winner(formats(eager=4000, onnx=4150)) == "eager"
+    assert experiments.winner(formats(eager=4000, onnx=4250)) == "onnx"
 
 
 def test_the_sweep_table_has_one_line_per_setting_with_every_concurrency():
@@ -57,8 +79,32 @@ def test_the_sweep_table_has_one_line_per_setting_with_every_concurrency():
         for c in (1, 16, 64):
             rows.append(row("sweep", c, 100.0 * c * workers * batch, workers=workers, threads=2 // workers,
                             batch_size=batch, max_batch_delay_ms=5))
-    table = bench.sweep_markdown(rows).splitlines()
-    assert len(table) == 2 + 2  # header, separator, a line per setting, in the order swept
-    assert table[0].startswith("| workers | threads/worker | batch | delay ms | req/s @1 |")
-    assert table[2].startswith("| 2 | 1 | 8 | 5 | 1600.0 | 5.0 | 10.0 | 25600.0 |")
-    assert table[3].startswith("| 1 | 2 | 1 | 5 | 100.0 |")
+    table = report.sweep_markdown({"model": "fashion-2.0", "seconds": 4, "machine": MACHINE, "rows": rows}).splitlines()
+    assert len(table) == 2 + 2 + 2  # headline, blank, header, separator, a line per setting, in the order swept
+    assert table[2].startswith("| workers | threads/worker | batch | delay ms | req/s @1 |")
+    assert table[4].startswith("| 2 | 1 | 8 | 5 | 1600.0 | 5.0 | 10.0 | 25600.0 |")
+    assert table[5].startswith("| 1 | 2 | 1 | 5 | 100.0 |")
+
+
+def test_the_e_rows_are_the_benchmark_formats_but_the_versions_own(registry):
+    mv = registry.get("fashion", "2.0")
+    assert experiments.bench_formats(mv) == [f for f in ("eager", "torchscript", "onnx", "quantized") if f != mv.format]
+    assert experiments.bench_formats(mv, ["compile"]) == ["compile"]
+
+
+def test_a_generated_block_is_replaced_and_the_prose_kept(tmp_path):
+    doc = tmp_path / "performance.md"
+    doc.write_text("# Performance\nprose before\n<!-- generated: bench -->\nold table\n<!-- end: bench -->\nprose after\n")
+    report.update_block(doc, "bench", "| new | table |\n")
+    assert doc.read_text() == ("# Performance\nprose before\n<!-- generated: bench -->\n| new | table |\n"
+                               "<!-- end: bench -->\nprose after\n")
+    with pytest.raises(DataError) as caught:
+        report.update_block(doc, "sweep", "x\n")
+    assert caught.value.message == (f"{doc}: no block <!-- generated: sweep --> ... <!-- end: sweep --> "
+                                    "to write the sweep table into")
+
+
+def test_the_docs_have_a_block_for_every_report(registry):
+    text = (registry.path.parent / "docs" / report.DOC).read_text()
+    for kind in report.MARKDOWN:
+        assert f"<!-- generated: {kind} -->" in text and f"<!-- end: {kind} -->" in text

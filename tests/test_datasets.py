@@ -6,8 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from marforge import datasets
-from marforge.errors import MarforgeError
+from marforge.errors import DataError
+from marforge.train import datasets
 
 
 def write_idx(path, array, magic):
@@ -34,7 +34,7 @@ def test_reads_idx_files_from_the_configured_folder(fashion_dir):
 
 def test_a_missing_file_names_the_package_to_install(fashion_dir):
     (fashion_dir / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(MarforgeError, match="t10k-labels-idx1-ubyte.gz: Fashion-MNIST file not found") as caught:
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: Fashion-MNIST file not found") as caught:
         datasets.load("fashion-mnist")
     assert "apt-get install dataset-fashion-mnist" in caught.value.hint
 
@@ -42,10 +42,10 @@ def test_a_missing_file_names_the_package_to_install(fashion_dir):
 def test_a_truncated_file_is_refused(fashion_dir):
     path = fashion_dir / "train-images-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-10]))
-    with pytest.raises(MarforgeError, match="header says shape"):
+    with pytest.raises(DataError, match="header says shape"):
         datasets.load("fashion-mnist")
 
 
 def test_unknown_dataset_names_the_known_ones():
-    with pytest.raises(MarforgeError, match="known: fashion-mnist, sklearn-digits"):
+    with pytest.raises(DataError, match="known: fashion-mnist, sklearn-digits"):
         datasets.load("imagenet")

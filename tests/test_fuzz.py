@@ -13,10 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
+import contract
 import image_io
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
-CONFIG = image_io.HandlerConfig.from_dict({
+CONFIG = contract.HandlerConfig.from_dict({
     "image_size": [28, 28], "color": "grayscale", "mean": [0.286], "std": [0.353],
     "labels": [str(i) for i in range(10)], "max_pixels": 1 << 20,
 })

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import stage_model_dir
-from marforge import archive
-from marforge.worker import LoadedArchive
+from marforge.build import verify
+from marforge.build.worker import LoadedArchive
 
 
 @pytest.fixture(scope="module", params=["fashion-1.0", "fashion-2.0", "digits-1.0"])
@@ -23,7 +23,7 @@ def loaded(request, registry, tmp_path_factory):
 
 def test_samples_get_the_true_label_with_model_and_version(loaded):
     mv, handler = loaded
-    samples = archive.sample_files(mv)
+    samples = verify.sample_files(mv)
     answers = handler.predict([{"body": path.read_bytes()} for path, _ in samples])
     assert [a.status for a in answers] == [200] * len(samples)
     for (path, label), answer in zip(samples, answers):
@@ -36,7 +36,7 @@ def test_samples_get_the_true_label_with_model_and_version(loaded):
 
 def test_answers_are_compact_json_encoded_by_the_handler(loaded):
     mv, handler = loaded
-    (path, _), *_ = archive.sample_files(mv)
+    (path, _), *_ = verify.sample_files(mv)
     good, bad = handler.predict([{"body": path.read_bytes()}, {"body": b"not an image"}])
     for answer in (good, bad):  # TorchServe would have encoded a dict with indent=2 (slow, multi-line)
         assert b"\n" not in answer.body and answer.body.startswith(b'{"')
@@ -46,8 +46,8 @@ def test_answers_are_compact_json_encoded_by_the_handler(loaded):
 
 def test_answers_match_the_source_model(loaded):
     mv, handler = loaded
-    paths = [path for path, _ in archive.sample_files(mv)]
-    expected = archive.source_probabilities(mv, handler.service.context.model_yaml_config["handler"], paths)
+    paths = [path for path, _ in verify.sample_files(mv)]
+    expected = verify.source_probabilities(mv, handler.service.context.model_yaml_config["handler"], paths)
     for probs, answer in zip(expected, handler.predict([{"body": p.read_bytes()} for p in paths])):
         for p in answer.json()["predictions"]:
             assert p["probability"] == pytest.approx(float(probs[p["index"]]), abs=1e-5)
@@ -56,7 +56,7 @@ def test_answers_match_the_source_model(loaded):
 
 def test_one_bad_request_fails_alone_in_its_batch(loaded):
     mv, handler = loaded
-    (good_path, label), *_ = archive.sample_files(mv)
+    (good_path, label), *_ = verify.sample_files(mv)
     good = good_path.read_bytes()
     batch = [{"body": good}, {"body": b""}, {"body": {"data": base64.b64encode(good).decode()}},
              {"body": b"\x89PNG\r\n\x1a\n" + b"\0" * 40}, {"data": good}]
@@ -76,18 +76,35 @@ def test_an_all_bad_batch_leaves_the_worker_serving(loaded):
     mv, handler = loaded
     answers = handler.predict([{"body": b"not an image"}, {"body": b""}])
     assert [a.status for a in answers] == [400, 400]
-    (path, label), *_ = archive.sample_files(mv)
+    (path, label), *_ = verify.sample_files(mv)
     assert handler.predict([{"body": path.read_bytes()}])[0].json()["predictions"][0]["label"] == label
 
 
-def test_torchserves_per_batch_log_line_is_dropped_and_others_kept(loaded, caplog):
-    """TorchServe's worker logs 'Backend received inference at' for every batch; the handler drops it."""
+def test_torchserves_per_batch_log_line_is_dropped_from_the_workers_output_only(loaded, capsys):
+    """A worker logs through a root StreamHandler on stdout (logging.basicConfig in TorchServe's
+    model_service_worker.py): the handler filters that handler, and nothing in a process without one."""
     import logging
+    import sys
 
-    with caplog.at_level(logging.INFO):
+    import image_handler
+
+    root = logging.getLogger()
+    assert image_handler.drop_per_batch_line not in root.filters  # loading the handler here changed nothing
+    assert not any(image_handler.drop_per_batch_line in h.filters for h in root.handlers)
+    worker_output = logging.StreamHandler(sys.stdout)
+    root.addHandler(worker_output)
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        image_handler.quiet_worker_log()
+        image_handler.quiet_worker_log()  # idempotent: one filter, however many workers' handlers load
+        assert worker_output.filters == [image_handler.drop_per_batch_line]
         logging.info("Backend received inference at: %d", 1795471046)
         logging.info("a worker line that matters: %s", "kept")
-    assert [r.getMessage() for r in caplog.records] == ["a worker line that matters: kept"]
+    finally:
+        root.removeHandler(worker_output)
+        root.setLevel(level)
+    assert capsys.readouterr().out == "a worker line that matters: kept\n"
 
 
 def test_missing_handler_section_fails_loading_with_a_clear_error(registry, tmp_path):

@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+import contract
 import image_io
 from images import encode, gradient, multi_frame, png_declaring, sixteen_bit_png, truncated
 
-CONFIG = image_io.HandlerConfig.from_dict({
+CONFIG = contract.HandlerConfig.from_dict({
     "image_size": [28, 28], "color": "grayscale", "mean": [0.5], "std": [0.25],
     "labels": [str(i) for i in range(10)], "top_k": 3, "max_pixels": 4096 * 4096,
 })
@@ -65,7 +66,7 @@ def test_any_size_is_resized():
 
 
 def test_rgb_config_gives_three_channels():
-    config = image_io.HandlerConfig.from_dict({**vars(CONFIG), "color": "rgb", "mean": [0.5] * 3, "std": [0.25] * 3})
+    config = contract.HandlerConfig.from_dict({**vars(CONFIG), "color": "rgb", "mean": [0.5] * 3, "std": [0.25] * 3})
     tensor = image_io.prepare({"body": encode(Image.new("RGB", (10, 10), (255, 0, 0)))}, config)
     assert tensor.shape == (3, 28, 28)
     assert tensor[0].min() > 1.9 and tensor[1].max() < -1.9
@@ -151,4 +152,4 @@ def test_top_k_orders_labels_by_probability():
 ])
 def test_config_errors_are_specific(change, message):
     with pytest.raises(ValueError, match=message):
-        image_io.HandlerConfig.from_dict({**vars(CONFIG), **change})
+        contract.HandlerConfig.from_dict({**vars(CONFIG), **change})

@@ -17,8 +17,9 @@ def test_the_server_listens_on_its_own_five_ports(live_server, ports):
     for name, port in ports.items():
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) == 0, f"{name} port {port} is not listening"
-    assert (live_server.run_dir / "tmp" / ".model_server.pid").read_text().strip() == str(live_server.pid)
-    assert (live_server.run_dir / "logs" / "ts_log.log").exists()
+    assert live_server.run_dir.torchserve_pid_file.read_text().strip() == str(live_server.pid)
+    assert live_server.run_dir.pid() == live_server.pid
+    assert live_server.run_dir.log("ts").exists()
 
 
 def test_every_version_has_ready_workers(live_server, registry):
@@ -101,7 +102,7 @@ def test_requests_without_the_right_token_are_refused(live_server, samples):
 
 
 def test_status_reports_ready_versions_and_defaults(live_server, registry):
-    from marforge import status
+    from marforge.serve import status
 
     rows = status.collect(live_server.client)
     assert {(r["model"], r["version"]) for r in rows} == {(mv.name, mv.version) for mv in registry.all_versions()}
@@ -122,11 +123,11 @@ def test_registration_only_from_the_model_store(live_server, url, message):
 
 
 def test_the_key_file_is_private(live_server):
-    assert (live_server.run_dir / "key_file.json").stat().st_mode & 0o077 == 0
+    assert live_server.run_dir.key_file.stat().st_mode & 0o077 == 0
 
 
 def test_workers_get_a_share_of_the_cores_not_all_of_them(live_server, registry):
-    from marforge.server import threads_per_worker
+    from marforge.serve.launch import threads_per_worker
 
     expected = threads_per_worker(sum(mv.serving["workers"] for mv in registry.all_versions()))
     for mv in registry.all_versions():
@@ -142,7 +143,7 @@ def test_a_burst_of_256_clients_is_queued_not_refused(live_server, samples):
     clients (and some at 128) on this 2-core machine, which serves them all within ~70 ms."""
     import asyncio
 
-    from marforge.loadgen import run_load
+    from marforge.measure.loadgen import run_load
 
     client = live_server.client
     path, _ = samples["fashion"][0]

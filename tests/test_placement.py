@@ -13,20 +13,22 @@ import torch
 import yaml
 from ts.context import Context
 
+import contract
 import image_handler
 import image_io
 import placement
 from conftest import stage_model_dir
-from marforge import archive, registry as registry_module, variants
-from marforge.weights import read_metadata
-from marforge.worker import LoadedArchive
+from marforge import registry as registry_module
+from marforge.build import archive, variants, verify
+from marforge.build.weights import read_metadata
+from marforge.build.worker import LoadedArchive
 
 JIT_LOAD_DEPRECATED = "ignore:`torch.jit.load` is deprecated:FutureWarning"  # BaseHandler still uses it
 SECTION = {"image_size": 28, "color": "grayscale", "mean": [0.5], "std": [0.5], "labels": list("0123456789")}
 
 
 def config(**flags):
-    return image_io.HandlerConfig.from_dict({**SECTION, **flags})
+    return contract.HandlerConfig.from_dict({**SECTION, **flags})
 
 
 @pytest.mark.parametrize("gpu_id, cuda, fmt, flags, expected", [
@@ -59,7 +61,7 @@ def test_decide_says_why_an_option_or_a_gpu_is_not_used():
     (None, "eager"), ({"handler": {}}, "eager"), ({"marforge": {"format": "quantized"}}, "quantized"),
 ])
 def test_archive_format_comes_from_model_config(yaml_config, fmt):
-    assert placement.archive_format(yaml_config) == fmt
+    assert contract.archive_format(yaml_config) == fmt
 
 
 @pytest.fixture
@@ -106,7 +108,7 @@ def test_registry_handler_tables_set_the_flags(tmp_path):
     mv = registry_module.load(path).get("m")
     metadata = {"preprocess": {k: SECTION[k] for k in ("color", "mean", "std")} | {"image_size": [28, 28]},
                 "labels": SECTION["labels"]}
-    chosen = image_io.HandlerConfig.from_dict(archive.handler_section(mv, metadata))
+    chosen = contract.HandlerConfig.from_dict(archive.handler_section(mv, metadata))
     assert (chosen.half_precision, chosen.pin_memory) == (True, False)
 
 
@@ -117,9 +119,9 @@ def test_half_precision_on_this_cpu_machine_serves_float32(registry, tmp_path, c
         handler = loaded.handler
         assert (handler.placement.device.type, handler.placement.half) == ("cpu", False)
         assert {p.dtype for p in handler.model.parameters()} == {torch.float32}
-        paths = [path for path, _ in archive.sample_files(mv)]
+        paths = [path for path, _ in verify.sample_files(mv)]
         answers = loaded.predict([{"body": p.read_bytes()} for p in paths])
-        expected = archive.source_probabilities(mv, loaded.service.context.model_yaml_config["handler"], paths)
+        expected = verify.source_probabilities(mv, loaded.service.context.model_yaml_config["handler"], paths)
     assert "half_precision ignored on the CPU" in caplog.text
     for probs, answer in zip(expected, answers):
         assert answer.status == 200
@@ -193,11 +195,12 @@ def test_onnx_archive_on_a_gpu_worker_without_onnxruntime_gpu_says_it_runs_on_th
     handler = image_handler.ImageClassifier()
     handler.initialize(context)
     assert handler.placement.device == torch.device("cuda:1")
-    assert asked[-1] == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    # One session, opened for this worker's GPU: BaseHandler's own (every core, GPU 0) is never opened.
+    assert asked == [[("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]]
     assert handler.model.get_providers() == ["CPUExecutionProvider"]
     assert "onnxruntime has no CUDA provider here" in caplog.text and "cuda:1" in caplog.text
-    paths = [path for path, _ in archive.sample_files(mv)]
+    paths = [path for path, _ in verify.sample_files(mv)]
     inputs = torch.stack([image_io.prepare({"body": p.read_bytes()}, handler.config) for p in paths])
     probabilities, _ = handler.inference((inputs, list(range(len(paths)))))
-    expected = archive.source_probabilities(mv, context.model_yaml_config["handler"], paths)
+    expected = verify.source_probabilities(mv, context.model_yaml_config["handler"], paths)
     assert torch.allclose(probabilities, torch.stack(list(expected)), atol=1e-4)

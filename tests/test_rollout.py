@@ -1,9 +1,13 @@
 """Rollouts and rollbacks on a real TorchServe under continuous client load.
 
-The server here starts with fashion 1.0 only and its own run dir, so promotions, retirements and
-restarts do not disturb the session's shared server. Two bad candidates are added to a copy of the
-registry: fashion 8.0 (an archive whose weights are truncated: workers cannot load it) and
-fashion 9.0 (the 2.0 weights with the output layer's rows shuffled: it loads, answers badly).
+The server here has its own run dir, so promotions, retirements and restarts do not disturb the
+session's shared server. Two bad candidates are added to a copy of the project: fashion 8.0 (an
+archive whose weights are truncated: workers cannot load it) and fashion 9.0 (the 2.0 weights with
+the output layer's rows shuffled: it loads, answers badly).
+
+Every test starts from the same baseline, whatever ran before it and in whatever order: the server
+running, fashion 1.0 the only registered version and the default, with its full workers, and a
+run dir state that remembers no promotion (the `env` fixture restores it and checks it).
 """
 
 import json
@@ -16,10 +20,14 @@ import zipfile
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, start_server
 from loadgen import Load
-from marforge import archive, registry as registry_module, rollout, server, state, status, weights
-from marforge.errors import ApiError
+from marforge import files
+from marforge.build import archive
+from marforge.errors import ApiError, Rejected, RolledBack
+from marforge.project import Project
+from marforge.serve import gate, launch, process, rollout, state, status
+from marforge.serve.rundir import RunDir
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +41,8 @@ model_def = "model_defs/convnet.py"
 
 
 @pytest.fixture(scope="module")
-def bad_registry(tmp_path_factory):
-    """A copy of the project with fashion 8.0 and 9.0 added to models.toml."""
+def bad_project(store, tmp_path_factory):
+    """A copy of the project with fashion 8.0 and 9.0 added to models.toml, its own store and run dir."""
     root = tmp_path_factory.mktemp("project")
     (root / "models.toml").write_text((ROOT / "models.toml").read_text() + BAD_VERSIONS)
     for folder in ("model_defs", "samples", "eval"):
@@ -47,19 +55,16 @@ def bad_registry(tmp_path_factory):
         weights_file = root / "weights" / f"fashion-{version}.pt"
         torch.save(state_dict, weights_file)
         (root / "weights" / f"fashion-{version}.json").write_text(
-            json.dumps({**metadata, "version": version, "sha256": weights.sha256_of(weights_file)}))
-    return registry_module.load(root / "models.toml")
-
-
-@pytest.fixture(scope="module")
-def rollout_store(bad_registry, store, tmp_path_factory):
-    path = tmp_path_factory.mktemp("rollout_store")
+            json.dumps({**metadata, "version": version, "sha256": files.sha256(weights_file)}))
+    model_store = tmp_path_factory.mktemp("rollout_store")
     for mar in store.glob("*.mar"):
-        shutil.copy(mar, path)
+        shutil.copy(mar, model_store)
+    project = Project.at(root / "models.toml", model_store=model_store, run_dir=tmp_path_factory.mktemp("rollout_run"),
+                         config=ROOT / "config.properties")
     for version in ("8.0", "9.0"):
-        archive.build(bad_registry.get("fashion", version), path)
-    corrupt(path / "fashion-8.0.mar", "fashion-8.0.pt")
-    return path
+        archive.build(project.registry.get("fashion", version), model_store)
+    corrupt(model_store / "fashion-8.0.mar", "fashion-8.0.pt")
+    return project
 
 
 def corrupt(mar, member):
@@ -72,15 +77,48 @@ def corrupt(mar, member):
 
 
 @pytest.fixture(scope="module")
-def env(bad_registry, rollout_store, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("rollout_run")
-    names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
-    ports = dict(zip(names, server.free_ports(len(names))))
-    started = server.serve(bad_registry, rollout_store, run_dir, ROOT / "config.properties", ports=ports,
-                           versions=[bad_registry.get("fashion", "1.0")], timeout=240)
-    env = {"registry": bad_registry, "store": rollout_store, "run_dir": run_dir, "ports": ports, "server": started}
-    yield env
-    server.stop(env["run_dir"])
+def running(bad_project):
+    """{"project", "ports", "server"}: the module's server (a test may restart it; `env` follows)."""
+    ports = process.free_listeners()
+    started = launch.serve(bad_project, versions=[bad_project.registry.get("fashion", "1.0")], ports=ports, timeout=240)
+    holder = {"project": bad_project, "ports": ports, "server": started}
+    yield holder
+    process.stop(RunDir(bad_project.run_dir))
+
+
+def restart(env, versions):
+    """Start the module's server again (same ports and run dir) with these fashion versions."""
+    project = env["project"]
+    env["server"] = launch.serve(project, versions=[project.registry.get("fashion", v) for v in versions],
+                                 ports=env["ports"], timeout=240)
+    return env["server"].client
+
+
+@pytest.fixture
+def env(running):
+    """The baseline, restored before each test: server up, fashion 1.0 alone and the default, no promotion remembered."""
+    project, run_dir = running["project"], RunDir(running["project"].run_dir)
+    if not running["server"].alive():
+        process.stop(run_dir)
+        state.save(run_dir, {})
+        restart(running, ["1.0"])
+    client = running["server"].client
+    baseline = project.registry.get("fashion", "1.0")
+    if not client.is_registered("fashion", "1.0"):
+        rollout.register_candidate(client, baseline, project.model_store, run_dir, 120)
+    client.set_default("fashion", "1.0")
+    for description in client.describe("fashion"):
+        if description["modelVersion"] != "1.0":
+            client.unregister("fashion", description["modelVersion"])
+    client.scale("fashion", "1.0", workers=baseline.serving["workers"])
+    client.wait_ready([("fashion", "1.0")], timeout=120)
+    saved = state.load(run_dir)
+    state.save(run_dir, {"archives": {k: v for k, v in saved["archives"].items() if not k.startswith("fashion-")}
+                         | {"fashion-1.0": files.sha256(baseline.archive_path(project.model_store))}})
+    assert [d["modelVersion"] for d in client.describe("fashion")] == ["1.0"]
+    assert client.default_version("fashion") == "1.0"
+    assert state.load(run_dir)["history"] == {} and state.load(run_dir)["retired"] == {}
+    return running
 
 
 def load_on(env, model="fashion"):
@@ -90,22 +128,20 @@ def load_on(env, model="fashion"):
 
 
 def do_rollout(env, version, **kwargs):
-    return rollout.rollout(env["server"].client, env["registry"], env["store"], env["run_dir"], "fashion", version,
+    return rollout.rollout(env["server"].client, env["project"], "fashion", version,
                            watch_s=kwargs.pop("watch_s", 3.0), log=lambda line: None, **kwargs)
 
 
 def do_rollback(env):
-    return rollout.rollback(env["server"].client, env["registry"], env["store"], env["run_dir"], "fashion",
-                            log=lambda line: None)
+    return rollout.rollback(env["server"].client, env["project"], "fashion", log=lambda line: None)
 
 
 def registered(env, version):
-    return rollout.is_registered(env["server"].client, "fashion", version)
+    return env["server"].client.is_registered("fashion", version)
 
 
-def test_1_roll_forward_and_back_under_load_drops_nothing(env):
+def test_roll_forward_and_back_under_load_drops_nothing(env):
     client = env["server"].client
-    assert client.default_version("fashion") == "1.0" and not registered(env, "2.0")
     with load_on(env) as load:
         load.wait_for(20)
         report = do_rollout(env, "2.0")
@@ -114,61 +150,116 @@ def test_1_roll_forward_and_back_under_load_drops_nothing(env):
         load.wait_for(20)
     assert report.outcome == "promoted" and [s["step"] for s in report.steps] == [
         "preflight", "register", "gate", "promote", "watch", "retire"]
+    assert all(s["ok"] for s in report.steps)
+    assert report.steps[-1]["detail"] == "1.0 kept registered with 1 worker for instant rollback"
     assert report.gate["candidate"]["accuracy"] >= report.gate["default"]["accuracy"] - 0.02
-    assert back.outcome == "rolled back" and client.default_version("fashion") == "1.0"
+    assert back.outcome == "rolled back" and back.headline() == "fashion: rolled back from 2.0 to 1.0"
+    assert client.default_version("fashion") == "1.0"
     assert load.failures() == []
     assert set(map(tuple, load.versions_by_client().values())) == {("1.0", "2.0", "1.0")}
     assert registered(env, "2.0")  # kept for instant rollback
+    assert state.load(RunDir(env["project"].run_dir))["history"]["fashion"] == ["1.0"]
 
 
-def test_2_a_candidate_whose_workers_cannot_load_is_rejected(env):
+def test_a_candidate_whose_workers_cannot_load_is_rejected(env):
     client = env["server"].client
+    mar = env["project"].model_store / "fashion-8.0.mar"
     with load_on(env) as load:
         load.wait_for(10)
-        with pytest.raises(rollout.Rejected, match="fails verification"):
+        with pytest.raises(Rejected) as rejected:
             do_rollout(env, "8.0")
         # The same archive registered without the preflight: workers fail, nothing stays registered.
-        with pytest.raises(rollout.Rejected, match="could not start its workers") as caught:
-            rollout.register_candidate(client, env["registry"].get("fashion", "8.0"), env["store"], env["run_dir"], 120)
+        with pytest.raises(Rejected, match="could not start its workers") as caught:
+            rollout.register_candidate(client, env["project"].registry.get("fashion", "8.0"),
+                                       env["project"].model_store, RunDir(env["project"].run_dir), 120)
         load.wait_for(10)
-    assert "model_log.log" in caught.value.message
+    assert rejected.value.message.startswith(f"{mar} fails verification: {mar}: a worker cannot load this archive: ")
+    assert rejected.value.report.steps == [{"step": "preflight", "seconds": rejected.value.report.steps[0]["seconds"],
+                                            "ok": False, "detail": rejected.value.message.splitlines()[0]}]
+    assert f"--- tail of {RunDir(env['project'].run_dir).log('model')} ---" in caught.value.message
+    assert caught.value.hint == "fix the archive, rebuild it (make archive) and roll out again"
     assert not registered(env, "8.0")
     assert client.default_version("fashion") == "1.0"
     assert load.failures() == [] and set(map(tuple, load.versions_by_client().values())) == {("1.0",)}
 
 
-def test_3_a_candidate_that_answers_badly_fails_the_gate(env):
+def test_a_candidate_that_answers_badly_fails_the_gate(env):
     client = env["server"].client
     with load_on(env) as load:
         load.wait_for(10)
-        with pytest.raises(rollout.Rejected, match="accuracy .* below") as caught:
+        with pytest.raises(Rejected) as caught:
             do_rollout(env, "9.0")
         load.wait_for(10)
-    assert caught.value.report.outcome == "rejected"
-    assert caught.value.report.gate["candidate"]["accuracy"] < 0.5
+    gate_result = caught.value.report.gate
+    accuracy = gate_result["candidate"]["accuracy"]
+    assert caught.value.message == (f"fashion 9.0 rejected: accuracy {accuracy:.4f} is below the floor 0.8500; "
+                                    f"accuracy {accuracy:.4f} is more than 0.02 below the current default's "
+                                    f"{gate_result['default']['accuracy']:.4f}")
+    assert caught.value.report.outcome == "rejected" and accuracy < 0.5
     assert caught.value.exit_code == 3
     assert not registered(env, "9.0") and client.default_version("fashion") == "1.0"
     assert load.failures() == [] and set(map(tuple, load.versions_by_client().values())) == {("1.0",)}
 
 
-def test_4_retire_under_load_drops_nothing_and_rollback_brings_it_back(env):
+def test_retire_under_load_drops_nothing_and_rollback_brings_it_back(env):
     client = env["server"].client
+    run_dir = RunDir(env["project"].run_dir)
     with load_on(env) as load:
         load.wait_for(10)
         report = do_rollout(env, "2.0", retire=True)
         load.wait_for(20)
-    assert report.outcome == "promoted" and "unregistered" in report.steps[-1]["detail"]
+    assert report.outcome == "promoted" and report.steps[-1]["detail"] == "1.0 drained and unregistered"
     assert not registered(env, "1.0")
     assert load.failures() == []
     assert set(map(tuple, load.versions_by_client().values())) == {("1.0", "2.0")}
-    assert state.load(env["run_dir"])["retired"]["fashion"] == ["1.0"]
+    assert state.load(run_dir)["retired"]["fashion"] == ["1.0"]
     back = do_rollback(env)
     assert back.outcome == "rolled back" and registered(env, "1.0")
+    assert back.steps[0]["detail"] == "1.0 registered again (it was retired)"
     assert client.default_version("fashion") == "1.0"
-    assert "1.0" not in state.load(env["run_dir"])["retired"].get("fashion", [])
+    assert "1.0" not in state.load(run_dir)["retired"].get("fashion", [])
 
 
-def test_5_status_reports_a_version_whose_workers_cannot_load(env):
+def test_a_promoted_candidate_that_fails_the_watch_is_rolled_back(env):
+    """2.0 passes the gate; once it is the default its workers are killed, so the watch sees requests
+    fail or workers that are not READY, and the old default must be back at once, on the server and
+    in the state."""
+    import threading
+
+    client = env["server"].client
+
+    def kill_once_promoted():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if client.default_version("fashion") == "2.0":
+                [description] = client.describe("fashion", "2.0")
+                for worker in description["workers"]:
+                    os.kill(worker["pid"], signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_once_promoted, daemon=True)
+    killer.start()
+    with pytest.raises(RolledBack) as caught:
+        do_rollout(env, "2.0", watch_s=5.0)
+    killer.join(5)
+    assert caught.value.message.startswith("fashion 2.0 failed the watch and 1.0 is the default again: ")
+    assert "not READY" in caught.value.message or "request failed" in caught.value.message
+    assert caught.value.exit_code == 4 and caught.value.report.outcome == "rolled back"
+    assert [s["step"] for s in caught.value.report.steps][-1] == "watch"
+    assert client.default_version("fashion") == "1.0"
+    saved = state.load(RunDir(env["project"].run_dir))
+    assert saved["defaults"]["fashion"] == "1.0" and saved["history"]["fashion"] == ["1.0"]
+
+
+def test_a_rollback_with_no_earlier_version_says_so(env):
+    with pytest.raises(Rejected) as caught:
+        do_rollback(env)
+    assert caught.value.message == "no earlier version of fashion to roll back to (history: empty, default 1.0)"
+    assert caught.value.hint == "marforge status"
+
+
+def test_status_reports_a_version_whose_workers_cannot_load(env):
     client = env["server"].client
     client.register("fashion-8.0.mar", workers=1, synchronous=False)  # by hand, skipping marforge's checks
     try:
@@ -181,14 +272,11 @@ def test_5_status_reports_a_version_whose_workers_cannot_load(env):
         client.unregister("fashion", "8.0")
 
 
-def test_6_a_restart_keeps_the_promoted_default(env):
+def test_a_restart_keeps_the_promoted_default(env):
     do_rollout(env, "2.0")
     assert env["server"].client.default_version("fashion") == "2.0"
-    server.stop(env["run_dir"])
-    env["server"] = server.serve(env["registry"], env["store"], env["run_dir"], ROOT / "config.properties",
-                                 ports=env["ports"], timeout=240,
-                                 versions=[env["registry"].get("fashion", v) for v in ("1.0", "2.0")])
-    client = env["server"].client
+    process.stop(RunDir(env["project"].run_dir))
+    client = restart(env, ["1.0", "2.0"])
     assert client.default_version("fashion") == "2.0"
     sample = sorted((ROOT / "samples" / "fashion").glob("*.png"))[0].read_bytes()
     assert client.predict("fashion", sample)["version"] == "2.0"
@@ -196,17 +284,15 @@ def test_6_a_restart_keeps_the_promoted_default(env):
         client.describe("fashion", "9.0")
 
 
-def test_7_a_killed_server_comes_back_with_everything(env):
-    archives = {p.name: weights.sha256_of(p) for p in env["store"].glob("*.mar")}
+def test_a_killed_server_comes_back_with_everything(env):
+    do_rollout(env, "2.0")
+    archives = {p.name: files.sha256(p) for p in env["project"].model_store.glob("*.mar")}
     os.kill(env["server"].pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while server.pid_alive(env["server"].pid):
+    while process.pid_alive(env["server"].pid):
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    env["server"] = server.serve(env["registry"], env["store"], env["run_dir"], ROOT / "config.properties",
-                                 ports=env["ports"], timeout=240,
-                                 versions=[env["registry"].get("fashion", v) for v in ("1.0", "2.0")])
-    client = env["server"].client
+    client = restart(env, ["1.0", "2.0"])
     assert client.default_version("fashion") == "2.0"
     assert all(r["ready"] for r in status.collect(client))
-    assert {p.name: weights.sha256_of(p) for p in env["store"].glob("*.mar")} == archives
+    assert {p.name: files.sha256(p) for p in env["project"].model_store.glob("*.mar")} == archives

@@ -6,8 +6,9 @@ import time
 import pytest
 import requests
 
-from conftest import ROOT
-from marforge import server
+from conftest import ROOT, project_at, start_server
+from marforge.serve import process
+from marforge.serve.rundir import RunDir
 
 pytestmark = pytest.mark.integration
 EXPIRY_MIN = 0.05  # 3 s
@@ -18,11 +19,9 @@ def short_lived(registry, store, tmp_path_factory):
     config = tmp_path_factory.mktemp("config") / "config.properties"
     config.write_text((ROOT / "config.properties").read_text() + f"\ntoken_expiration_min={EXPIRY_MIN}\n")
     run_dir = tmp_path_factory.mktemp("security_run")
-    names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
-    started = server.serve(registry, store, run_dir, config, ports=dict(zip(names, server.free_ports(5))),
-                           versions=[registry.get("digits", "1.0")], timeout=240)
+    started = start_server(project_at(store, run_dir, config=config), versions=[registry.get("digits", "1.0")])
     yield started
-    server.stop(run_dir)
+    process.stop(RunDir(run_dir))
 
 
 def raw_predict(srv, key, body):
@@ -53,10 +52,10 @@ def test_a_rotated_key_replaces_the_old_one(short_lived, samples):
 
 
 def test_keys_are_not_in_the_logs_we_write(short_lived):
-    keys = json.loads((short_lived.run_dir / "key_file.json").read_text())
+    run_dir = short_lived.run_dir
+    keys = json.loads(run_dir.key_file.read_text())
     secrets = [keys[k]["key"] for k in ("inference", "management", "API")]
-    ours = [short_lived.run_dir / "config.properties", short_lived.run_dir / "endpoints.json",
-            short_lived.run_dir / "state.json", short_lived.run_dir / "logs" / "torchserve.out"]
+    ours = [run_dir.config, run_dir.endpoints_file, run_dir.state_file, run_dir.log("launcher")]
     for path in ours:
         text = path.read_text()
         assert not any(secret in text for secret in secrets), path

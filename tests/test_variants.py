@@ -11,12 +11,14 @@ import pytest
 import torch
 import yaml
 
-from marforge import archive, registry as registry_module, variants
+from marforge import registry as registry_module
+from marforge.build import archive, mar, variants, verify
+from marforge.build.weights import build_model
+from marforge.build.worker import LoadedArchive
 from marforge.errors import ArchiveError, RegistryError
-from marforge.weights import build_model
-from marforge.worker import LoadedArchive
 
-BUILDS = [("1.0", fmt) for fmt in variants.FORMATS] + [("2.0", fmt) for fmt in variants.FORMATS if fmt != "compile"]
+FORMATS = variants.formats()
+BUILDS = [("1.0", fmt) for fmt in FORMATS] + [("2.0", fmt) for fmt in FORMATS if fmt != "compile"]
 SELF_CONTAINED = {"torchscript", "onnx", "quantized"}  # archived without a model file
 
 
@@ -27,15 +29,15 @@ def built(registry, tmp_path_factory, measurements):
     results = {}
     for version, fmt in BUILDS:
         mv = registry.get("fashion", version)
-        path, report = archive.build_with_report(mv, store, fmt=fmt)
+        path, report = archive.build(mv, store, fmt=fmt)
         results[version, fmt] = path, report
         measurements[f"fashion {version} {fmt}"] = (f"build {report.build_s:.1f}s, verify {report.verify_s:.1f}s; "
                                                     f"{report.summary()}")
     return results
 
 
-def config_of(mar):
-    with zipfile.ZipFile(mar) as archive_file:
+def config_of(mar_path):
+    with zipfile.ZipFile(mar_path) as archive_file:
         return yaml.safe_load(archive_file.read("model-config.yaml"))
 
 
@@ -47,17 +49,17 @@ def test_formats_are_named_after_the_registry_format(registry, built):
     assert {p.name for p in store.glob("*")} == expected  # and no partial files left over
     for (version, fmt), (path, _) in built.items():
         assert path == registry.get("fashion", version).archive_path(store, fmt)
-        manifest = archive.manifest_of(path)["model"]
+        manifest = mar.manifest_of(path)
         assert (manifest["modelName"], manifest["modelVersion"]) == ("fashion", version)
-        assert archive.archive_format(path) == fmt
+        assert mar.archive_format(path) == fmt
 
 
 def test_self_contained_formats_have_no_model_file(registry, built):
     suffix = {"eager": ".pt", "compile": ".pt", "torchscript": ".pt", "quantized": ".pt", "onnx": ".onnx"}
     for (version, fmt), (path, _) in built.items():
-        manifest = archive.manifest_of(path)["model"]
-        with zipfile.ZipFile(path) as mar:
-            names = set(mar.namelist())
+        manifest = mar.manifest_of(path)
+        with zipfile.ZipFile(path) as archive_file:
+            names = set(archive_file.namelist())
         model_def = registry.get("fashion", version).model_def.name
         assert ("modelFile" in manifest) == (fmt not in SELF_CONTAINED)
         assert (model_def in names) == (fmt not in SELF_CONTAINED)
@@ -92,12 +94,12 @@ def test_quantized_weights_are_smaller(registry, built):
 
 def test_a_cpu_worker_runs_torchscript_frozen_and_rewritten(built):
     """The archive holds the plain traced model; the worker freezes it and rewrites it for oneDNN."""
-    mar = built["2.0", "torchscript"][0]
-    with zipfile.ZipFile(mar) as archive_file:
-        serialized = archive.manifest_of(mar)["model"]["serializedFile"]
-        archive_file.extract(serialized, mar.parent / "extracted")
-    assert list(torch.jit.load(str(mar.parent / "extracted" / serialized)).parameters())  # portable: not frozen
-    with LoadedArchive(mar) as loaded:
+    mar_path = built["2.0", "torchscript"][0]
+    with zipfile.ZipFile(mar_path) as archive_file:
+        serialized = mar.manifest_of(mar_path)["serializedFile"]
+        archive_file.extract(serialized, mar_path.parent / "extracted")
+    assert list(torch.jit.load(str(mar_path.parent / "extracted" / serialized)).parameters())  # portable: not frozen
+    with LoadedArchive(mar_path) as loaded:
         model = loaded.handler.model
         assert not list(model.parameters())  # frozen: the weights are constants of the graph
         assert "mkldnn" in str(model.graph)  # convolutions run through oneDNN
@@ -111,8 +113,8 @@ def test_onnxruntime_uses_the_workers_share_of_the_cores(built, monkeypatch):
 
 def test_verify_reads_the_format_from_the_archive(registry, built):
     mv = registry.get("fashion", "2.0")
-    rows = archive.verify(built["2.0", "onnx"][0], mv)
-    assert [row["sample"] for row in rows] == [path.name for path, _ in archive.sample_files(mv)]
+    rows = verify.check(built["2.0", "onnx"][0], mv).samples
+    assert [row["sample"] for row in rows] == [path.name for path, _ in verify.sample_files(mv)]
 
 
 def shuffled_model(mv):
@@ -152,8 +154,8 @@ def test_a_compiled_model_that_never_reached_inductor_is_caught(registry):
 
 def test_the_registry_format_is_the_archive_the_server_loads(registry, tmp_path):
     mv = dataclasses.replace(registry.get("fashion", "1.0"), format="onnx")
-    assert archive.build(mv, tmp_path).name == "fashion-1.0.mar"
-    assert archive.archive_format(tmp_path / "fashion-1.0.mar") == "onnx"
+    assert archive.build(mv, tmp_path)[0].name == "fashion-1.0.mar"
+    assert mar.archive_format(tmp_path / "fashion-1.0.mar") == "onnx"
     assert mv.archive_path(tmp_path, "eager").name == "fashion-1.0-eager.mar"
     with pytest.raises(ArchiveError, match="unknown archive format 'tensorrt'"):
         archive.build(mv, tmp_path, fmt="tensorrt")

@@ -5,7 +5,7 @@ API, management key for the management API, none for metrics) and turns an error
 ApiError carrying the status, URL and body. Keys are never printed or logged. The HTTP session is
 injectable, so the error handling is tested without a server.
 
-    client = Client.from_run_dir(".run")
+    client = RunDir(".run").client()
     client.describe("fashion")            # every version, with workers and their status
     client.predict("fashion", png_bytes, version="2.0")
 """
@@ -22,6 +22,8 @@ from marforge.errors import ApiError, ServerError
 
 @dataclass(frozen=True)
 class Endpoints:
+    """The base URLs of a server's three HTTP APIs."""
+
     inference: str
     management: str
     metrics: str
@@ -33,17 +35,6 @@ class Client:
         self.key_file = Path(key_file) if key_file else None
         self.session = session or requests.Session()
         self.timeout = timeout
-
-    @classmethod
-    def from_run_dir(cls, run_dir, **kwargs):
-        """A client for the server `marforge serve` started with this run dir (reads its endpoints.json)."""
-        run_dir = Path(run_dir)
-        try:
-            info = json.loads((run_dir / "endpoints.json").read_text())
-        except FileNotFoundError:
-            raise ServerError(f"{run_dir}/endpoints.json not found: no server was started from {run_dir}",
-                              "make serve") from None
-        return cls(Endpoints(**info), key_file=run_dir / "key_file.json", **kwargs)
 
     # -- tokens ---------------------------------------------------------------------------------
     def key(self, kind):
@@ -122,6 +113,15 @@ class Client:
         [description] = self.describe(name, None)
         return description["modelVersion"]
 
+    def is_registered(self, name, version):
+        try:
+            self.describe(name, version)
+            return True
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
     def register(self, mar_name, workers, batch_size=1, max_batch_delay_ms=100, response_timeout_s=120,
                  timeout=300.0, synchronous=True):
         """Register an archive from the model store. Synchronous: answers once the workers started
@@ -139,11 +139,25 @@ class Client:
         return self._management("PUT", f"/models/{name}/{version}/set-default").json()
 
     def unregister(self, name, version):
+        """Unregister a version. TorchServe drops its in-flight and queued requests: drain it first."""
         return self._management("DELETE", f"/models/{name}/{version}").json()
+
+    def unregister_if_present(self, name, version):
+        """Unregister a version that may or may not be registered (after a failed register, say)."""
+        try:
+            self.unregister(name, version)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
 
     # -- metrics API ------------------------------------------------------------------------------
     def metrics(self):
+        """The Prometheus text of /metrics (empty unless the server runs with metrics_mode=prometheus)."""
         return self._request("GET", self.endpoints.metrics + "/metrics").text
+
+    def metric_total(self, name):
+        """The sum of one metric's samples over all its label sets in /metrics (0 when absent)."""
+        return prometheus_total(self.metrics(), name)
 
     # -- readiness --------------------------------------------------------------------------------
     def wait_ready(self, expected, timeout=180.0, alive=lambda: True, poll=0.5):
@@ -171,6 +185,15 @@ class Client:
                 raise ServerError(
                     f"not ready after {timeout:.0f}s: {', '.join(f'{n} {v}' for n, v in sorted(pending))}{detail}")
             time.sleep(poll)
+
+
+def prometheus_total(text, name):
+    """The sum of the samples of metric `name` in Prometheus text format."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def version_ready(description):

@@ -15,21 +15,26 @@ serialized file of one format into a work dir and says how to archive it:
                `compile_outcome` checks that inductor really compiled the worker's model.
 - quantized:   the nn.Linear layers dynamically quantized to int8, then traced like torchscript.
 
-The archive records its format in model-config.yaml (`marforge: {format: ...}`) so that it can be
-verified later with the right tolerance.
+The archive records its format with the contract's stamp (handlers/contract.py) so that it can be
+verified later with the right tolerance, and so that a worker places it right.
 """
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from marforge import shipped
+from marforge.build.weights import build_model
 from marforge.errors import ArchiveError
-from marforge.registry import FORMATS
-from marforge.weights import build_model
 
-__all__ = ["FORMATS", "TOLERANCES", "Tolerance", "Variant", "prepare", "compile_counts", "compile_outcome"]
-
-CHANNELS = {"grayscale": 1, "rgb": 3}
 ONNX_OPSET = 17
+# Formats `make bench` and `bench --compare-formats` serve by default. compile only on request:
+# inductor compiles each new batch shape on its first request, which stalls the first requests.
+BENCH_FORMATS = ("eager", "torchscript", "onnx", "quantized")
+
+
+def formats():
+    """Every archive format, in the contract's order."""
+    return shipped.contract().FORMATS
 
 
 @dataclass(frozen=True)
@@ -48,12 +53,10 @@ TOLERANCES = {
     "onnx": Tolerance(1e-4, 1.0),
     "compile": Tolerance(1e-4, 1.0),
     # Dynamic int8 quantization scales each batch's activations by that batch's own range, so an
-    # answer also depends on the other requests of its batch. Measured on the 300 eval images of
-    # fashion 1.0 / fashion 2.0 / digits 1.0, batched 1, 2, 4, 8 (in order and shuffled) and 300
-    # at once: max probability difference 0.061 / 0.034 / 0.037, top-1 agreement >= 0.993 / 0.997
-    # / 1.0 (at most 2 of 300 flipped, only images whose eager top two were within 0.11 of each
-    # other; eval accuracy moved by at most 1 image). The bounds leave ~1.6x headroom over the
-    # worst case seen; wrong weights (e.g. shuffled output rows) disagree on most images and fail.
+    # answer also depends on the other requests of its batch. The bounds were set with headroom over
+    # the worst difference seen on every reference model's eval set, batched 1 to 300 in order and
+    # shuffled (make test prints each build's figures under "measured"); wrong weights (shuffled
+    # output rows, say) disagree on most images and fail.
     "quantized": Tolerance(0.1, 0.98),
 }
 
@@ -74,15 +77,15 @@ class Variant:
 
 def prepare(mv, fmt, metadata, work_dir):
     """Write `fmt`'s serialized file for version `mv` into `work_dir`; returns its Variant."""
-    if fmt not in FORMATS:
-        raise ArchiveError(f"unknown archive format {fmt!r} for {mv.key} (known: {', '.join(FORMATS)})")
+    if fmt not in formats():
+        raise ArchiveError(f"unknown archive format {fmt!r} for {mv.key}", f"use one of: {', '.join(formats())}")
     try:
         variant = _BUILDERS[fmt](mv, metadata, Path(work_dir))
     except Exception as exc:  # e.g. onnx missing, or a model the tracer or exporter cannot handle
         raise ArchiveError(f"cannot write the {fmt} model of {mv.key}: {type(exc).__name__}: {exc}",
                            "pip install -r requirements.txt if a module is missing; else try another --format") from None
     return Variant(variant.fmt, variant.serialized_file, variant.model_file,
-                   {**variant.config, "marforge": {"format": fmt}})
+                   {**variant.config, **shipped.contract().format_stamp(fmt)})
 
 
 def source_model(mv):
@@ -95,7 +98,7 @@ def example_input(metadata, batch=2):
     import torch
 
     height, width = metadata["preprocess"]["image_size"]
-    return torch.zeros(batch, CHANNELS[metadata["preprocess"]["color"]], height, width)
+    return torch.zeros(batch, shipped.contract().CHANNELS[metadata["preprocess"]["color"]], height, width)
 
 
 def _eager(mv, metadata, work_dir):

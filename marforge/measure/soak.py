@@ -15,7 +15,8 @@ from pathlib import Path
 
 import psutil
 
-from marforge.loadgen import run_load
+from marforge.errors import ServerError
+from marforge.measure.loadgen import run_load
 
 
 @dataclass
@@ -53,7 +54,9 @@ def _window(client, url, bodies, concurrency, seconds):
 def soak(client, run_dir, name, images, minutes=5.0, concurrency=4, window_s=30.0, warmup_s=10.0,
          rss_margin=0.10, p99_margin=0.5, log=print):
     """Run the soak; returns a SoakReport whose `problems` is empty when it passed."""
-    frontend_pid = int((Path(run_dir) / "server.pid").read_text())
+    frontend_pid = run_dir.pid()
+    if frontend_pid is None:
+        raise ServerError(f"no server was started from {run_dir.path}", "make serve")
     url = f"{client.endpoints.inference}/predictions/{name}"
     bodies = [Path(p).read_bytes() for p in images]
     report = SoakReport(name)

@@ -4,7 +4,7 @@ Readiness comes from the management API's describe (worker status READY), never 
 which answers Healthy while workers crash.
 """
 
-from marforge.client import version_ready
+from marforge.serve.client import version_ready
 
 
 def collect(client):

@@ -1,7 +1,8 @@
-"""The training data sets, as 28x28 8-bit grayscale images: what `marforge.train` trains and evaluates on.
+"""The training data sets, as 28x28 8-bit grayscale images: what `marforge train` trains and evaluates on.
 
 Every loader returns a `Dataset` whose images are uint8 tensors (N x 28 x 28), exactly the pixels a
-PIL mode "L" image of the same picture gives, so training sees what the serving handler sees.
+PIL mode "L" image of the same picture gives, so training sees what the serving handler sees; the
+Dataset says that size and color, which training records as the weights' preprocessing.
 
 - "fashion-mnist": Debian's `dataset-fashion-mnist` (gzipped idx files in
   /usr/share/datasets/fashion-mnist/, or in $MARFORGE_FASHION_MNIST_DIR); train = the 60,000
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from marforge.errors import MarforgeError
+from marforge.errors import DataError
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_DIR_ENV = "MARFORGE_FASHION_MNIST_DIR"
@@ -46,6 +47,8 @@ class Dataset:
     name: str
     source: str  # where the data came from, for the weights' provenance
     labels: list
+    image_size: tuple  # (height, width) of every image
+    color: str  # the contract's color mode: "grayscale" (one channel)
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
@@ -53,7 +56,7 @@ class Dataset:
 
 
 def _fashion_missing(path):
-    return MarforgeError(
+    return DataError(
         f"{path}: Fashion-MNIST file not found",
         f"apt-get install {FASHION_PACKAGE}, or set {FASHION_DIR_ENV} to a folder holding the idx .gz files",
     )
@@ -66,13 +69,13 @@ def _read_idx(path, magic, dims):
     except FileNotFoundError:
         raise _fashion_missing(path) from None
     except (OSError, EOFError) as exc:
-        raise MarforgeError(f"{path}: not a readable gzip file: {exc}", f"reinstall {FASHION_PACKAGE}") from None
+        raise DataError(f"{path}: not a readable gzip file: {exc}", f"reinstall {FASHION_PACKAGE}") from None
     header = 4 + 4 * dims
     if len(data) < header or struct.unpack(">I", data[:4])[0] != magic:
-        raise MarforgeError(f"{path}: not an idx file of {dims}-dimensional unsigned bytes (bad magic number)")
+        raise DataError(f"{path}: not an idx file of {dims}-dimensional unsigned bytes (bad magic number)")
     shape = struct.unpack(f">{dims}I", data[4:header])
     if len(data) != header + int(np.prod(shape)):
-        raise MarforgeError(f"{path}: header says shape {shape} but holds {len(data) - header} bytes")
+        raise DataError(f"{path}: header says shape {shape} but holds {len(data) - header} bytes")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -80,7 +83,7 @@ def _fashion_split(folder, prefix):
     images = _read_idx(folder / f"{prefix}-images-idx3-ubyte.gz", IDX_IMAGES_MAGIC, 3)
     labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", IDX_LABELS_MAGIC, 1)
     if images.shape[1:] != IMAGE_SIZE or len(images) != len(labels) or labels.max() >= len(FASHION_LABELS):
-        raise MarforgeError(f"{folder}: {prefix} images {images.shape} do not match labels {labels.shape}")
+        raise DataError(f"{folder}: {prefix} images {images.shape} do not match labels {labels.shape}")
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
 
 
@@ -103,7 +106,8 @@ def load_fashion_mnist():
     else:
         version = _package_version(FASHION_PACKAGE)
         source = f"Debian package {FASHION_PACKAGE}" + (f" {version}" if version else "") + f", {folder}"
-    return Dataset("fashion-mnist", source, list(FASHION_LABELS), train_images, train_labels, test_images, test_labels)
+    return Dataset("fashion-mnist", source, list(FASHION_LABELS), IMAGE_SIZE, "grayscale",
+                   train_images, train_labels, test_images, test_labels)
 
 
 def _upsample_digit(image8):
@@ -131,9 +135,9 @@ def load_sklearn_digits():
         import sklearn
         from sklearn.datasets import load_digits
     except ImportError:
-        raise MarforgeError(
+        raise DataError(
             "scikit-learn is not installed; it provides the sklearn-digits training data",
-            ".venv/bin/pip install scikit-learn==1.9.1",
+            ".venv/bin/pip install -r requirements-train.txt (make weights does)",
         ) from None
     digits = load_digits()
     images = np.stack([_upsample_digit(img) for img in digits.images])
@@ -141,7 +145,7 @@ def load_sklearn_digits():
     test = _stratified_test_mask(targets)
     source = f"scikit-learn {sklearn.__version__} sklearn.datasets.load_digits (8x8, upsampled bilinearly to 28x28)"
     return Dataset(
-        "sklearn-digits", source, list(DIGITS_LABELS),
+        "sklearn-digits", source, list(DIGITS_LABELS), IMAGE_SIZE, "grayscale",
         torch.from_numpy(images[~test]), torch.from_numpy(targets[~test]),
         torch.from_numpy(images[test]), torch.from_numpy(targets[test]),
     )
@@ -154,7 +158,7 @@ def load(dataset_name):
     """The Dataset called dataset_name (one of LOADERS)."""
     loader = LOADERS.get(dataset_name)
     if loader is None:
-        raise MarforgeError(
+        raise DataError(
             f"unknown dataset {dataset_name!r} (known: {', '.join(LOADERS)})",
             "fix the `dataset` key of the version's train table in models.toml",
         )

@@ -11,28 +11,20 @@ import hashlib
 import importlib.util
 import json
 import pickle
-from pathlib import Path
 
 from marforge.errors import WeightsError
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from marforge.files import sha256
 
 
 def read_metadata(mv):
     """The weights' provenance metadata, after checking that the weights file matches it."""
     if not mv.metadata.is_file():
         raise WeightsError(f"{mv.metadata}: weights metadata not found",
-                           f"make weights (or python -m marforge.train {mv.name} {mv.version})")
+                           f"make weights (or python -m marforge train {mv.name} {mv.version})")
     metadata = json.loads(mv.metadata.read_text())
     if not mv.weights.is_file():
         raise WeightsError(f"{mv.weights}: weights file not found", "git checkout weights/ or make weights")
-    actual = sha256_of(mv.weights)
+    actual = sha256(mv.weights)
     if actual != metadata.get("sha256"):
         raise WeightsError(
             f"{mv.weights}: sha256 {actual[:12]}... does not match {mv.metadata.name} "

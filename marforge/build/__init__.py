@@ -1,0 +1,10 @@
+"""Building archives: a registry version's weights in, a verified `<model_store>/<key>.mar` out.
+
+    weights.py   a version's weights and provenance metadata, safe loading, its model definition
+    variants.py  the archive formats (eager, TorchScript, ONNX, torch.compile, int8) and their tolerances
+    archive.py   runs torch-model-archiver and installs a verified archive in the model store
+    verify.py    loads an archive as a worker does and compares it with the source model
+    worker.py    a TorchServe worker's loading and predict path, in-process, without a server
+    mar.py       reading a built archive: manifest, model-config.yaml, format stamp
+    inputs.py    what an archive is built from, for the Makefile's rebuild decisions
+"""

@@ -1,0 +1,104 @@
+"""The marforge command line: `python -m marforge COMMAND ...`. It parses, calls the library, formats.
+
+    build    archive, verify, archives, stamp        marforge/cli/build.py
+    train    train, samples                          marforge/cli/build.py
+    serve    serve, stop, status, predict, token     marforge/cli/serve.py
+    rollout  rollout, rollback                       marforge/cli/serve.py
+    measure  bench, soak                             marforge/cli/measure.py
+
+Paths come from flags, then the environment, then models.toml's [paths], then the defaults
+(marforge/project.py). `--json` makes any command print its result as JSON. Errors print what
+failed and the next command to run, and exit 1 (a usage or user error), 2 (infrastructure), 3 (a
+rollout rejected its candidate) or 4 (a rollout rolled back); MARFORGE_DEBUG=1 adds tracebacks.
+"""
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+
+from marforge.errors import INFRA_ERROR, USER_ERROR, MarforgeError
+
+
+@dataclass
+class Output:
+    """What a command produced: text for a person, data for --json."""
+
+    text: str = ""
+    data: object = field(default=None)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 1 (a user error), not 2 (marforge's infrastructure code)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        print(f"error: {message}\n  next: {self.prog} --help", file=sys.stderr)
+        sys.exit(USER_ERROR)
+
+
+def project_of(args):
+    """The Project for the paths given as flags (and the environment, models.toml, defaults)."""
+    from marforge.project import Project
+
+    return Project.locate(registry=args.registry, model_store=getattr(args, "model_store", None),
+                          run_dir=getattr(args, "run_dir", None), config=getattr(args, "config", None),
+                          bench_results=getattr(args, "out", None))
+
+
+def add_paths(parser, *names):
+    """The path flags a command uses (see marforge/project.py for what each defaults to)."""
+    helps = {"model_store": "archives folder (default: model_store)",
+             "run_dir": "the server's run dir: config, logs, keys, pid, state (default: .run)",
+             "config": "base TorchServe config (default: config.properties)",
+             "out": "results folder; each run writes a timestamped folder in it (default: bench-results)"}
+    for name in names:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, help=helps[name])
+
+
+def build_parser():
+    from marforge.cli import build, measure, serve
+
+    parser = Parser(prog="marforge", description="Trained PyTorch models in, served TorchServe archives out.",
+                    epilog=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--registry", help="the project's models.toml (default: the nearest one at or above here)")
+    parser.add_argument("--json", action="store_true", help="print the command's result as JSON")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def command(name, func, help_text, example):
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    for module in (build, serve, measure):
+        module.add_commands(command)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        output = args.func(args)
+    except MarforgeError as exc:
+        if os.environ.get("MARFORGE_DEBUG"):
+            traceback.print_exc()
+        report = getattr(exc, "report", None)
+        if args.json:
+            print(json.dumps({"error": exc.message, "next": exc.hint, "exit_code": exc.exit_code,
+                              "report": report.to_dict() if report is not None else None}, indent=2))
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # a bug: show it, but say so
+        traceback.print_exc()
+        print("error: unexpected failure (a bug in marforge); the traceback is above", file=sys.stderr)
+        return INFRA_ERROR
+    if args.json:
+        print(json.dumps(output.data, indent=2, default=str))
+    elif output.text:
+        print(output.text)
+    return 0

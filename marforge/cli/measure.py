@@ -1,0 +1,84 @@
+"""Commands that measure: bench (with --compare-formats and --sweep) and soak."""
+
+from marforge.cli import Output, add_paths, project_of
+from marforge.errors import MeasurementFailed
+
+
+def _log(args):
+    return print if args.verbose and not args.json else (lambda line: None)
+
+
+def cmd_bench(args):
+    from marforge.build import variants
+    from marforge.measure import experiments, report
+
+    project = project_of(args)
+    seconds = experiments.SHORT_ROW_S if args.short else args.seconds
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    formats = args.formats.split(",") if args.formats else None
+    # A short run understates a warm server: it goes to the results folder, never into the docs.
+    doc_dir = None if args.short or args.no_docs else project.docs_dir
+    if args.compare_formats:
+        results = experiments.compare_formats(project, project.registry.all_versions(),
+                                              formats or list(variants.BENCH_FORMATS), seconds=seconds,
+                                              concurrencies=[c for c in concurrencies if c > 1] or concurrencies,
+                                              log=_log(args))
+        kind = "formats"
+    else:
+        mv = project.registry.get(args.name, args.version)
+        if args.sweep:
+            results, kind = experiments.sweep(project, mv, seconds=seconds, concurrencies=concurrencies,
+                                              log=_log(args)), "sweep"
+        else:
+            results, kind = experiments.bench(project, mv, seconds=seconds, concurrencies=concurrencies,
+                                              formats=formats, log=_log(args)), "bench"
+    out_dir, table = report.write(kind, results, project.bench_results, doc_dir)
+    where = f"written to {out_dir}/" + (f" and {doc_dir / report.DOC}" if doc_dir else "")
+    return Output(f"{table}{where}", results)
+
+
+def cmd_soak(args):
+    from marforge.build.verify import sample_files
+    from marforge.measure import soak
+    from marforge.serve.rundir import RunDir
+
+    project = project_of(args)
+    run_dir = RunDir(project.run_dir)
+    images = [path for path, _ in sample_files(project.registry.get(args.name))]
+    result = soak.soak(run_dir.client(), run_dir, args.name, images, minutes=args.minutes,
+                       concurrency=args.concurrency, log=(lambda line: None) if args.json else print)
+    lines = [f"RSS {process}: {start} MB after warm-up, {result.rss_end_mb.get(process, 'gone')} MB at the end"
+             for process, start in result.rss_start_mb.items()]
+    if result.problems:
+        error = MeasurementFailed("soak failed: " + "; ".join(result.problems), f"read {run_dir.logs}")
+        error.report = result
+        raise error
+    lines.append("soak passed: no errors, no memory growth, no p99 drift")
+    return Output("\n".join(lines), result.to_dict())
+
+
+def add_commands(command):
+    p = command("bench", cmd_bench, "throughput and latency: in-process ceiling, stock TorchServe, marforge, Flask",
+                "python -m marforge bench fashion 2.0 --short")
+    p.add_argument("name", nargs="?", default="fashion")
+    p.add_argument("version", nargs="?", default="2.0")
+    p.add_argument("--seconds", type=float, default=10.0, help="duration of each row at each concurrency")
+    p.add_argument("--short", action="store_true", help="3 s per row: a quick look (not written to docs/)")
+    p.add_argument("--concurrency", default="1,16,64", help="comma-separated client counts")
+    p.add_argument("--formats", help="archive formats to add as (e) rows (default: eager, torchscript, onnx and "
+                   "quantized, less the registry's own; compile on request), e.g. torchscript,compile")
+    p.add_argument("--verbose", action="store_true", help="print each row as it is measured")
+    p.add_argument("--no-docs", action="store_true", help="do not write the tables into docs/performance.md")
+    p.add_argument("--sweep", action="store_true", help="instead: marforge's server at each concurrency for "
+                   "each workers/batch/delay setting of experiments.SWEEP_GRID (how the shipped defaults were chosen)")
+    p.add_argument("--compare-formats", action="store_true", help="instead: every registry version in every "
+                   "format of --formats (build them first: make archive FORMAT=...) at the concurrencies above 1; "
+                   "names the fastest format per version")
+    add_paths(p, "model_store", "out")
+
+    p = command("soak", cmd_soak, "minutes of moderate load on the running server: errors, p99 drift, RSS growth",
+                "python -m marforge soak fashion --minutes 5")
+    p.add_argument("name")
+    p.add_argument("--minutes", type=float, default=5.0)
+    p.add_argument("--concurrency", type=int, default=4)
+    add_paths(p, "run_dir")

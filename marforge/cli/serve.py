@@ -1,0 +1,134 @@
+"""Commands that operate a server: serve, stop, status, predict, token, rollout, rollback."""
+
+import json
+import os
+from pathlib import Path
+
+from marforge.cli import Output, add_paths, project_of
+from marforge.errors import MarforgeError
+
+
+def _run_dir(args, project=None):
+    """The RunDir of the command's project (located from its flags unless given)."""
+    from marforge.serve.rundir import RunDir
+
+    return RunDir((project or project_of(args)).run_dir)
+
+
+def cmd_serve(args):
+    from marforge.serve import launch, status
+
+    project = project_of(args)
+    started = launch.serve(project, timeout=args.timeout)
+    rows = status.collect(started.client)
+    return Output(serve_summary(project, started, rows),
+                  {"pid": started.pid, "endpoints": vars(started.client.endpoints), "logs": str(started.run_dir.logs),
+                   "versions": rows})
+
+
+def serve_summary(project, started, rows):
+    """What a person needs after `make serve`: the URLs, the versions, a curl to paste."""
+    from marforge.build.verify import sample_files
+
+    e = started.client.endpoints
+    lines = [f"TorchServe is up (pid {started.pid}); every worker is READY.",
+             f"  inference  {e.inference}", f"  management {e.management}", f"  metrics    {e.metrics}/metrics",
+             f"  logs       {started.run_dir.logs}"]
+    for name in dict.fromkeys(r["model"] for r in rows):
+        lines.append(f"  {name}: " + ", ".join(r["version"] + (" (default)" if r["default"] else "")
+                                              for r in rows if r["model"] == name))
+    first = next(iter(project.registry.models.values()))
+    (sample, _), *_ = sample_files(first.versions[first.default_version])
+    lines += ["Query it (the token is TorchServe's inference key from key_file.json):",
+              f'  curl -H "Authorization: Bearer $(make -s token)" -T {os.path.relpath(sample)} '
+              f"{e.inference}/predictions/{first.name}",
+              "Stop it: make stop"]
+    return "\n".join(lines)
+
+
+def cmd_stop(args):
+    from marforge.serve import process
+
+    run_dir = _run_dir(args)
+    was_running = process.stop(run_dir)
+    return Output("TorchServe stopped" if was_running else f"no server was running from {run_dir.path}",
+                  {"stopped": was_running})
+
+
+def cmd_status(args):
+    from marforge.serve import status
+
+    rows = status.collect(_run_dir(args).client())
+    return Output(status.format_table(rows), rows)
+
+
+def cmd_predict(args):
+    answer = _run_dir(args).client().predict(args.name, Path(args.image).read_bytes(), version=args.version)
+    return Output(json.dumps(answer, indent=2), answer)
+
+
+def cmd_token(args):
+    run_dir = _run_dir(args)
+    key = run_dir.client().key(args.kind)
+    if key is None:
+        raise MarforgeError(f"no key file in {run_dir.path}: the server is not running or token auth is off",
+                            "make serve")
+    return Output(key, {args.kind: key})
+
+
+def cmd_rollout(args):
+    from marforge.serve import rollout
+
+    project = project_of(args)
+    return _report(args, lambda log: rollout.rollout(_run_dir(args, project).client(), project, args.name, args.version,
+                                                     retire=args.retire, watch_s=args.watch_seconds, log=log))
+
+
+def cmd_rollback(args):
+    from marforge.serve import rollout
+
+    project = project_of(args)
+    return _report(args, lambda log: rollout.rollback(_run_dir(args, project).client(), project, args.name, log=log))
+
+
+def _report(args, run):
+    """Print each step as it finishes (nothing with --json: the report comes at the end, or with the error)."""
+    report = run((lambda line: None) if args.json else print)
+    return Output(report.headline(), report.to_dict())
+
+
+def add_commands(command):
+    p = command("serve", cmd_serve, "start TorchServe with every registry version and wait until all are READY",
+                "python -m marforge serve                       # start, wait for READY workers, print URLs")
+    add_paths(p, "model_store", "run_dir", "config")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for READY workers")
+
+    p = command("stop", cmd_stop, "stop the server started by serve (by its pid)", "python -m marforge stop")
+    add_paths(p, "run_dir")
+    p = command("status", cmd_status, "every model and version: default, workers, queue", "python -m marforge status")
+    add_paths(p, "run_dir")
+
+    p = command("predict", cmd_predict, "send one image to the server and print the JSON answer",
+                "python -m marforge predict fashion samples/fashion/00000-ankle-boot.png --version 2.0")
+    p.add_argument("name")
+    p.add_argument("image")
+    p.add_argument("--version", help="a specific version (default: the model's default version)")
+    add_paths(p, "run_dir")
+
+    p = command("token", cmd_token, "print the server's inference key (for curl); prints nothing else",
+                "curl -H \"Authorization: Bearer $(python -m marforge token)\" http://127.0.0.1:8080/ping")
+    p.add_argument("--kind", choices=("inference", "management"), default="inference")
+    add_paths(p, "run_dir")
+
+    p = command("rollout", cmd_rollout, "register, gate, promote and watch a new version; roll back on failure",
+                "python -m marforge rollout fashion 2.0            # exit 3: rejected, 4: rolled back")
+    p.add_argument("name")
+    p.add_argument("version")
+    p.add_argument("--retire", action="store_true", help="unregister the previous version once drained")
+    p.add_argument("--watch-seconds", type=float, help="how long to watch after promotion (default: registry)")
+    add_paths(p, "model_store", "run_dir")
+
+    p = command("rollback", cmd_rollback, "make the previously promoted version the default again",
+                "python -m marforge rollback fashion")
+    p.add_argument("name")
+    add_paths(p, "model_store", "run_dir")

@@ -1,0 +1,12 @@
+"""Measuring: how fast and how steady a served model is, against the alternatives.
+
+    loadgen.py      the asyncio HTTP load generator every measurement uses
+    sampling.py     one load run: latency, throughput, and each server process's CPU and memory
+    machine.py      what a measurement ran on (cores, processor, GPU, commit), named in every report
+    fixtures.py     the servers measured: marforge's TorchServe, stock TorchServe, the Flask baseline
+    flask_app.py    the Flask baseline itself
+    experiments.py  `make bench`, `make bench-formats` and the defaults sweep
+    targets.py      what `make bench` must show, as data
+    report.py       tables, plot, results folder and docs/performance.md's generated blocks
+    soak.py         `make soak`: errors, p99 drift and memory growth under steady load
+"""

@@ -1,0 +1,157 @@
+"""The benchmark's experiments: the same images, load generator and durations against each server.
+
+`bench` runs these rows, each at every concurrency (default 1, 16 and 64):
+  (a) ceiling   the archive's own handler run in-process (decode + preprocess + model, in batches of
+                the version's batch size), one single-threaded process per core: what the machine
+                can do with no server
+  (b) stock     TorchServe with its defaults (fixtures.py) on the same archive as (c)
+  (b')          the same on the eager archive, when the version is served in another format
+  (c) marforge  TorchServe as `make serve` runs it
+  (d) flask     the Flask app of flask_app.py
+  (e) ...       each extra archive format, served with (c)'s settings
+
+`compare_formats` serves every version in every format and names the fastest; `sweep` serves one
+version with each serving setting of a grid. Every server first gets unrecorded load at the
+highest concurrency (`warm_up_seconds`).
+"""
+
+import dataclasses
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+from marforge.build import variants
+from marforge.build.verify import eval_files
+from marforge.measure import fixtures, machine, targets
+from marforge.measure.sampling import measure, warm_up
+
+WARM_UP_S = 5.0  # unrecorded load on each server before its rows (less when the rows are shorter)
+SHORT_ROW_S = 3.0  # `--short`: a quick look, which understates a warm server
+
+# One knob at a time around the shipped defaults (a worker per core, batches of 16 within 1 ms) on
+# a 2-core machine: workers per version, then batch size, then the batch window.
+SWEEP_GRID = [
+    {"workers": w, "batch_size": b, "max_batch_delay_ms": d}
+    for w, b, d in [(2, 16, 1), (1, 16, 1), (3, 16, 1), (2, 1, 1), (2, 4, 1), (2, 8, 1), (2, 32, 1),
+                    (2, 16, 2), (2, 16, 5), (2, 16, 10)]
+]
+
+
+def warm_up_seconds(row_seconds):
+    return min(WARM_UP_S, row_seconds)
+
+
+def bench_formats(mv, asked=None):
+    """The (e) rows' formats: those asked for, else every benchmark format but the version's own."""
+    return list(asked) if asked else [f for f in variants.BENCH_FORMATS if f != mv.format]
+
+
+def images_of(mv):
+    """The eval images every row sends: [path] and their bytes."""
+    paths = [path for path, _ in eval_files(mv)]
+    return paths, [p.read_bytes() for p in paths]
+
+
+# -- (a) the in-process ceiling --------------------------------------------------------------------
+def _ceiling_process(args):
+    mar_path, paths, seconds, batch_size = args
+    import torch
+
+    from marforge.build.worker import LoadedArchive
+
+    torch.set_num_threads(1)
+    rows = [{"body": Path(p).read_bytes()} for p in paths]
+    with LoadedArchive(mar_path) as loaded:
+        handler = loaded.handler
+        done, deadline = 0, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            batch = [rows[(done + j) % len(rows)] for j in range(batch_size)]
+            handler.inference(handler.preprocess(batch))
+            done += batch_size
+    return done / seconds
+
+
+def ceiling(mar_path, paths, seconds, batch_size, processes=None):
+    """Images per second of the archive's own handler (decode, preprocess, model, softmax; batches of
+    `batch_size`) run in-process, in `processes` single-threaded processes (default: one per core)."""
+    processes = processes or len(os.sched_getaffinity(0))
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        rates = pool.map(_ceiling_process, [(str(mar_path), [str(p) for p in paths], seconds, batch_size)] * processes)
+    return {"row": "(a) ceiling", "concurrency": None, "throughput": round(sum(rates), 1), "processes": processes}
+
+
+# -- rows against servers ----------------------------------------------------------------------------
+def rows_of(label, target, bodies, concurrencies, seconds):
+    """Warm `target` up, then one row per concurrency."""
+    warm_up(target.url, bodies, max(concurrencies), warm_up_seconds(seconds), headers=target.headers())
+    return [measure(label, target.url, bodies, c, seconds, target.pid, target.roles, headers=target.headers())
+            for c in concurrencies]
+
+
+def bench(project, mv, seconds=10.0, concurrencies=(1, 16, 64), formats=None, log=print):
+    """Every row at every concurrency; returns the results (machine, rows, ratios, targets)."""
+    paths, bodies = images_of(mv)
+    store = project.model_store
+    rows = [ceiling(mv.archive_path(store), paths, seconds, mv.serving["batch_size"])]
+    log(f"{rows[-1]}")
+
+    def served(label, context):
+        with context as target:
+            for row in rows_of(label, target, bodies, concurrencies, seconds):
+                rows.append(row)
+                log(f"{row}")
+
+    served("(b) torchserve stock", fixtures.torchserve(project, mv, stock=True))
+    served("(c) marforge", fixtures.torchserve(project, mv))
+    if mv.format != "eager" and mv.archive_path(store, "eager").is_file():
+        # What stock TorchServe does with the PyTorch model itself, which is what most users start from.
+        served("(b') torchserve stock, eager archive", fixtures.format_server(project, mv, "eager", stock=True))
+    elif mv.format != "eager":
+        log(f"(b') skipped: {mv.archive_path(store, 'eager')} not built (make archive FORMAT=eager)")
+    served("(d) flask", fixtures.flask_server(project, mv))
+    for fmt in bench_formats(mv, formats):
+        served(f"(e) marforge {fmt}", fixtures.format_server(project, mv, fmt))
+    return {"model": mv.key, "format": mv.format, "seconds": seconds, "machine": machine.describe(project.root),
+            "rows": rows, "ratios": targets.ratios(rows, concurrencies), "targets": targets.check(rows)}
+
+
+def compare_formats(project, versions, formats, seconds=5.0, concurrencies=(16, 64), log=print):
+    """Every version in every format, served with marforge's settings; rows plus the winner per version."""
+    rows, winners = [], {}
+    for mv in versions:
+        _, bodies = images_of(mv)
+        for fmt in formats:
+            with fixtures.format_server(project, mv, fmt) as target:
+                for row in rows_of(fmt, target, bodies, concurrencies, seconds):
+                    rows.append({**row, "version": mv.key, "format": fmt})
+                    log(f"{mv.key} {rows[-1]}")
+        winners[mv.key] = winner([r for r in rows if r["version"] == mv.key])
+    return {"seconds": seconds, "machine": machine.describe(project.root), "rows": rows, "winners": winners}
+
+
+def winner(rows, margin=1.05):
+    """The format of `rows` (one version's) with the highest throughput at the highest concurrency
+    measured; eager unless the best is at least `margin` times eager's (eager needs no conversion)."""
+    top = max(r["concurrency"] for r in rows)
+    at_top = {r["format"]: r["throughput"] for r in rows if r["concurrency"] == top}
+    best = max(at_top, key=at_top.get)
+    return best if "eager" not in at_top or at_top[best] >= margin * at_top["eager"] else "eager"
+
+
+def sweep(project, mv, grid=SWEEP_GRID, seconds=5.0, concurrencies=(1, 16, 64), log=print):
+    """marforge's TorchServe serving `mv` (in its registry format) with each serving setting of `grid`
+    (dicts of workers / batch_size / max_batch_delay_ms), at every concurrency; a row per setting and
+    concurrency."""
+    from marforge.serve.launch import threads_per_worker
+
+    _, bodies = images_of(mv)
+    rows = []
+    for setting in grid:
+        candidate = dataclasses.replace(mv, serving={**mv.serving, **setting})
+        with fixtures.torchserve(project, candidate) as target:
+            for row in rows_of("sweep", target, bodies, concurrencies, seconds):
+                row.update(setting, threads=threads_per_worker(candidate.serving["workers"]))
+                rows.append(row)
+                log(f"{row}")
+    return {"seconds": seconds, "machine": machine.describe(project.root), "model": mv.key, "rows": rows}

@@ -1,0 +1,44 @@
+"""The baseline marforge is measured against: a Flask app serving one model the way the
+handwritten-digit example did, one request at a time per thread, no batching.
+
+Benchmark only (`make bench` installs Flask). It uses the same decoding, preprocessing and model
+as the TorchServe handler, so the difference measured is the serving, not the model. fixtures.py
+runs `serve` in a process of its own:
+
+    curl -T samples/fashion/00000-ankle-boot.png http://127.0.0.1:<port>/predict
+"""
+
+
+def create_app(mv, metadata):
+    import torch
+    from flask import Flask, jsonify, request
+
+    from marforge import shipped
+    from marforge.build.archive import handler_section
+    from marforge.build.weights import build_model
+
+    image_io = shipped.module("image_io")
+    config = shipped.contract().HandlerConfig.from_dict(handler_section(mv, metadata))
+    model = build_model(mv.model_def, mv.weights)
+    app = Flask(__name__)
+
+    @app.post("/predict")
+    def predict():
+        try:
+            inputs = image_io.prepare({"body": request.get_data()}, config).unsqueeze(0)
+        except image_io.BadInput as error:
+            return jsonify(error.as_dict()), error.code
+        with torch.inference_mode():
+            probabilities = torch.softmax(model(inputs), dim=1)[0]
+        return jsonify({"model": mv.name, "version": mv.version, "predictions": image_io.top_k(probabilities, config)})
+
+    return app
+
+
+def serve(registry_file, name, version, port):
+    """Serve `name` `version` of the registry at `registry_file` on 127.0.0.1:`port` until killed."""
+    from marforge import registry
+    from marforge.build.weights import read_metadata
+
+    mv = registry.load(registry_file).get(name, version)
+    create_app(mv, read_metadata(mv)).run(host="127.0.0.1", port=port, threaded=True)

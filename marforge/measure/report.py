@@ -1,0 +1,143 @@
+"""The benchmark's reports: markdown tables, a plot, one writer, and the generated blocks of
+docs/performance.md.
+
+Every experiment's results are written to `<bench_results>/<kind>-<time>/` (`<kind>.json`,
+`<kind>.md`, and for `bench` a plot), and the markdown also replaces the block of
+docs/performance.md between `<!-- generated: <kind> -->` and `<!-- end: <kind> -->`, so the figures
+there are always a run's own output, never typed by hand.
+"""
+
+import json
+import re
+import time
+from pathlib import Path
+
+from marforge import files
+from marforge.errors import DataError
+from marforge.measure import machine
+
+DOC = "performance.md"
+
+
+def _cpu(row):
+    return ", ".join(f"{k} {v}" for k, v in sorted(row["server_cpu"].items()))
+
+
+def bench_markdown(results):
+    lines = [f"`make bench`: {results['model']} served as {results.get('format', '?')}, "
+             f"{results['seconds']:g} s per row. {machine.headline(results['machine'])}.", "",
+             "| row | conc. | req/s | p50 ms | p90 ms | p99 ms | errors | loadgen CPU | server CPU (cores) | peak RSS MB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    for r in results["rows"]:
+        if r["concurrency"] is None:
+            lines.append(f"| {r['row']} ({r['processes']} processes, img/s) | - | {r['throughput']} | | | | | | | |")
+            continue
+        lines.append(f"| {r['row']} | {r['concurrency']} | {r['throughput']} | {r['p50_ms']} | {r['p90_ms']} | "
+                     f"{r['p99_ms']} | {r['errors']} | {r['loadgen_cpu']} | {_cpu(r)} | {r['peak_rss_mb']} |")
+    by_pair = {}
+    for name, value in results["ratios"].items():
+        pair, concurrency = name.split(" at ")
+        by_pair.setdefault(pair, {})[int(concurrency)] = value
+    concurrencies = sorted({c for by in by_pair.values() for c in by})
+    lines += ["", "| ratio | " + " | ".join(f"at {c}" for c in concurrencies) + " |",
+              "| --- |" + " ---: |" * len(concurrencies)]
+    for pair, by in by_pair.items():
+        lines.append(f"| {pair} | " + " | ".join(str(by.get(c, "-")) for c in concurrencies) + " |")
+    lines += ["", "| target | value | bound | met |", "| --- | ---: | ---: | --- |"]
+    for name, check in results["targets"].items():
+        lines.append(f"| {name} | {check['value']} | {check['target']} | {'yes' if check['met'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def formats_markdown(results):
+    lines = [f"`make bench-formats`: {results['seconds']:g} s per row. {machine.headline(results['machine'])}.", "",
+             "| version | format | conc. | req/s | p50 ms | p99 ms | errors | server CPU (cores) | peak RSS MB |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    for r in results["rows"]:
+        lines.append(f"| {r['version']} | {r['format']} | {r['concurrency']} | {r['throughput']} | {r['p50_ms']} | "
+                     f"{r['p99_ms']} | {r['errors']} | {_cpu(r)} | {r['peak_rss_mb']} |")
+    lines += ["", "Fastest format per version (models.toml `format` serves it as <name>-<version>.mar):", ""]
+    lines += [f"- {key}: {fmt}" for key, fmt in results["winners"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def sweep_markdown(results):
+    """One line per setting, in the order swept: throughput, p50 and p99 at each concurrency."""
+    knobs = ("workers", "threads", "batch_size", "max_batch_delay_ms")
+    settings = {}
+    for r in results["rows"]:
+        settings.setdefault(tuple(r[k] for k in knobs), {})[r["concurrency"]] = r
+    concurrencies = sorted({r["concurrency"] for r in results["rows"]})
+    head = ["workers", "threads/worker", "batch", "delay ms"]
+    for c in concurrencies:
+        head += [f"req/s @{c}", f"p50 ms @{c}", f"p99 ms @{c}"]
+    lines = [f"`bench --sweep`: {results['model']}, {results['seconds']:g} s per point. "
+             f"{machine.headline(results['machine'])}.", "",
+             "| " + " | ".join(head + ["errors"]) + " |", "|" + " ---: |" * (len(head) + 1)]
+    for knob_values, by_concurrency in settings.items():
+        cells = [str(v) for v in knob_values]
+        for c in concurrencies:
+            r = by_concurrency.get(c)
+            cells += [str(r["throughput"]), str(r["p50_ms"]), str(r["p99_ms"])] if r else ["-"] * 3
+        cells.append(str(sum(r["errors"] for r in by_concurrency.values())))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+MARKDOWN = {"bench": bench_markdown, "formats": formats_markdown, "sweep": sweep_markdown}
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(8, 5))
+    labels = dict.fromkeys(r["row"] for r in results["rows"] if r["concurrency"] is not None)
+    for label in labels:
+        points = [(r["p99_ms"], r["throughput"], r["concurrency"]) for r in results["rows"] if r["row"] == label]
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        for x, y, c in points:
+            axes.annotate(str(c), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for r in results["rows"]:
+        if r["concurrency"] is None:
+            axes.axhline(r["throughput"], linestyle="--", color="grey", label=r["row"])
+    axes.set_xscale("log")
+    axes.set_xlabel("p99 latency (ms, log scale); labels: concurrency")
+    axes.set_ylabel("throughput (requests/s)")
+    axes.set_title(f"{results['model']}: {machine.headline(results['machine'])}", fontsize=8)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def write(kind, results, out_root, doc_dir=None, block=None):
+    """Write results of `kind` (bench, formats, sweep) to a timestamped folder under `out_root` and,
+    when `doc_dir` is given, into docs/performance.md's block `block` (default: `kind`); returns
+    (the folder, the markdown)."""
+    table = MARKDOWN[kind](results)
+    out_dir = Path(out_root) / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{kind}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out_dir / f"{kind}.md").write_text(table)
+    if kind == "bench":
+        plot(results, out_dir / "plot.png")
+    if doc_dir is not None:
+        update_block(Path(doc_dir) / DOC, block or kind, table)
+    return out_dir, table
+
+
+def update_block(path, name, text):
+    """Replace the generated block `name` of a markdown file with `text`."""
+    begin, end = f"<!-- generated: {name} -->", f"<!-- end: {name} -->"
+    try:
+        doc = path.read_text()
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; the benchmark writes its tables into it",
+                        "git checkout docs/") from None
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(doc):
+        raise DataError(f"{path}: no block {begin} ... {end} to write the {name} table into",
+                        f"add those two lines to {path.name} where the table belongs")
+    files.write_atomic(path, pattern.sub(lambda _: f"{begin}\n{text}{end}", doc))

@@ -1,0 +1,74 @@
+"""What `make bench` must show, as data: each target names a row, a concurrency and a bound.
+
+Rows are named by their label's prefix: "(a)" the in-process ceiling (it has no concurrency and
+counts at each), "(b)" stock TorchServe on the same archive, "(b')" stock TorchServe on the eager
+archive, "(c)" marforge, "(d)" Flask, "(e) ..." other formats.
+"""
+
+from dataclasses import dataclass
+
+RATIO_PAIRS = ("(a)", "(b)", "(b')", "(d)")  # (c) is compared with each of these at each concurrency
+
+
+@dataclass(frozen=True)
+class Target:
+    row: str  # the row whose figure is checked, e.g. "(c)"
+    at: int  # the concurrency
+    over: str = None  # a ratio target: row's throughput / this row's throughput ...
+    minimum: float = None  # ... must be at least this
+    field: str = None  # a value target: this field of the row ...
+    maximum: float = None  # ... must be at most this
+
+    @property
+    def name(self):
+        if self.over:
+            return f"{self.row}/{self.over} at {self.at}"
+        return f"{self.row} {self.field.removesuffix('_ms')} at {self.at} <= {self.maximum:g} ms"
+
+    def check(self, rows):
+        """{"value", "target", "met"}; a row that was not measured fails its target."""
+        mine = find_row(rows, self.row, self.at)
+        if self.over:
+            theirs = find_row(rows, self.over, self.at)
+            value = ratio(mine, theirs)
+            return {"value": value, "target": self.minimum, "met": value is not None and value >= self.minimum}
+        value = mine.get(self.field) if mine else None
+        return {"value": value, "target": self.maximum, "met": value is not None and value <= self.maximum}
+
+
+CPU_TARGETS = (
+    Target("(c)", 16, over="(b)", minimum=10.0),
+    Target("(c)", 16, over="(d)", minimum=4.0),
+    Target("(c)", 64, over="(a)", minimum=0.6),
+    Target("(c)", 16, field="p99_ms", maximum=50.0),
+)
+
+
+def find_row(rows, label, concurrency):
+    """The first row whose label starts with `label` at `concurrency` (the ceiling counts at any)."""
+    for r in rows:
+        if r["row"].startswith(label + " ") and r["concurrency"] in (concurrency, None):
+            return r
+    return None
+
+
+def ratio(mine, theirs):
+    if mine and theirs and theirs["throughput"]:
+        return round(mine["throughput"] / theirs["throughput"], 2)
+    return None
+
+
+def ratios(rows, concurrencies):
+    """{"(c)/(x) at N": ratio} for every row (x) in RATIO_PAIRS that was measured, at every concurrency."""
+    out = {}
+    for c in concurrencies:
+        for other in RATIO_PAIRS:
+            value = ratio(find_row(rows, "(c)", c), find_row(rows, other, c))
+            if value is not None:
+                out[f"(c)/{other} at {c}"] = value
+    return out
+
+
+def check(rows, targets=CPU_TARGETS):
+    """{target name: its check} for every target."""
+    return {t.name: t.check(rows) for t in targets}

@@ -1,0 +1,78 @@
+"""`marforge serve`: which versions a server loads, which one of each model is the default, and how
+many threads each worker gets; then the process is started (process.py).
+
+It loads every registry version that a rollout has not retired, from built archives, with each
+model's default taken from the run dir's state (the last promotion) or, failing that, from the
+registry. The frontend logs with the project's log4j2.xml when there is one.
+"""
+
+import os
+
+from marforge import files
+from marforge.errors import ServerError
+from marforge.serve import process, state
+from marforge.serve.config import read_properties, render
+from marforge.serve.rundir import RunDir
+
+
+def threads_per_worker(total_workers, cpus=None):
+    """Intra-op threads for each worker: the cores shared out, at least one.
+
+    PyTorch's default (every core in every worker) makes workers fight over the same cores; the
+    benchmark's (b) row measures what that costs (docs/performance.md).
+    """
+    cpus = cpus or len(os.sched_getaffinity(0))
+    return max(1, cpus // max(1, total_workers))
+
+
+def defaults_for(registry, versions, saved, chosen, run_dir):
+    """{model name: default version} for the models among `versions`.
+
+    `saved` is the run dir's state; `chosen` says the caller picked `versions`, and then a model's
+    first version among them is its default when the recorded one is not loaded.
+    """
+    loaded = {(mv.name, mv.version) for mv in versions}
+    defaults = {}
+    for name in dict.fromkeys(mv.name for mv in versions):
+        defaults[name] = saved["defaults"].get(name, registry.models[name].default_version)
+        if chosen and (name, defaults[name]) not in loaded:
+            defaults[name] = next(mv.version for mv in versions if mv.name == name)
+        if (name, defaults[name]) not in loaded:
+            origin = run_dir.state_file.name if name in saved["defaults"] else "models.toml"
+            raise ServerError(f"the default of {name} is {defaults[name]} (from {origin}), "
+                              "which is not among the versions to load",
+                              f"marforge rollback {name}, or fix {run_dir.state_file}")
+    return defaults
+
+
+def serve(project, versions=None, ports=None, timeout=300.0, stock=False):
+    """Start a server for `project` (its model store, run dir and base config) and wait until every
+    version it loads is READY; returns the process.Server.
+
+    `versions` (default: every registry version not retired by a rollout) picks what it loads;
+    `ports` moves every listener (config.PORT_NAMES -> port). `stock` leaves everything else to
+    TorchServe's defaults, as a user who installs it would (the benchmark's stock rows): no base
+    config, no thread count for the workers, its own logging.
+    """
+    registry, model_store, run_dir = project.registry, project.model_store, RunDir(project.run_dir)
+    saved = state.load(run_dir)
+    chosen = versions is not None
+    if not chosen:
+        versions = [mv for mv in registry.all_versions() if mv.version not in saved["retired"].get(mv.name, [])]
+    missing = [str(mv.archive_path(model_store)) for mv in versions if not mv.archive_path(model_store).is_file()]
+    if missing:
+        raise ServerError(f"archives not built: {', '.join(missing)}", "make archive")
+    defaults = defaults_for(registry, versions, saved, chosen, run_dir)
+    expected = sorted({(mv.name, mv.version) for mv in versions})
+    if stock:
+        props = render({}, versions, model_store, defaults, ports=ports)
+        started = process.start(run_dir, props, expected, timeout=timeout)
+    else:
+        props = render(read_properties(project.config), versions, model_store, defaults, ports=ports,
+                       source=project.config)
+        threads = threads_per_worker(sum(mv.serving["workers"] for mv in versions))
+        started = process.start(run_dir, props, expected, timeout=timeout, threads=threads,
+                                log_config=project.log_config)
+    for mv in versions:
+        state.record_archive(run_dir, mv.key, files.sha256(mv.archive_path(model_store)))
+    return started
