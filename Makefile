@@ -43,13 +43,14 @@ help:
 ## setup: create .venv (Python 3.11) with the pinned packages; checks for Java 11+
 setup: $(SETUP_STAMP)
 
-$(SETUP_STAMP): requirements.txt
+$(SETUP_STAMP): requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run: make setup PYTHON=/path/to/python3.11" >&2; exit 1; }
 	@command -v java >/dev/null || { echo "error: Java 11+ is needed by TorchServe; install it: apt-get install -y openjdk-17-jre-headless" >&2; exit 1; }
 	@v=$$(java -version 2>&1 | awk -F'"' '/version/{split($$2,p,"."); print (p[1]=="1" ? p[2] : p[1])}'); \
 	  [ "$${v:-0}" -ge 11 ] || { echo "error: Java $$v found, TorchServe needs 11+: apt-get install -y openjdk-17-jre-headless" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
 .PHONY: weights

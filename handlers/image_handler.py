@@ -135,7 +135,7 @@ class ImageClassifier(BaseHandler):
         """One JSON answer per request, in request order, with a per-request HTTP status.
 
         Answers are encoded here (compact, by json's C encoder): handed a dict, TorchServe encodes
-        it with indent=2, which runs the pure-Python encoder, ~7% of a worker's CPU at 64 clients.
+        it with indent=2, which runs the pure-Python encoder, a visible share of a busy worker's CPU.
         """
         probabilities, slots = data
         answers = []

@@ -90,8 +90,7 @@ def onnx_session(path, device):
     """An onnxruntime session for `path` on `device` that uses the worker's share of the cores.
 
     BaseHandler sizes onnxruntime's thread pool to every logical core, in every worker: with one
-    worker per core they fight over the cores as PyTorch's own default does (measured on 2 cores:
-    a worker at concurrency 1 kept 1.4 cores busy). torch.get_num_threads() follows
+    worker per core they fight over the cores as PyTorch's own default does. torch.get_num_threads() follows
     OMP_NUM_THREADS, which marforge sets to each worker's share. onnxruntime without its CUDA
     provider (the `onnxruntime` package, not `onnxruntime-gpu`) falls back to the CPU with a
     warning; `session.get_providers()` says which providers it really uses.
@@ -108,8 +107,8 @@ def for_cpu(model):
     """A TorchScript model frozen and rewritten for CPU inference (torch.jit.optimize_for_inference:
     folded constants, fused conv + relu, oneDNN convolutions and linears).
 
-    Done at load time, not at archive time, because the rewritten graph runs only on the CPU. Measured
-    on the ConvNet, batches of 8, one thread: 159 us per image eager, 146 traced, 76 rewritten;
-    probabilities within 1e-6 of the eager model (archive verification checks every archive).
+    Done at load time, not at archive time, because the rewritten graph runs only on the CPU; archive
+    verification compares the rewritten model's answers with the eager model's, and `make
+    bench-formats` measures what it buys.
     """
     return torch.jit.optimize_for_inference(torch.jit.freeze(model.eval()))

@@ -104,9 +104,12 @@ def test_weights_that_do_not_match_their_metadata_are_refused(registry, tmp_path
     mv = copy_version(registry.get("digits", "1.0"), tmp_path)
     with open(mv.weights, "ab") as f:
         f.write(b"\0")
-    with pytest.raises(WeightsError, match="does not match") as caught:
+    with pytest.raises(WeightsError) as caught:
         archive.build(mv, tmp_path / "store")
-    assert "retrain with: python -m marforge train digits 1.0" in str(caught.value)
+    expected = json.loads(mv.metadata.read_text())["sha256"]
+    assert caught.value.message == (f"{mv.weights}: sha256 {files.sha256(mv.weights)[:12]}... does not match "
+                                    f"digits-1.0.json ({expected[:12]}...): the weights were changed or corrupted")
+    assert caught.value.hint == "git checkout digits-1.0.pt or retrain with: python -m marforge train digits 1.0"
     assert not (tmp_path / "store" / "digits-1.0.mar").exists()
 
 
@@ -118,7 +121,9 @@ def test_a_pickled_model_is_refused_with_a_conversion_hint(registry, tmp_path):
     mv.metadata.write_text(json.dumps(metadata))
     with pytest.raises(WeightsError, match="not a plain state_dict") as caught:
         archive.build(mv, tmp_path / "store")
-    assert ".state_dict()" in caught.value.hint
+    assert caught.value.message.startswith(f"{mv.weights}: not a plain state_dict loadable with weights_only=True (")
+    assert caught.value.hint == ("if you trust the file, convert it once: "
+                                 "torch.save(torch.load(path, weights_only=False).state_dict(), path)")
 
 
 def test_registry_rejects_unknown_keys_and_missing_defaults(tmp_path):

@@ -56,6 +56,11 @@ def test_the_bench_table_shows_rows_ratios_and_targets():
     assert "| (c) marforge | 16 | 2000.0 | 30.0 | 48.0 | 60.0 | 0 | 0.2 | frontend 0.5, worker 1.0 | 1400.0 |" in table
     assert "| (c)/(b) | 20.0 | 36.36 |" in table and "| (c)/(b') | 40.0 | - |" in table
     assert "| (c)/(a) at 64 | 0.5 | 0.6 | NO |" in table
+    assert table.endswith("CPU per request of (c) at 64 clients (4000.0 req/s):\n\n"
+                          "| part | cores busy | ms of CPU per request |\n| --- | ---: | ---: |\n"
+                          "| decode + preprocess + model (the ceiling's cost) | | 0.25 |\n"
+                          "| the rest of the workers (TorchServe's protocol, batching, answers) | | 0.0 |\n"
+                          "| frontend | 0.5 | 0.125 |\n| worker | 1.0 | 0.25 |\n| load generator | 0.2 | 0.05 |\n")
 
 
 def formats(**throughput_at_64):

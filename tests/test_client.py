@@ -56,7 +56,8 @@ def test_error_statuses_become_api_errors_with_status_url_and_body(key_file):
     error = caught.value
     assert error.status == 404 and error.url == "http://127.0.0.1:2/models/nope/all"
     assert json.loads(error.body) == body
-    assert "HTTP 404" in str(error) and "MGMT" not in str(error)
+    assert str(error) == f"HTTP 404 from http://127.0.0.1:2/models/nope/all: {json.dumps(body)}"
+    assert "MGMT" not in str(error) and error.exit_code == 2
 
 
 def test_connection_failures_are_server_errors_that_say_what_to_run(key_file):
@@ -71,6 +72,14 @@ def test_no_key_file_means_no_authorization_header(tmp_path):
     session = FakeSession((200, {"status": "Healthy"}))
     Client(ENDPOINTS, key_file=tmp_path / "absent.json", session=session).ping()
     assert "Authorization" not in session.sent[0]["headers"]
+
+
+def test_prometheus_totals_sum_every_label_set_of_one_metric():
+    text = ("# HELP Requests5XX ...\n# TYPE Requests5XX counter\n"
+            'Requests5XX{Level="Host",Hostname="h"} 3.0\nRequests5XX{Level="Model",Hostname="h"} 2.0\n'
+            'Requests5XXTotal{Level="Host"} 99.0\nRequests4XX{Level="Host"} 7.0\n')
+    assert prometheus_total(text, "Requests5XX") == 5.0
+    assert prometheus_total(text, "Requests2XX") == 0.0
 
 
 def test_list_models_follows_pages(key_file):

@@ -2,7 +2,6 @@
 
 import base64
 import io
-import io
 import json
 
 import numpy as np
@@ -153,3 +152,33 @@ def test_top_k_orders_labels_by_probability():
 def test_config_errors_are_specific(change, message):
     with pytest.raises(ValueError, match=message):
         contract.HandlerConfig.from_dict({**vars(CONFIG), **change})
+
+
+EXACT = [  # (row, status, type, message): every error type a client can get, word for word
+    ({"body": b""}, 400, "EmptyInput", 'the request has no image: send the image bytes as the body (curl -T image.png), '
+     'as a multipart field, or as base64 in JSON {"data": ...}'),
+    ({"body": "hello"}, 400, "InvalidInput", 'the body is text, not an image: send the image bytes, or JSON '
+     '{"data": "<base64 image>"} with Content-Type: application/json'),
+    ({"body": b"{not json"}, 400, "InvalidJSON", "the body starts like JSON but is not valid JSON: Expecting property "
+     "name enclosed in double quotes: line 1 column 2 (char 1)"),
+    ({"body": {"image": "abc"}}, 400, "InvalidJSON", 'a JSON body must be an object with one key, "data", holding a '
+     "base64-encoded image (got keys image)"),
+    ({"body": {"data": "@@not base64@@"}}, 400, "InvalidBase64", '"data" is not valid base64: Only base64 data is allowed'),
+    ({"body": bytes(range(256)) * 4}, 400, "InvalidImage", "the body (1024 bytes) is not an image format Pillow can "
+     "read (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)"),
+    ({"body": truncated("PNG")}, 400, "InvalidImage", "the image data is broken or truncated: OSError: image file is truncated"),
+    ({"body": multi_frame("GIF")}, 400, "UnsupportedImage", "the GIF image has 2 frames: send one frame"),
+    ({"body": encode(Image.fromarray(np.zeros((10, 10), dtype=np.float32)), "TIFF")}, 400, "UnsupportedImage",
+     "floating-point images (mode F) are not supported: send 8- or 16-bit pixels"),
+    ({"body": encode(Image.new("L", (1, 1)))}, 400, "ImageTooSmall",
+     "the image is 1x1 pixels: too small to classify (each side needs at least 8)"),
+    ({"body": png_declaring(5000, 5000)}, 413, "ImageTooLarge",
+     "the image declares 5000x5000 pixels, more than the 16777216 this model accepts"),
+]
+
+
+@pytest.mark.parametrize("row, status, kind, message", EXACT, ids=[f"{e[2]}-{i}" for i, e in enumerate(EXACT)])
+def test_each_error_type_says_exactly_what_was_wrong(row, status, kind, message):
+    with pytest.raises(image_io.BadInput) as caught:
+        image_io.prepare(row, CONFIG)
+    assert caught.value.as_dict() == {"code": status, "type": kind, "message": message}

@@ -24,7 +24,7 @@ from conftest import ROOT, start_server
 from loadgen import Load
 from marforge import files
 from marforge.build import archive
-from marforge.errors import ApiError, Rejected, RolledBack
+from marforge.errors import ApiError, Rejected, RolledBack, ServerError
 from marforge.project import Project
 from marforge.serve import gate, launch, process, rollout, state, status
 from marforge.serve.rundir import RunDir
@@ -221,28 +221,38 @@ def test_retire_under_load_drops_nothing_and_rollback_brings_it_back(env):
 
 
 def test_a_promoted_candidate_that_fails_the_watch_is_rolled_back(env):
-    """2.0 passes the gate; once it is the default its workers are killed, so the watch sees requests
-    fail or workers that are not READY, and the old default must be back at once, on the server and
-    in the state."""
+    """2.0 passes the gate; from the moment it is the default until the rollout returns, each of its
+    workers is killed as soon as it is READY, so it keeps failing: the watch must see it, and the
+    old default must be back at once, on the server and in the state."""
     import threading
 
     client = env["server"].client
+    done = threading.Event()
+    killed = []
 
-    def kill_once_promoted():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if client.default_version("fashion") == "2.0":
-                [description] = client.describe("fashion", "2.0")
+    def keep_killing_once_promoted():
+        own = RunDir(env["project"].run_dir).client()  # a session of its own: requests' are not thread-safe
+        while not done.wait(0.02):
+            try:
+                if own.default_version("fashion") != "2.0":
+                    continue
+                [description] = own.describe("fashion", "2.0")
                 for worker in description["workers"]:
-                    os.kill(worker["pid"], signal.SIGKILL)
-                return
-            time.sleep(0.02)
+                    if worker["status"] == "READY" and worker["pid"] not in killed:
+                        os.kill(worker["pid"], signal.SIGKILL)
+                        killed.append(worker["pid"])
+            except (ServerError, ProcessLookupError):  # mid-restart: the next round sees the new state
+                continue
 
-    killer = threading.Thread(target=kill_once_promoted, daemon=True)
+    killer = threading.Thread(target=keep_killing_once_promoted, daemon=True)
     killer.start()
-    with pytest.raises(RolledBack) as caught:
-        do_rollout(env, "2.0", watch_s=5.0)
-    killer.join(5)
+    try:
+        with pytest.raises(RolledBack) as caught:
+            do_rollout(env, "2.0", watch_s=5.0)
+    finally:
+        done.set()
+        killer.join(10)
+    assert killed, "the killer never saw 2.0 promoted"
     assert caught.value.message.startswith("fashion 2.0 failed the watch and 1.0 is the default again: ")
     assert "not READY" in caught.value.message or "request failed" in caught.value.message
     assert caught.value.exit_code == 4 and caught.value.report.outcome == "rolled back"

@@ -29,6 +29,8 @@ def cmd_bench(args):
         if args.sweep:
             results, kind = experiments.sweep(project, mv, seconds=seconds, concurrencies=concurrencies,
                                               log=_log(args)), "sweep"
+        elif args.queue:
+            results, kind = experiments.queue(project, mv, seconds=seconds, log=_log(args)), "queue"
         else:
             results, kind = experiments.bench(project, mv, seconds=seconds, concurrencies=concurrencies,
                                               formats=formats, log=_log(args)), "bench"
@@ -71,6 +73,8 @@ def add_commands(command):
     p.add_argument("--no-docs", action="store_true", help="do not write the tables into docs/performance.md")
     p.add_argument("--sweep", action="store_true", help="instead: marforge's server at each concurrency for "
                    "each workers/batch/delay setting of experiments.SWEEP_GRID (how the shipped defaults were chosen)")
+    p.add_argument("--queue", action="store_true", help="instead: marforge's server with each job_queue_size of "
+                   "experiments.QUEUE_SIZES under bursts of experiments.QUEUE_CLIENTS clients (how many are refused)")
     p.add_argument("--compare-formats", action="store_true", help="instead: every registry version in every "
                    "format of --formats (build them first: make archive FORMAT=...) at the concurrencies above 1; "
                    "names the fastest format per version")

@@ -139,6 +139,35 @@ def winner(rows, margin=1.05):
     return best if "eager" not in at_top or at_top[best] >= margin * at_top["eager"] else "eager"
 
 
+QUEUE_SIZES = (100, 500, 1000)  # TorchServe's default, the shipped setting, and double it
+QUEUE_CLIENTS = (128, 256, 512)  # bursts of clients well past the workers' batch slots
+
+
+def queue(project, mv, sizes=QUEUE_SIZES, concurrencies=QUEUE_CLIENTS, seconds=6.0, log=print):
+    """marforge's TorchServe serving `mv` with each `job_queue_size`, under bursts of clients: how many
+    requests it refuses (503) and how long the rest wait; a row per size and concurrency."""
+    import shutil
+    import tempfile
+
+    from marforge.serve.config import read_properties
+
+    _, bodies = images_of(mv)
+    rows = []
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix="marforge-queue-") as folder:
+            config = Path(folder) / project.config.name
+            props = {**read_properties(project.config), "job_queue_size": str(size)}
+            config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+            if project.log_config:
+                shutil.copy(project.log_config, Path(folder) / project.log_config.name)
+            with fixtures.torchserve(dataclasses.replace(project, config=config), mv) as target:
+                for row in rows_of("queue", target, bodies, concurrencies, seconds):
+                    row["job_queue_size"] = size
+                    rows.append(row)
+                    log(f"{row}")
+    return {"seconds": seconds, "machine": machine.describe(project.root), "model": mv.key, "rows": rows}
+
+
 def sweep(project, mv, grid=SWEEP_GRID, seconds=5.0, concurrencies=(1, 16, 64), log=print):
     """marforge's TorchServe serving `mv` (in its registry format) with each serving setting of `grid`
     (dicts of workers / batch_size / max_batch_delay_ms), at every concurrency; a row per setting and

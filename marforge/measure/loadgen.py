@@ -35,6 +35,14 @@ class LoadResult:
     def errors(self):
         return len(self.samples) - len(self.ok)
 
+    def failed_statuses(self):
+        """{status: count} of the requests that failed (status 0: timeout or broken connection)."""
+        counts = {}
+        for s in self.samples:
+            if s.status != 200:
+                counts[s.status] = counts.get(s.status, 0) + 1
+        return dict(sorted(counts.items()))
+
     def throughput(self):
         return len(self.ok) / self.seconds if self.seconds else 0.0
 

@@ -46,7 +46,28 @@ def bench_markdown(results):
     lines += ["", "| target | value | bound | met |", "| --- | ---: | ---: | --- |"]
     for name, check in results["targets"].items():
         lines.append(f"| {name} | {check['value']} | {check['target']} | {'yes' if check['met'] else 'NO'} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + cost_lines(results)) + "\n"
+
+
+def cost_lines(results):
+    """Where the CPU of one request goes when (c) is busiest: the table that explains the (c)/(a) ratio."""
+    ceiling = next((r for r in results["rows"] if r["concurrency"] is None), None)
+    busiest = max((r for r in results["rows"] if r["row"].startswith("(c) ")), key=lambda r: r["concurrency"], default=None)
+    if not ceiling or not busiest or not busiest["throughput"]:
+        return []
+    def per_request(cores):  # ms of CPU per request
+        return round(cores / busiest["throughput"] * 1000, 3)
+
+    pipeline = round(results["machine"]["cpus"] / ceiling["throughput"] * 1000, 3)  # the ceiling's ms per image
+    worker = per_request(busiest["server_cpu"].get("worker", 0.0))
+    lines = ["", f"CPU per request of (c) at {busiest['concurrency']} clients ({busiest['throughput']} req/s):", "",
+             "| part | cores busy | ms of CPU per request |", "| --- | ---: | ---: |",
+             f"| decode + preprocess + model (the ceiling's cost) | | {pipeline} |",
+             f"| the rest of the workers (TorchServe's protocol, batching, answers) | | {round(worker - pipeline, 3)} |"]
+    for role, cores in sorted(busiest["server_cpu"].items()):
+        lines.append(f"| {role} | {cores} | {per_request(cores)} |")
+    lines.append(f"| load generator | {busiest['loadgen_cpu']} | {per_request(busiest['loadgen_cpu'])} |")
+    return lines
 
 
 def formats_markdown(results):
@@ -84,7 +105,21 @@ def sweep_markdown(results):
     return "\n".join(lines) + "\n"
 
 
-MARKDOWN = {"bench": bench_markdown, "formats": formats_markdown, "sweep": sweep_markdown}
+def queue_markdown(results):
+    """One line per queue size and client count: what was refused (503) and how long the rest waited."""
+    lines = [f"`bench --queue`: {results['model']}, {results['seconds']:g} s per point. "
+             f"{machine.headline(results['machine'])}.", "",
+             "| job_queue_size | clients | req/s | p50 ms | p99 ms | refused (503) | other failures |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results["rows"]:
+        failed = {int(k): v for k, v in r["failed_statuses"].items()}
+        refused = failed.pop(503, 0)
+        lines.append(f"| {r['job_queue_size']} | {r['concurrency']} | {r['throughput']} | {r['p50_ms']} | "
+                     f"{r['p99_ms']} | {refused} | {sum(failed.values())} |")
+    return "\n".join(lines) + "\n"
+
+
+MARKDOWN = {"bench": bench_markdown, "formats": formats_markdown, "sweep": sweep_markdown, "queue": queue_markdown}
 
 
 def plot(results, path):

@@ -78,6 +78,7 @@ def measure(label, url, bodies, concurrency, seconds, pid, roles, headers=None):
     return {"row": label, "concurrency": concurrency, "throughput": round(result.throughput(), 1),
             "p50_ms": round(result.percentile(50), 2), "p90_ms": round(result.percentile(90), 2),
             "p99_ms": round(result.percentile(99), 2), "errors": result.errors, "requests": len(result.samples),
+            "failed_statuses": result.failed_statuses(),
             "loadgen_cpu": round(loadgen, 2), "server_cpu": watch.cpu_cores(result.seconds),
             "peak_rss_mb": round(watch.peak_mb, 1)}
 

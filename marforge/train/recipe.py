@@ -129,10 +129,17 @@ def check_floor(mv, metadata):
 
 
 def train(project, versions, log=print):
-    """Train each version and check its floor (after writing its files); returns their metadata."""
+    """Train each version and check its floor (after writing its files); returns their metadata.
+
+    Deterministic algorithms are on while training (seed_everything) and as they were afterwards.
+    """
+    deterministic = torch.are_deterministic_algorithms_enabled()
     results = []
-    for mv in versions:
-        metadata = train_version(project, mv, log=log)
-        check_floor(mv, metadata)
-        results.append(metadata)
+    try:
+        for mv in versions:
+            metadata = train_version(project, mv, log=log)
+            check_floor(mv, metadata)
+            results.append(metadata)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
     return results

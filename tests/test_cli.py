@@ -1,0 +1,155 @@
+"""The command line: argument handling, exit codes and the exact messages a user reads.
+
+Most commands run in-process through `marforge.cli.main`; one test runs `python -m marforge` as a
+user would, and the Makefile's two standard-library commands run in a Python that cannot import
+torch, numpy, Pillow, yaml or requests.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from marforge.cli import main
+
+REGISTRY = ROOT / "models.toml"
+
+
+def run(capsys, *argv):
+    """(exit code, stdout, stderr) of `marforge --registry models.toml ARGV`."""
+    try:
+        code = main(["--registry", str(REGISTRY), *argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_lists_every_command_with_an_example(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for command in ("archive", "verify", "archives", "stamp", "train", "samples", "serve", "stop", "status",
+                    "predict", "token", "rollout", "rollback", "bench", "soak"):
+        assert command in out
+    code, out, _ = run(capsys, "rollout", "--help")
+    assert code == 0 and "example:\n  python -m marforge rollout fashion 2.0" in out
+
+
+def test_a_usage_error_exits_1_and_says_what_to_run(capsys):
+    code, _, err = run(capsys, "launch")
+    assert code == 1
+    assert "error: argument command: invalid choice: 'launch'" in err and err.endswith("  next: marforge --help\n")
+    code, _, err = run(capsys, "rollout", "fashion")
+    assert code == 1 and "the following arguments are required: version" in err
+    assert err.endswith("  next: marforge rollout --help\n")
+
+
+def test_an_unknown_model_names_the_known_ones_and_the_fix(capsys):
+    code, out, err = run(capsys, "archive", "shoes")
+    assert (code, out) == (1, "")
+    assert err == (f"error: {REGISTRY}: no model named 'shoes' (known: fashion, digits)\n"
+                   "  next: add a [models.shoes] table to models.toml\n")
+    code, _, err = run(capsys, "archive", "fashion", "7.0")
+    assert err == (f"error: {REGISTRY}: model 'fashion' has no version '7.0' (known: 1.0, 2.0)\n"
+                   '  next: add a [models.fashion.versions."7.0"] table to models.toml\n')
+
+
+def test_archives_lists_what_the_makefile_builds(capsys):
+    code, out, _ = run(capsys, "archives", "--model-store", "store")
+    assert code == 0 and out.split() == ["store/fashion-1.0.mar", "store/fashion-2.0.mar", "store/digits-1.0.mar"]
+    code, out, _ = run(capsys, "archives", "--model-store", "store", "--formats", "eager,onnx")
+    assert out.split() == ["store/fashion-1.0.mar", "store/fashion-2.0-eager.mar", "store/digits-1.0-eager.mar",
+                           "store/fashion-1.0-onnx.mar", "store/fashion-2.0.mar", "store/digits-1.0.mar"]
+    code, _, err = run(capsys, "archives", "--formats", "tensorrt")
+    assert code == 1 and err == ("error: unknown archive format(s): tensorrt\n"
+                                 "  next: use some of: eager, torchscript, onnx, compile, quantized\n")
+
+
+def test_json_reaches_every_command_and_errors_too(capsys, tmp_path):
+    code, out, _ = run(capsys, "--json", "archives", "--model-store", "store")
+    assert code == 0 and json.loads(out) == ["store/fashion-1.0.mar", "store/fashion-2.0.mar", "store/digits-1.0.mar"]
+    code, out, err = run(capsys, "--json", "status", "--run-dir", str(tmp_path))
+    assert code == 2
+    assert json.loads(out) == {"error": f"{tmp_path}/endpoints.json not found: no server was started from {tmp_path}",
+                               "next": "make serve", "exit_code": 2, "report": None}
+    assert err.startswith("error: ")
+
+
+def test_commands_against_no_server_exit_2_or_say_nothing_runs(capsys, tmp_path):
+    code, _, err = run(capsys, "status", "--run-dir", str(tmp_path))
+    assert (code, err) == (2, f"error: {tmp_path}/endpoints.json not found: no server was started from {tmp_path}\n"
+                              "  next: make serve\n")
+    code, out, _ = run(capsys, "stop", "--run-dir", str(tmp_path))
+    assert (code, out) == (0, f"no server was running from {tmp_path}\n")
+
+
+def test_serving_unbuilt_archives_says_make_archive(capsys, tmp_path):
+    code, _, err = run(capsys, "serve", "--model-store", str(tmp_path / "empty"), "--run-dir", str(tmp_path / "run"))
+    assert code == 2
+    assert err == (f"error: archives not built: {tmp_path}/empty/fashion-1.0.mar, {tmp_path}/empty/fashion-2.0.mar, "
+                   f"{tmp_path}/empty/digits-1.0.mar\n  next: make archive\n")
+
+
+def test_train_without_a_version_says_how(capsys):
+    code, _, err = run(capsys, "train")
+    assert (code, err) == (1, "error: say which version to train: NAME VERSION, or --all\n"
+                              "  next: python -m marforge train --all\n")
+
+
+def test_the_entry_point_runs_as_python_dash_m(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "marforge", "--registry", str(REGISTRY), "status", "--run-dir",
+                           str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(f"error: {tmp_path}/endpoints.json not found")
+
+
+BLOCKED = "import sys\nfor m in ('torch', 'numpy', 'PIL', 'yaml', 'requests', 'psutil'):\n    sys.modules[m] = None\n"
+
+
+def test_the_makefiles_commands_need_only_the_standard_library(tmp_path):
+    """`make` lists archives and writes input stamps before the virtualenv exists."""
+    script = BLOCKED + ("from marforge.cli import main\n"
+                        f"assert main(['--registry', {str(REGISTRY)!r}, 'archives']) == 0\n"
+                        f"assert main(['--registry', {str(REGISTRY)!r}, 'stamp', 'fashion-2.0', "
+                        f"'--model-store', {str(tmp_path)!r}]) == 0\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "model_store/fashion-1.0.mar model_store/fashion-2.0.mar model_store/digits-1.0.mar"
+    stamp = json.loads((tmp_path / ".inputs" / "fashion-2.0.json").read_text())
+    assert stamp["key"] == "fashion-2.0" and stamp["format"] == "onnx" and len(stamp["eval"]) == 64
+
+
+def test_a_stamp_changes_only_when_the_versions_own_inputs_do(capsys, tmp_path):
+    store = str(tmp_path)
+    assert run(capsys, "stamp", "digits-1.0", "--model-store", store)[1] == f"{tmp_path}/.inputs/digits-1.0.json: updated\n"
+    assert run(capsys, "stamp", "digits-1.0", "--model-store", store)[1] == f"{tmp_path}/.inputs/digits-1.0.json: unchanged\n"
+    changed = tmp_path / "models.toml"
+    changed.write_text(REGISTRY.read_text().replace("min_accuracy = 0.95", "min_accuracy = 0.5")
+                       .replace('[models.digits.versions."1.0"]', '[models.digits.versions."1.0"]\nhandler = { top_k = 5 }'))
+    for name in ("model_defs", "samples", "eval", "weights"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    code = main(["--registry", str(changed), "stamp", "fashion-1.0", "--model-store", store])
+    assert code == 0 and capsys.readouterr().out.endswith("fashion-1.0.json: updated\n")  # first stamp in this store
+    main(["--registry", str(changed), "stamp", "digits-1.0", "--model-store", store])
+    assert capsys.readouterr().out.endswith("digits-1.0.json: updated\n")  # its handler options changed
+
+
+@pytest.mark.integration
+def test_status_predict_and_a_refused_rollout_against_the_live_server(live_server, store, samples, capsys):
+    run_dir = str(live_server.run_dir.path)
+    from marforge.serve import status
+
+    code, out, _ = run(capsys, "--json", "status", "--run-dir", run_dir)
+    assert code == 0 and json.loads(out) == status.collect(live_server.client)
+    path, label = samples["fashion"][0]
+    code, out, _ = run(capsys, "predict", "fashion", str(path), "--version", "2.0", "--run-dir", run_dir)
+    assert code == 0 and json.loads(out)["predictions"][0]["label"] == label
+    code, out, _ = run(capsys, "token", "--run-dir", run_dir)
+    assert code == 0 and out == live_server.client.key("inference") + "\n"
+    code, out, err = run(capsys, "--json", "rollout", "fashion", "1.0", "--run-dir", run_dir, "--model-store", str(store))
+    assert code == 3, err
+    error = json.loads(out)
+    assert error["error"] == "fashion 1.0 is already the default" and error["next"] == "marforge status"
+    assert error["report"]["steps"][0]["step"] == "preflight" and error["report"]["steps"][0]["ok"] is False
