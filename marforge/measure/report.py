@@ -23,11 +23,19 @@ def _cpu(row):
     return ", ".join(f"{k} {v}" for k, v in sorted(row["server_cpu"].items()))
 
 
+def _head(title, results, columns):
+    """A report's first lines: what ran and on which machine, then a table header; `columns` are
+    (name, align) with align "l" or "r"."""
+    return [f"{title}. {machine.headline(results['machine'])}.", "",
+            "| " + " | ".join(name for name, _ in columns) + " |",
+            "|" + "".join(" --- |" if align == "l" else " ---: |" for _, align in columns)]
+
+
 def bench_markdown(results):
-    lines = [f"`make bench`: {results['model']} served as {results.get('format', '?')}, "
-             f"{results['seconds']:g} s per row. {machine.headline(results['machine'])}.", "",
-             "| row | conc. | req/s | p50 ms | p90 ms | p99 ms | errors | loadgen CPU | server CPU (cores) | peak RSS MB |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    lines = _head(f"`make bench`: {results['model']} served as {results.get('format', '?')}, "
+                  f"{results['seconds']:g} s per row", results,
+                  [("row", "l"), ("conc.", "r"), ("req/s", "r"), ("p50 ms", "r"), ("p90 ms", "r"), ("p99 ms", "r"),
+                   ("errors", "r"), ("loadgen CPU", "r"), ("server CPU (cores)", "l"), ("peak RSS MB", "r")])
     for r in results["rows"]:
         if r["concurrency"] is None:
             lines.append(f"| {r['row']} ({r['processes']} processes, img/s) | - | {r['throughput']} | | | | | | | |")
@@ -71,9 +79,9 @@ def cost_lines(results):
 
 
 def formats_markdown(results):
-    lines = [f"`make bench-formats`: {results['seconds']:g} s per row. {machine.headline(results['machine'])}.", "",
-             "| version | format | conc. | req/s | p50 ms | p99 ms | errors | server CPU (cores) | peak RSS MB |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    lines = _head(f"`make bench-formats`: {results['seconds']:g} s per row", results,
+                  [("version", "l"), ("format", "l"), ("conc.", "r"), ("req/s", "r"), ("p50 ms", "r"), ("p99 ms", "r"),
+                   ("errors", "r"), ("server CPU (cores)", "l"), ("peak RSS MB", "r")])
     for r in results["rows"]:
         lines.append(f"| {r['version']} | {r['format']} | {r['concurrency']} | {r['throughput']} | {r['p50_ms']} | "
                      f"{r['p99_ms']} | {r['errors']} | {_cpu(r)} | {r['peak_rss_mb']} |")
@@ -92,9 +100,8 @@ def sweep_markdown(results):
     head = ["workers", "threads/worker", "batch", "delay ms"]
     for c in concurrencies:
         head += [f"req/s @{c}", f"p50 ms @{c}", f"p99 ms @{c}"]
-    lines = [f"`bench --sweep`: {results['model']}, {results['seconds']:g} s per point. "
-             f"{machine.headline(results['machine'])}.", "",
-             "| " + " | ".join(head + ["errors"]) + " |", "|" + " ---: |" * (len(head) + 1)]
+    lines = _head(f"`bench --sweep`: {results['model']}, {results['seconds']:g} s per point", results,
+                  [(name, "r") for name in head + ["errors"]])
     for knob_values, by_concurrency in settings.items():
         cells = [str(v) for v in knob_values]
         for c in concurrencies:
@@ -107,10 +114,9 @@ def sweep_markdown(results):
 
 def queue_markdown(results):
     """One line per queue size and client count: what was refused (503) and how long the rest waited."""
-    lines = [f"`bench --queue`: {results['model']}, {results['seconds']:g} s per point. "
-             f"{machine.headline(results['machine'])}.", "",
-             "| job_queue_size | clients | req/s | p50 ms | p99 ms | refused (503) | other failures |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = _head(f"`bench --queue`: {results['model']}, {results['seconds']:g} s per point", results,
+                  [(name, "r") for name in ("job_queue_size", "clients", "req/s", "p50 ms", "p99 ms", "refused (503)",
+                                            "other failures")])
     for r in results["rows"]:
         failed = {int(k): v for k, v in r["failed_statuses"].items()}
         refused = failed.pop(503, 0)
