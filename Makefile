@@ -15,7 +15,13 @@ SOAK_MINUTES ?= 5
 BENCH_MODEL ?= fashion
 BENCH_VERSION ?= 2.0
 BENCH_ARGS ?=
+BENCH_IMAGES ?=
 IMAGE ?=
+OUT ?=
+NAME ?=
+CHECKPOINT ?=
+PRESET ?=
+IMPORT_ARGS ?=
 PYTEST_ARGS ?=
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
@@ -75,12 +81,25 @@ $(MODEL_STORE)/%-$(1).mar: weights/%.pt weights/%.json $(MODEL_STORE)/.inputs/%.
 endef
 $(foreach format,eager torchscript onnx compile quantized,$(eval $(call VARIANT_RULE,$(format))))
 
+# The CheXNet demo's synthetic weights: a seeded DenseNet121 saved in CheXNet's checkpoint format and
+# imported like a real one (marforge/build/synthetic.py). Never committed; every version's metadata
+# and `make status` say they are synthetic.
+weights/chexnet-0.1.pt weights/chexnet-0.1.json &: model_defs/chexnet.py marforge/build/synthetic.py \
+		marforge/build/importer.py marforge/build/checkpoints.py marforge/build/presets.py | $(SETUP_STAMP)
+	$(PY) -m marforge demo
+
 # Checked on every make run, rewritten only when the version's inputs changed.
 $(MODEL_STORE)/.inputs/%.json: FORCE
 	@$(MARFORGE) stamp $* --model-store $(MODEL_STORE) >/dev/null
 .PRECIOUS: $(MODEL_STORE)/.inputs/%.json
 .PHONY: FORCE
 FORCE:
+
+.PHONY: import
+## import: a checkpoint trained elsewhere as NAME VERSION: make import NAME=chexnet VERSION=1.0 CHECKPOINT=model.pth.tar PRESET=chexnet
+import: | $(SETUP_STAMP)
+	@test -n "$(NAME)" -a -n "$(VERSION)" -a -n "$(CHECKPOINT)" || { echo "error: set NAME, VERSION and CHECKPOINT, e.g. make import NAME=chexnet VERSION=1.0 CHECKPOINT=model.pth.tar PRESET=chexnet" >&2; exit 1; }
+	$(PY) -m marforge import $(NAME) $(VERSION) --checkpoint $(CHECKPOINT) $(if $(PRESET),--preset $(PRESET)) $(IMPORT_ARGS)
 
 .PHONY: serve
 ## serve: build what is missing, start TorchServe, wait until every version is READY, print URLs and a curl
@@ -117,7 +136,7 @@ soak: | $(SETUP_STAMP)
 ## bench: ceiling, stock TorchServe, marforge, Flask and every other format of BENCH_MODEL BENCH_VERSION (BENCH_ARGS=--short for a quick look)
 bench: $(BENCH_ARCHIVES)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
-	$(PY) -m marforge bench $(BENCH_MODEL) $(BENCH_VERSION) --model-store $(MODEL_STORE) --verbose $(BENCH_ARGS)
+	$(PY) -m marforge bench $(BENCH_MODEL) $(BENCH_VERSION) --model-store $(MODEL_STORE) --verbose $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES)) $(BENCH_ARGS)
 
 .PHONY: bench-formats
 ## bench-formats: every version in every format at 16 and 64 clients: which format wins for each model
@@ -130,6 +149,12 @@ predict: | $(SETUP_STAMP)
 	@test -n "$(IMAGE)" || { echo "error: set IMAGE, e.g. make predict MODEL=fashion IMAGE=$$(ls samples/fashion/*.png | head -1)" >&2; exit 1; }
 	@$(PY) -m marforge predict $(MODEL) $(IMAGE) $(VERSION_FLAG) --run-dir $(RUN_DIR)
 
+.PHONY: explain
+## explain: where MODEL looked in IMAGE (VERSION optional): heatmaps over the image, written to OUT (default <image>.explained.png)
+explain: | $(SETUP_STAMP)
+	@test -n "$(IMAGE)" || { echo "error: set IMAGE, e.g. make explain MODEL=fashion IMAGE=$$(ls samples/fashion/*.png | head -1)" >&2; exit 1; }
+	@$(PY) -m marforge explain $(MODEL) $(IMAGE) $(VERSION_FLAG) $(if $(OUT),--out $(OUT)) --run-dir $(RUN_DIR)
+
 .PHONY: token
 ## token: print the running server's inference key (use: curl -H "Authorization: Bearer $(make -s token)" ...)
 token: | $(SETUP_STAMP)
@@ -137,12 +162,12 @@ token: | $(SETUP_STAMP)
 
 .PHONY: test
 ## test: run every test (handler, archive, and integration tests against a real TorchServe)
-test: $(SETUP_STAMP)
+test: $(SETUP_STAMP) weights/chexnet-0.1.pt
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-integration
 ## test-integration: only the tests that start a real TorchServe
-test-integration: $(SETUP_STAMP)
+test-integration: $(SETUP_STAMP) weights/chexnet-0.1.pt
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 
 .PHONY: clean

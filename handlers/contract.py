@@ -8,8 +8,9 @@ and compute these facts the same way:
   `handler_section` writes it from a version's weights metadata and its registry options;
 - the weights metadata's `preprocess` entry, which training writes with `preprocess_metadata`;
 - the format stamp, `marforge: {format: ...}`, that says how the archive's model file was made;
-- the preprocessing itself: the image's geometry (`fit`) and the normalisation of its pixels
-  (`normalise`), which `to_input` applies in that order.
+- the preprocessing itself: the image's geometry (`fit`: resize, center or ten crops) and the
+  normalisation of its pixels (`normalise`), which `to_input` applies in that order;
+- how the model's outputs become probabilities (`activate`).
 
 Only the standard library is imported at module level: the registry checks format names against
 this file before the virtualenv exists (the Makefile's archive list). torch, numpy and Pillow are
@@ -25,19 +26,34 @@ DEFAULT_FORMAT = "eager"
 STAMP_SECTION = "marforge"  # model-config.yaml: {marforge: {format: ...}}
 CHANNELS = {"grayscale": 1, "rgb": 3}
 PIL_MODES = {"grayscale": "L", "rgb": "RGB"}
-PREPROCESS_KEYS = ("image_size", "color", "mean", "std")  # the weights metadata's `preprocess` entry
+PREPROCESS_KEYS = ("image_size", "color", "mean", "std", "resize", "crop")  # the weights metadata's `preprocess`
 
 
-def format_stamp(fmt):
-    """The model-config.yaml section that records an archive's format."""
+def format_stamp(fmt, eager=None):
+    """The model-config.yaml section that records an archive's format and, for a format that is not
+    eager PyTorch, the eager model file and weights it also carries (explanations need gradients):
+    `eager` is (model file name, weights file name) at the archive's root."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown archive format {fmt!r} (known: {', '.join(FORMATS)})")
-    return {STAMP_SECTION: {"format": fmt}}
+    stamp = {"format": fmt}
+    if eager:
+        stamp["eager"] = {"model_file": eager[0], "weights": eager[1]}
+    return {STAMP_SECTION: stamp}
 
 
 def archive_format(model_yaml_config):
     """The format an archive's model-config.yaml records; eager when it records none."""
     return ((model_yaml_config or {}).get(STAMP_SECTION) or {}).get("format", DEFAULT_FORMAT)
+
+
+def eager_files(model_yaml_config, manifest):
+    """(model file, weights file) of the eager model in an unpacked archive, or None: the archive's own
+    for an eager or compile archive, else those its format stamp records."""
+    stamp = (model_yaml_config or {}).get(STAMP_SECTION) or {}
+    if stamp.get("eager"):
+        return stamp["eager"]["model_file"], stamp["eager"]["weights"]
+    model = manifest["model"]
+    return (model["modelFile"], model["serializedFile"]) if model.get("modelFile") else None
 
 
 @dataclass(frozen=True)
@@ -48,8 +64,13 @@ class HandlerConfig:
     color: str  # "grayscale" or "rgb"
     mean: tuple  # one value per channel, applied after scaling pixels to [0, 1]
     std: tuple
-    labels: tuple  # class index -> name
-    top_k: int = 3  # labels per answer
+    labels: tuple  # output index -> name
+    resize: int = None  # the shorter side is resized to this (aspect kept), then cropped; None: resized to image_size
+    crop: str = "none"  # "none", "center" or "ten" (torchvision's TenCrop: four corners and the center, and their mirror)
+    task: str = "multiclass"  # "multiclass": one label per image, top_k answered; "multilabel": every label judged
+    activation: str = None  # turns outputs into probabilities: "softmax", "sigmoid" or "none" (the default: by task)
+    thresholds: tuple = None  # multilabel: the probability at which each label is positive (default 0.5)
+    top_k: int = 3  # multiclass: labels per answer
     max_pixels: int = 4096 * 4096  # refuse images that declare more pixels than this
     min_side: int = 8  # smaller images carry too little to classify (sklearn's digits are 8 x 8)
     half_precision: bool = False  # float16 model and inputs; on a CUDA device only (placement.py)
@@ -83,37 +104,151 @@ class HandlerConfig:
         for key, value in flags.items():
             if not isinstance(value, bool):
                 raise ValueError(f"handler {key} must be true or false, not {value!r}")
-        config = cls(size, color, mean, std, tuple(section["labels"]), int(section.get("top_k", 3)),
-                     int(section.get("max_pixels", 4096 * 4096)), int(section.get("min_side", 8)), **flags)
-        if not config.labels or config.top_k < 1:
-            raise ValueError("handler labels must not be empty and top_k must be at least 1")
+        labels = tuple(section["labels"])
+        task = section.get("task", "multiclass")
+        activation = section.get("activation") or ("softmax" if task == "multiclass" else "sigmoid")
+        thresholds = section.get("thresholds")
+        config = cls(size, color, mean, std, labels, section.get("resize"), section.get("crop", "none"), task,
+                     activation, tuple(thresholds) if thresholds is not None else None,
+                     int(section.get("top_k", 3)), int(section.get("max_pixels", 4096 * 4096)),
+                     int(section.get("min_side", 8)), **flags)
+        config._check_outputs()
+        config._check_geometry()
         return config
 
+    def _check_outputs(self):
+        if not self.labels or self.top_k < 1:
+            raise ValueError("handler labels must not be empty and top_k must be at least 1")
+        if self.task not in TASKS:
+            raise ValueError(f"handler task must be one of {', '.join(TASKS)}, not {self.task!r}")
+        if self.activation not in TASKS[self.task]:
+            raise ValueError(f"a {self.task} model's activation must be one of {', '.join(TASKS[self.task])}, "
+                             f"not {self.activation!r}")
+        if self.thresholds is not None:
+            if self.task != "multilabel":
+                raise ValueError("handler thresholds apply to multilabel models only")
+            if len(self.thresholds) != len(self.labels) or not all(0 <= t <= 1 for t in self.thresholds):
+                raise ValueError(f"handler thresholds need one probability (0 to 1) per label ({len(self.labels)})")
 
-def preprocess_metadata(image_size, color, mean, std):
-    """The `preprocess` entry of a version's weights metadata: what the model was trained on."""
+    def _check_geometry(self):
+        if self.crop not in CROPS:
+            raise ValueError(f"handler crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
+        if self.crop == "none" and self.resize is not None:
+            raise ValueError("handler resize (of the shorter side) needs a crop (center or ten): without one the "
+                             "model would get inputs of varying size")
+        if self.crop != "none" and (not isinstance(self.resize, int) or self.resize < max(self.image_size)):
+            raise ValueError(f"handler crop {self.crop!r} needs resize: the shorter side's length before cropping, "
+                             f"at least the crop's {max(self.image_size)}")
+
+    @property
+    def crops(self):
+        """Model inputs per image: 10 for ten-crop, else 1."""
+        return 10 if self.crop == "ten" else 1
+
+    def threshold_of(self, index):
+        return DEFAULT_THRESHOLD if self.thresholds is None else self.thresholds[index]
+
+
+TASKS = {"multiclass": ("softmax", "none"), "multilabel": ("sigmoid", "none")}  # task -> its activations
+CROPS = ("none", "center", "ten")
+DEFAULT_THRESHOLD = 0.5
+OUTPUT_KEYS = ("task", "activation")  # the weights metadata says how to read the model's outputs
+
+
+def option_keys():
+    """The handler settings a registry may give per version (the rest come from the weights' metadata)."""
+    return HandlerConfig.keys() - set(PREPROCESS_KEYS) - set(OUTPUT_KEYS) - {"labels"} | {"crop"}
+
+
+def preprocess_metadata(image_size, color, mean, std, resize=None, crop="none"):
+    """The `preprocess` entry of a version's weights metadata: how the model's inputs were made."""
     entry = {"image_size": list(image_size), "color": color, "mean": list(mean), "std": list(std)}
+    if crop != "none":
+        entry.update(resize=resize, crop=crop)
     HandlerConfig.from_dict({**entry, "labels": ["-"]})  # the same checks an archive's handler makes
     return entry
 
 
 def handler_section(metadata, options):
-    """The `handler:` section of model-config.yaml for a version: its weights metadata's preprocessing
-    and labels, then the registry's handler options (top_k, limits, precision)."""
+    """The `handler:` section of model-config.yaml for a version: its weights metadata's preprocessing,
+    labels and outputs, then the registry's handler options (which may also choose another crop, and
+    give thresholds as one number or a {label: threshold} table)."""
     preprocess = metadata["preprocess"]
-    section = {key: preprocess[key] for key in PREPROCESS_KEYS}
-    section["image_size"] = list(section["image_size"])
-    section.update(mean=list(section["mean"]), std=list(section["std"]), labels=list(metadata["labels"]), **options)
+    section = {key: preprocess[key] for key in PREPROCESS_KEYS if key in preprocess}
+    section.update(image_size=list(section["image_size"]), mean=list(section["mean"]), std=list(section["std"]),
+                   labels=list(metadata["labels"]))
+    section.update({key: metadata[key] for key in OUTPUT_KEYS if metadata.get(key) is not None})
+    options = dict(options)
+    if "thresholds" in options:
+        options["thresholds"] = _thresholds(options["thresholds"], section["labels"])
+    section.update(options)
     HandlerConfig.from_dict(section)
     return section
 
 
+def _thresholds(value, labels):
+    """One threshold per label from a number (all labels) or a {label: threshold} table (others 0.5)."""
+    if isinstance(value, (int, float)):
+        return [float(value)] * len(labels)
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(labels))
+        if unknown:
+            raise ValueError(f"thresholds name labels the model does not have: {', '.join(unknown)}")
+        return [float(value.get(label, DEFAULT_THRESHOLD)) for label in labels]
+    return list(value)
+
+
 def fit(image, config):
-    """A Pillow image (already in the configured color mode) resized to the model's input size."""
+    """A decoded Pillow image (in the configured color mode) -> the model's views of it: a list of
+    Pillow images of the input size. crop "none": the image resized to the input size (one view);
+    "center" and "ten": the shorter side resized to `resize` (aspect kept), then the center crop, or
+    torchvision's TenCrop (the four corners and the center, then the same five of the mirrored image).
+    Sizes, rounding and filter are torchvision's (Resize, CenterCrop, FiveCrop, TenCrop on a Pillow image)."""
     from PIL import Image
 
-    target = (config.image_size[1], config.image_size[0])  # Pillow sizes are (width, height)
-    return image if image.size == target else image.resize(target, Image.BILINEAR)
+    height, width = config.image_size
+    if config.crop == "none":
+        return [image if image.size == (width, height) else image.resize((width, height), Image.BILINEAR)]
+    image = _resize_shorter(image, config.resize)
+    if config.crop == "center":
+        return [_center(image, height, width)]
+    return _five(image, height, width) + _five(image.transpose(Image.FLIP_LEFT_RIGHT), height, width)
+
+
+def _resize_shorter(image, side):
+    from PIL import Image
+
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    if short == side:
+        return image
+    new_short, new_long = side, int(side * long / short)
+    return image.resize((new_short, new_long) if w <= h else (new_long, new_short), Image.BILINEAR)
+
+
+def _center(image, height, width):
+    w, h = image.size
+    top, left = int(round((h - height) / 2.0)), int(round((w - width) / 2.0))
+    return image.crop((left, top, left + width, top + height))
+
+
+def _five(image, height, width):
+    w, h = image.size
+    corners = [(0, 0), (w - width, 0), (0, h - height), (w - width, h - height)]  # tl, tr, bl, br
+    return [image.crop((x, y, x + width, y + height)) for x, y in corners] + [_center(image, height, width)]
+
+
+def crop_box(size, config):
+    """Where the model's center view lies in an image of `size` (width, height), in that image's
+    pixels: (left, top, right, bottom). What an explanation's heatmap covers."""
+    w, h = size
+    if config.crop == "none":
+        return (0, 0, w, h)
+    scale = config.resize / min(w, h)
+    rw, rh = (config.resize, int(config.resize * h / w)) if w <= h else (int(config.resize * w / h), config.resize)
+    height, width = config.image_size
+    left, top = int(round((rw - width) / 2.0)), int(round((rh - height) / 2.0))
+    return tuple(round(v / scale, 1) for v in (left, top, left + width, top + height))
 
 
 def normalise(pixels, mean, std):
@@ -140,9 +275,23 @@ def _affine(mean, std):
 
 
 def to_input(image, config):
-    """A decoded Pillow image in the configured color mode -> the model's C x H x W input tensor."""
+    """A decoded Pillow image in the configured color mode -> the model's input: C x H x W, or
+    10 x C x H x W for ten-crop."""
     import numpy as np
     import torch
 
-    pixels = torch.from_numpy(np.asarray(fit(image, config), dtype=np.float32))
-    return normalise(pixels if pixels.dim() == 3 else pixels.unsqueeze(-1), config.mean, config.std)
+    views = []
+    for view in fit(image, config):
+        pixels = torch.from_numpy(np.asarray(view, dtype=np.float32))
+        views.append(normalise(pixels if pixels.dim() == 3 else pixels.unsqueeze(-1), config.mean, config.std))
+    return views[0] if len(views) == 1 else torch.stack(views)
+
+
+def activate(outputs, config):
+    """The model's outputs (N x labels) as float32 probabilities: softmax, sigmoid or as they are."""
+    import torch
+
+    outputs = outputs.float()
+    if config.activation == "softmax":
+        return torch.softmax(outputs, dim=1)
+    return torch.sigmoid(outputs) if config.activation == "sigmoid" else outputs

@@ -28,6 +28,7 @@ from ts.torch_handler import base_handler
 from ts.torch_handler.base_handler import BaseHandler
 
 import contract
+import explain
 import image_io
 import placement
 
@@ -77,6 +78,7 @@ class ImageClassifier(BaseHandler):
             if self.placement.device.type == "cuda" and "CUDAExecutionProvider" not in self.model.get_providers():
                 logger.warning("onnxruntime has no CUDA provider here: %s runs on the CPU "
                                "(pip install onnxruntime-gpu to run it on %s)", self.model_pt_path, self.placement.device)
+        self._explainer_cache = None
         quiet_worker_log()
         self.identity = {"model": context.model_name, "version": context.manifest["model"]["modelVersion"]}
 
@@ -105,31 +107,40 @@ class ImageClassifier(BaseHandler):
             properties["gpu_id"] = gpu_id
 
     def preprocess(self, data):
-        """Decode every request; returns (stacked inputs of the good ones, one slot per request).
+        """Decode every request; returns (the good requests' views stacked, one slot per request, the
+        good requests' image sizes).
 
-        A slot holds the row of the good request in the stacked tensor, or the BadInput that
-        explains why that request cannot be answered.
+        A slot holds the index of a good request among the good ones, or the BadInput that explains
+        why that request cannot be answered. A good request has `config.crops` views (ten-crop: 10).
         """
-        tensors, slots = [], []
+        views, slots, sizes = [], [], []
         for row in data:
             try:
-                tensors.append(image_io.prepare(row, self.config))
-                slots.append(len(tensors) - 1)
+                image = image_io.decode(row, self.config)
+                views.append(contract.to_input(image, self.config))
+                sizes.append(image.size)
+                slots.append(len(views) - 1)
             except image_io.BadInput as error:
                 slots.append(error)
-        return (torch.stack(tensors) if tensors else None), slots
+        if not views:
+            return None, slots, sizes
+        return (torch.stack(views) if self.config.crops == 1 else torch.cat(views)), slots, sizes
 
     def inference(self, data, *args, **kwargs):
-        """Class probabilities for the good requests (softmax also turns log-probabilities into probabilities)."""
-        inputs, slots = data
+        """Probabilities for the good requests (the activation applied, then averaged over a request's
+        views); for requests to /explanations, the heatmaps too."""
+        inputs, slots, sizes = data
         if inputs is None:
-            return None, slots
+            return None, slots, {}
         if self.onnx_input is not None:
             outputs = torch.from_numpy(self.model.run(None, {self.onnx_input: inputs.numpy()})[0])
         else:
             with torch.inference_mode():
                 outputs = self.model(placement.to_device(inputs, self.placement), *args, **kwargs)
-        return torch.softmax(outputs.float(), dim=1).cpu(), slots
+        probabilities = contract.activate(outputs, self.config).cpu()
+        if self.config.crops > 1:
+            probabilities = probabilities.view(-1, self.config.crops, probabilities.shape[-1]).mean(dim=1)
+        return probabilities, slots, self._explanations(inputs, probabilities, slots, sizes)
 
     def postprocess(self, data):
         """One JSON answer per request, in request order, with a per-request HTTP status.
@@ -137,7 +148,7 @@ class ImageClassifier(BaseHandler):
         Answers are encoded here (compact, by json's C encoder): handed a dict, TorchServe encodes
         it with indent=2, which runs the pure-Python encoder, a visible share of a busy worker's CPU.
         """
-        probabilities, slots = data
+        probabilities, slots, explanations = data
         answers = []
         for idx, slot in enumerate(slots):
             self.context.set_response_content_type(idx, "application/json")
@@ -145,6 +156,45 @@ class ImageClassifier(BaseHandler):
                 self.context.set_response_status(slot.code, slot.kind, idx)
                 answer = {**slot.as_dict(), **self.identity}
             else:
-                answer = {**self.identity, "predictions": image_io.top_k(probabilities[slot], self.config)}
+                answer = {**self.identity, **image_io.answer(probabilities[slot], self.config),
+                          **explanations.get(idx, {})}
             answers.append(json.dumps(answer).encode())
         return answers
+
+    def explain_handle(self, data_preprocess, raw_data):
+        """BaseHandler sends a batch here when its first request came to /explanations; each request
+        is answered as what it asked for, like any batch (TorchServe may batch both kinds)."""
+        return self.postprocess(self.inference(data_preprocess))
+
+    def _explanations(self, inputs, probabilities, slots, sizes):
+        """{request index: explanation fields} for the good requests that came to /explanations."""
+        if self.context is None:  # called outside handle(): no request headers to read
+            return {}
+        asked = [(idx, slot) for idx, slot in enumerate(slots)
+                 if not isinstance(slot, image_io.BadInput) and self.context.get_request_header(idx, "explain") == "True"]
+        if not asked:
+            return {}
+        explainer = self._explainer(inputs)
+        center = 4 if self.config.crops == 10 else 0  # ten-crop: the center view
+        found = {}
+        for idx, slot in asked:
+            view = inputs[slot * self.config.crops + center].unsqueeze(0).to(self.placement.device)
+            targets = explain.targets(probabilities[slot], self.config)
+            maps = explainer.maps(view, targets, self.config.activation == "none")
+            found[idx] = {"explanation": {
+                "method": explainer.method, "layer": explainer.layer_name,
+                "box": contract.crop_box(sizes[slot], self.config),
+                "maps": [{"label": self.config.labels[t], "index": t, "probability": float(probabilities[slot][t]),
+                          "heatmap": heatmap} for t, heatmap in zip(targets, maps)]}}
+        return found
+
+    def _explainer(self, inputs):
+        """The Explainer, made on the first explanation: on the served model when it is eager float32
+        PyTorch, else on the eager model the archive carries."""
+        if self._explainer_cache is None:
+            model = getattr(self.model, "_orig_mod", self.model)  # torch.compile wraps the eager model
+            if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule) or self.placement.half:
+                files = contract.eager_files(self.context.model_yaml_config, self.context.manifest)
+                model = explain.load_eager(self.context.system_properties["model_dir"], files, self.placement.device)
+            self._explainer_cache = explain.Explainer(model, inputs[:1].float().to(self.placement.device))
+        return self._explainer_cache

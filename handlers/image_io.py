@@ -121,9 +121,15 @@ def _to_mode(image, mode):
     return image if image.mode == mode else image.convert(mode)
 
 
+def decode(row, config):
+    """One request row -> its image, decoded, checked and in the configured color mode, or BadInput."""
+    return decode_image(extract_payload(row), config)
+
+
 def prepare(row, config):
-    """One request row -> model input tensor (C x H x W), or BadInput saying what was wrong."""
-    return contract.to_input(decode_image(extract_payload(row), config), config)
+    """One request row -> the model's input (C x H x W, or 10 x C x H x W for ten-crop), or BadInput
+    saying what was wrong."""
+    return contract.to_input(decode(row, config), config)
 
 
 def top_k(probabilities, config):
@@ -134,3 +140,20 @@ def top_k(probabilities, config):
         {"label": config.labels[i] if i < len(config.labels) else str(i), "index": i, "probability": p}
         for p, i in zip(values.tolist(), indices.tolist())
     ]
+
+
+def judged(probabilities, config):
+    """A multilabel answer's labels: every label in model order with its probability, its threshold
+    and whether it is positive; then the positive ones, most likely first."""
+    labels = [{"label": config.labels[i], "index": i, "probability": p, "threshold": config.threshold_of(i),
+               "positive": p >= config.threshold_of(i)} for i, p in enumerate(probabilities.tolist())]
+    positive = sorted((entry for entry in labels if entry["positive"]), key=lambda e: -e["probability"])
+    return {"predictions": labels, "positive": [{"label": e["label"], "index": e["index"],
+                                                  "probability": e["probability"]} for e in positive]}
+
+
+def answer(probabilities, config):
+    """The labels part of an answer for one image's probability vector, as the model's task asks."""
+    if config.task == "multilabel":
+        return judged(probabilities, config)
+    return {"predictions": top_k(probabilities, config)}

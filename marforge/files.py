@@ -27,6 +27,7 @@ def write_atomic(path, data):
 def copy_atomic(source, target):
     """Copy `source` to `target` atomically (an archive into the model store, say)."""
     target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     shutil.copyfile(source, partial)
     os.replace(partial, target)

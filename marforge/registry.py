@@ -22,6 +22,9 @@ TRAIN_KEYS = {"dataset", "epochs", "batch_size", "lr", "seed", "min_accuracy"}
 ROLLOUT_DEFAULTS = {
     "min_accuracy": 0.0,  # the candidate's accuracy on the eval set must reach this floor ...
     "max_accuracy_drop": 0.02,  # ... and be at most this far below the current default's
+    "min_auroc": 0.0,  # several labels per image: the same for the mean AUROC on a labelled eval set
+    "max_auroc_drop": 0.02,
+    "min_agreement": 0.9,  # no labelled eval set: the share of images decided as the default decides them
     "max_p99_ratio": 3.0,  # candidate p99 <= ratio * default p99 + slack
     "p99_slack_ms": 25.0,
     "watch_s": 10.0,  # after promotion, probe the unversioned URL this long
@@ -33,9 +36,8 @@ TOP_KEYS = {"paths", "serving", "handler", "rollout", "models"}
 
 
 def handler_keys():
-    """The registry's handler options: the handler config's keys that do not come from the weights' metadata."""
-    contract = shipped.contract()
-    return contract.HandlerConfig.keys() - set(contract.PREPROCESS_KEYS) - {"labels"}
+    """The registry's handler options (the contract says which; the rest come from the weights' metadata)."""
+    return shipped.contract().option_keys()
 
 
 @dataclass(frozen=True)
@@ -207,3 +209,38 @@ def from_project(project):
         models[name] = Model(name=name, default_version=default, versions=versions, rollout=layer["rollout"],
                              eval_dir=eval_dir)
     return Registry(path=path, models=models)
+
+
+def add_version(path, name, version, entries):
+    """Add `name` `version` to the models.toml at `path` as text, keeping every comment: the version's
+    table goes after the model's last table (a new model's tables at the end, with the version as its
+    default). `entries` are the version's keys (strings, numbers, booleans and flat tables)."""
+    lines = path.read_text().splitlines()
+    block = [f'[models.{name}.versions."{version}"]'] + [f"{k} = {_toml(v)}" for k, v in entries.items()]
+    mine = [i for i, line in enumerate(lines) if line.startswith((f"[models.{name}]", f"[models.{name}."))]
+    if not mine:
+        lines += ["", f"[models.{name}]", f'default_version = "{version}"', "", *block]
+    else:
+        end = next((i for i in range(mine[-1] + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+        while end > mine[-1] + 1 and not lines[end - 1].strip():
+            end -= 1
+        lines[end:end] = ["", *block]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _toml(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_key(k)} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to models.toml")
+
+
+def _key(key):
+    return key if key.replace("_", "").replace("-", "").isalnum() else _toml(key)

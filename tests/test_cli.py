@@ -49,7 +49,7 @@ def test_a_usage_error_exits_1_and_says_what_to_run(capsys):
 def test_an_unknown_model_names_the_known_ones_and_the_fix(capsys):
     code, out, err = run(capsys, "archive", "shoes")
     assert (code, out) == (1, "")
-    assert err == (f"error: {REGISTRY}: no model named 'shoes' (known: fashion, digits)\n"
+    assert err == (f"error: {REGISTRY}: no model named 'shoes' (known: fashion, digits, chexnet)\n"
                    "  next: add a [models.shoes] table to models.toml\n")
     code, _, err = run(capsys, "archive", "fashion", "7.0")
     assert err == (f"error: {REGISTRY}: model 'fashion' has no version '7.0' (known: 1.0, 2.0)\n"
@@ -58,10 +58,12 @@ def test_an_unknown_model_names_the_known_ones_and_the_fix(capsys):
 
 def test_archives_lists_what_the_makefile_builds(capsys):
     code, out, _ = run(capsys, "archives", "--model-store", "store")
-    assert code == 0 and out.split() == ["store/fashion-1.0.mar", "store/fashion-2.0.mar", "store/digits-1.0.mar"]
+    assert code == 0 and out.split() == ["store/fashion-1.0.mar", "store/fashion-2.0.mar", "store/digits-1.0.mar",
+                                         "store/chexnet-0.1.mar"]
     code, out, _ = run(capsys, "archives", "--model-store", "store", "--formats", "eager,onnx")
     assert out.split() == ["store/fashion-1.0.mar", "store/fashion-2.0-eager.mar", "store/digits-1.0-eager.mar",
-                           "store/fashion-1.0-onnx.mar", "store/fashion-2.0.mar", "store/digits-1.0.mar"]
+                           "store/chexnet-0.1.mar", "store/fashion-1.0-onnx.mar", "store/fashion-2.0.mar",
+                           "store/digits-1.0.mar", "store/chexnet-0.1-onnx.mar"]
     code, _, err = run(capsys, "archives", "--formats", "tensorrt")
     assert code == 1 and err == ("error: unknown archive format(s): tensorrt\n"
                                  "  next: use some of: eager, torchscript, onnx, compile, quantized\n")
@@ -69,7 +71,8 @@ def test_archives_lists_what_the_makefile_builds(capsys):
 
 def test_json_reaches_every_command_and_errors_too(capsys, tmp_path):
     code, out, _ = run(capsys, "--json", "archives", "--model-store", "store")
-    assert code == 0 and json.loads(out) == ["store/fashion-1.0.mar", "store/fashion-2.0.mar", "store/digits-1.0.mar"]
+    assert code == 0 and json.loads(out) == ["store/fashion-1.0.mar", "store/fashion-2.0.mar", "store/digits-1.0.mar",
+                                             "store/chexnet-0.1.mar"]
     code, out, err = run(capsys, "--json", "status", "--run-dir", str(tmp_path))
     assert code == 2
     assert json.loads(out) == {"error": f"{tmp_path}/endpoints.json not found: no server was started from {tmp_path}",
@@ -89,7 +92,7 @@ def test_serving_unbuilt_archives_says_make_archive(capsys, tmp_path):
     code, _, err = run(capsys, "serve", "--model-store", str(tmp_path / "empty"), "--run-dir", str(tmp_path / "run"))
     assert code == 2
     assert err == (f"error: archives not built: {tmp_path}/empty/fashion-1.0.mar, {tmp_path}/empty/fashion-2.0.mar, "
-                   f"{tmp_path}/empty/digits-1.0.mar\n  next: make archive\n")
+                   f"{tmp_path}/empty/digits-1.0.mar, {tmp_path}/empty/chexnet-0.1.mar\n  next: make archive\n")
 
 
 def test_train_without_a_version_says_how(capsys):
@@ -116,7 +119,8 @@ def test_the_makefiles_commands_need_only_the_standard_library(tmp_path):
                         f"'--model-store', {str(tmp_path)!r}]) == 0\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[0] == "model_store/fashion-1.0.mar model_store/fashion-2.0.mar model_store/digits-1.0.mar"
+    assert done.stdout.split("\n")[0] == ("model_store/fashion-1.0.mar model_store/fashion-2.0.mar "
+                                          "model_store/digits-1.0.mar model_store/chexnet-0.1.mar")
     stamp = json.loads((tmp_path / ".inputs" / "fashion-2.0.json").read_text())
     assert stamp["key"] == "fashion-2.0" and stamp["format"] == "onnx" and len(stamp["eval"]) == 64
 
@@ -136,13 +140,19 @@ def test_a_stamp_changes_only_when_the_versions_own_inputs_do(capsys, tmp_path):
     assert capsys.readouterr().out.endswith("digits-1.0.json: updated\n")  # its handler options changed
 
 
+def live_server_registry():
+    from marforge.project import Project
+
+    return Project.at(REGISTRY).registry
+
+
 @pytest.mark.integration
 def test_status_predict_and_a_refused_rollout_against_the_live_server(live_server, store, samples, capsys):
     run_dir = str(live_server.run_dir.path)
     from marforge.serve import status
 
     code, out, _ = run(capsys, "--json", "status", "--run-dir", run_dir)
-    assert code == 0 and json.loads(out) == status.collect(live_server.client)
+    assert code == 0 and json.loads(out) == status.annotate(status.collect(live_server.client), live_server_registry())
     path, label = samples["fashion"][0]
     code, out, _ = run(capsys, "predict", "fashion", str(path), "--version", "2.0", "--run-dir", run_dir)
     assert code == 0 and json.loads(out)["predictions"][0]["label"] == label

@@ -31,11 +31,24 @@ def test_every_version_has_ready_workers(live_server, registry):
 
 
 def test_every_version_answers_the_samples_correctly(live_server, registry, samples):
+    """A labelled sample gets its true label; an unlabelled one (the CheXNet demo's generated images)
+    gets the source model's answer, through torchvision's own transforms."""
+    from marforge import shipped
+    from marforge.build import verify
+    from marforge.build.archive import handler_section
+    from marforge.build.weights import read_metadata
+
     for mv in registry.all_versions():
-        for path, label in samples[mv.name]:
+        config = shipped.contract().HandlerConfig.from_dict(handler_section(mv, read_metadata(mv)))
+        expected = verify.source_probabilities(mv, config, [path for path, _ in samples[mv.name]])
+        for (path, label), probabilities in zip(samples[mv.name], expected.tolist()):
             answer = live_server.client.predict(mv.name, path.read_bytes(), version=mv.version)
             assert (answer["model"], answer["version"]) == (mv.name, mv.version)
-            assert answer["predictions"][0]["label"] == label, f"{mv.key} on {path.name}"
+            said, carried = verify.answered(config, answer)
+            assert said == verify.decision(config, probabilities), f"{mv.key} on {path.name}"
+            assert carried == pytest.approx({i: probabilities[i] for i in carried}, abs=1e-4)
+            if label is not None:
+                assert answer["predictions"][0]["label"] == label, f"{mv.key} on {path.name}"
 
 
 def test_the_unversioned_url_reaches_the_configured_default(live_server, registry, samples):
@@ -152,3 +165,31 @@ def test_a_burst_of_256_clients_is_queued_not_refused(live_server, samples):
                                   headers={"Authorization": f"Bearer {client.key('inference')}"}))
     statuses = sorted({s.status for s in result.samples})
     assert len(result.samples) > 256 and result.errors == 0, f"{result.errors} failed, statuses {statuses}"
+
+
+def test_explanations_over_http_for_every_model_and_a_4xx_for_bad_input(live_server, registry, samples):
+    for name in registry.models:
+        path, _ = samples[name][0]
+        answer = live_server.client.explain(name, path.read_bytes())
+        top = max(answer["predictions"], key=lambda p: p["probability"])
+        assert answer["explanation"]["method"] in {"grad-cam", "saliency"}
+        assert answer["explanation"]["maps"][0]["label"] in {top["label"], *(p["label"] for p in answer.get("positive", []))}
+    with pytest.raises(ApiError) as caught:
+        live_server.client.explain("fashion", b"not an image")
+    assert caught.value.status == 400 and json.loads(caught.value.body)["type"] == "InvalidImage"
+
+
+def test_make_explain_writes_the_heatmaps_over_the_image(live_server, samples, tmp_path, capsys):
+    from PIL import Image
+
+    from marforge.cli import main
+
+    path, label = samples["fashion"][0]
+    out = tmp_path / "boot.png"
+    code = main(["explain", "fashion", str(path), "--version", "2.0", "--out", str(out),
+                 "--run-dir", str(live_server.run_dir.path)])
+    assert code == 0
+    line = capsys.readouterr().out
+    assert line.startswith(f"fashion 2.0: grad-cam on dropout1 for {label} (") and line.endswith(f" -> {out}\n")
+    with Image.open(out) as picture:
+        assert picture.format == "PNG" and picture.size == (28, 28 + 18)  # one panel: the image and its caption

@@ -121,7 +121,7 @@ def test_half_precision_on_this_cpu_machine_serves_float32(registry, tmp_path, c
         assert {p.dtype for p in handler.model.parameters()} == {torch.float32}
         paths = [path for path, _ in verify.sample_files(mv)]
         answers = loaded.predict([{"body": p.read_bytes()} for p in paths])
-        expected = verify.source_probabilities(mv, loaded.service.context.model_yaml_config["handler"], paths)
+        expected = verify.source_probabilities(mv, loaded.handler.config, paths)
     assert "half_precision ignored on the CPU" in caplog.text
     for probs, answer in zip(expected, answers):
         assert answer.status == 200
@@ -153,7 +153,8 @@ def test_quantized_archive_on_a_gpu_worker_loads_on_the_cpu(registry, tmp_path, 
     assert (handler.device, handler.map_location, handler.placement.device) == (cpu, "cpu", cpu)
     assert context.system_properties["gpu_id"] == 0  # put back after loading
     batch = torch.zeros(2, 1, 28, 28)
-    probabilities, _ = handler.inference((batch, [0, 1]))
+    probabilities, _, explanations = handler.inference((batch, [0, 1], [(28, 28)] * 2))
+    assert explanations == {}
     assert probabilities.dtype == torch.float32 and probabilities.shape == (2, 10)
 
 
@@ -201,6 +202,6 @@ def test_onnx_archive_on_a_gpu_worker_without_onnxruntime_gpu_says_it_runs_on_th
     assert "onnxruntime has no CUDA provider here" in caplog.text and "cuda:1" in caplog.text
     paths = [path for path, _ in verify.sample_files(mv)]
     inputs = torch.stack([image_io.prepare({"body": p.read_bytes()}, handler.config) for p in paths])
-    probabilities, _ = handler.inference((inputs, list(range(len(paths)))))
-    expected = verify.source_probabilities(mv, context.model_yaml_config["handler"], paths)
+    probabilities, _, _ = handler.inference((inputs, list(range(len(paths))), [(28, 28)] * len(paths)))
+    expected = verify.source_probabilities(mv, handler.config, paths)
     assert torch.allclose(probabilities, torch.stack(list(expected)), atol=1e-4)

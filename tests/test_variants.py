@@ -54,16 +54,19 @@ def test_formats_are_named_after_the_registry_format(registry, built):
         assert mar.archive_format(path) == fmt
 
 
-def test_self_contained_formats_have_no_model_file(registry, built):
+def test_self_contained_formats_load_without_a_model_file_and_carry_the_eager_one_for_explanations(registry, built):
     suffix = {"eager": ".pt", "compile": ".pt", "torchscript": ".pt", "quantized": ".pt", "onnx": ".onnx"}
     for (version, fmt), (path, _) in built.items():
+        mv = registry.get("fashion", version)
         manifest = mar.manifest_of(path)
         with zipfile.ZipFile(path) as archive_file:
             names = set(archive_file.namelist())
-        model_def = registry.get("fashion", version).model_def.name
-        assert ("modelFile" in manifest) == (fmt not in SELF_CONTAINED)
-        assert (model_def in names) == (fmt not in SELF_CONTAINED)
+        assert ("modelFile" in manifest) == (fmt not in SELF_CONTAINED)  # BaseHandler loads the serialized file
         assert manifest["serializedFile"].endswith(suffix[fmt])
+        assert {mv.model_def.name, mv.weights.name} <= names  # the eager model, as model file or for explanations
+        stamp = config_of(path)["marforge"]
+        assert stamp == ({"format": fmt, "eager": {"model_file": mv.model_def.name, "weights": mv.weights.name}}
+                         if fmt in SELF_CONTAINED else {"format": fmt})
 
 
 def test_compile_asks_torchserve_for_inductor(built):

@@ -6,5 +6,9 @@
     verify.py    loads an archive as a worker does and compares it with the source model
     worker.py    a TorchServe worker's loading and predict path, in-process, without a server
     mar.py       reading a built archive: manifest, model-config.yaml, format stamp
+    checkpoints.py  foreign checkpoints: what a file is, where its tensors are, key matching by rules
+    importer.py  `marforge import`: a foreign checkpoint becomes weights/<key>.pt with provenance
+    presets.py   what an import knows about a known network (chexnet)
+    synthetic.py labelled synthetic stand-ins: a CheXNet-format checkpoint, the demo's samples
     inputs.py    what an archive is built from, for the Makefile's rebuild decisions
 """

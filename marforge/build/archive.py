@@ -58,6 +58,7 @@ def run_archiver(mv, variant, handler, work, handlers_dir):
     config = work / contract.CONFIG_FILE
     config.write_text(yaml.safe_dump({"handler": handler, **variant.config}, sort_keys=False))
     handler_file, modules = shipped.files(handlers_dir)
+    modules = [*modules, *variant.extra_files]
     command = [
         str(Path(sys.executable).with_name("torch-model-archiver")),
         "--model-name", mv.name, "--version", mv.version, *variant.archiver_args(),

@@ -1,8 +1,9 @@
 """Archive formats: what each one serializes, what the archiver gets, and how closely it must agree.
 
-One version's weights can be archived in five formats (`FORMATS`); the handler, its `handler:`
-config and the verification are the same for all of them (marforge/archive.py). `prepare` writes the
-serialized file of one format into a work dir and says how to archive it:
+One version's weights can be archived in five formats (`formats()`, the contract's list); the
+handler, its `handler:` config and the verification are the same for all of them (archive.py,
+verify.py). `prepare` writes the serialized file of one format into a work dir and says how to
+archive it:
 
 - eager:       the model file and the state_dict; TorchServe builds the class and loads the weights.
 - torchscript: the eval-mode model traced on an example input; no model file, so BaseHandler uses
@@ -16,7 +17,9 @@ serialized file of one format into a work dir and says how to archive it:
 - quantized:   the nn.Linear layers dynamically quantized to int8, then traced like torchscript.
 
 The archive records its format with the contract's stamp (handlers/contract.py) so that it can be
-verified later with the right tolerance, and so that a worker places it right.
+verified later with the right tolerance, and so that a worker places it right. An archive whose
+serialized file is not the eager model (torchscript, onnx, quantized) also carries the model file
+and the weights, named in the stamp, for explanations, which need the eager model's gradients.
 """
 
 from dataclasses import dataclass, field
@@ -69,6 +72,7 @@ class Variant:
     serialized_file: Path
     model_file: Path = None  # None: the serialized file is self-contained (TorchScript, ONNX)
     config: dict = field(default_factory=dict)  # extra model-config.yaml sections
+    extra_files: tuple = ()  # carried at the archive's root beside the handler's modules
 
     def archiver_args(self):
         args = ["--serialized-file", str(self.serialized_file)]
@@ -84,8 +88,9 @@ def prepare(mv, fmt, metadata, work_dir):
     except Exception as exc:  # e.g. onnx missing, or a model the tracer or exporter cannot handle
         raise ArchiveError(f"cannot write the {fmt} model of {mv.key}: {type(exc).__name__}: {exc}",
                            "pip install -r requirements.txt if a module is missing; else try another --format") from None
-    return Variant(variant.fmt, variant.serialized_file, variant.model_file,
-                   {**variant.config, **shipped.contract().format_stamp(fmt)})
+    eager = None if variant.model_file else (mv.model_def, mv.weights)  # carried for explanations
+    stamp = shipped.contract().format_stamp(fmt, eager and (eager[0].name, eager[1].name))
+    return Variant(variant.fmt, variant.serialized_file, variant.model_file, {**variant.config, **stamp}, eager or ())
 
 
 def source_model(mv):

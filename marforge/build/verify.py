@@ -1,18 +1,22 @@
 """Verify an archive against its source model before anything serves it.
 
-`check` unpacks an archive, loads it as a worker does (worker.py), predicts the model's sample
-images and its eval set in batches of the version's batch_size, and compares each answer with the
-eager source model (model definition + weights) run in-process through the same preprocessing:
-the same top-1 and probabilities within 1e-5 for an eager archive, each other format within its
-own tolerance (variants.TOLERANCES). For a `compile` archive it also checks that inductor really
-compiled the model (TorchServe falls back to eager with a warning).
+`check` unpacks an archive, loads it as a worker does (worker.py), predicts the version's sample
+images and its eval set (eval/<name>/, when it has one) in batches of the version's batch_size, and
+compares every answer with the eager source model (model definition + weights) run in-process
+through torchvision's own transforms (Resize, CenterCrop or TenCrop, ToTensor, Normalize: an
+implementation independent of the handler's): the probabilities the answer carries (the top-k of a
+multiclass model, every label of a multilabel one) within 1e-5 for an eager archive and each other
+format's own tolerance (variants.TOLERANCES), and the same decision (top-1 label, or set of positive
+labels) on at least the tolerance's share of images. Labelled eval images are also scored:
+accuracy for one label per image, mean AUROC for several. For a `compile` archive it also checks
+that inductor really compiled the model (TorchServe falls back to eager with a warning).
 """
 
 import dataclasses
 import time
 import zipfile
 
-from marforge import labelled, shipped
+from marforge import labelled, scores, shipped
 from marforge.build import variants
 from marforge.build.mar import archive_format, manifest_of
 from marforge.build.weights import build_model
@@ -25,32 +29,36 @@ class Verification:
     """What verifying one archive measured."""
 
     fmt: str
-    samples: list  # one {"sample": file name, "top1": prediction} per sample image
+    samples: list  # one {"sample": file name, "top1": the most likely label's prediction} per sample image
     images: int  # images compared with the source model: the samples and the eval set
-    top1_agreement: float  # share of them with the source model's top-1 class
-    max_probability_diff: float  # over the probabilities the handler returns (top-k)
-    accuracy: float  # of the archive on the eval set's true labels
+    top1_agreement: float  # share of them with the source model's decision (top-1, or positive set)
+    max_probability_diff: float  # over the probabilities the handler returns
+    accuracy: float  # of a multiclass archive on the eval set's true labels (None: no labelled eval set)
     tolerance: variants.Tolerance
     serialized_bytes: int  # size of the archive's serialized model file
     verify_s: float
     compiled_graphs: int = None  # compile format: graphs inductor compiled for the batches run
     build_s: float = None  # set by archive.build
+    mean_auroc: float = None  # of a multilabel archive on a labelled eval set
+    notes: tuple = ()  # what could not be checked, and why
 
     def with_build_time(self, seconds):
         return dataclasses.replace(self, build_s=seconds)
 
     def summary(self):
         compiled = f", inductor compiled {self.compiled_graphs} graph(s)" if self.compiled_graphs is not None else ""
+        quality = (f", eval accuracy {self.accuracy:.4f}" if self.accuracy is not None else "") + (
+            f", eval mean AUROC {self.mean_auroc:.4f}" if self.mean_auroc is not None else "")
+        notes = "".join(f"; {note}" for note in self.notes)
         return (f"{self.fmt}: {self.images} images, top-1 agreement {self.top1_agreement:.4f} "
                 f"(>= {self.tolerance.top1_agreement}), max probability difference {self.max_probability_diff:.2e} "
-                f"(<= {self.tolerance.probability}), eval accuracy {self.accuracy:.4f}, "
-                f"model file {self.serialized_bytes} bytes{compiled}")
+                f"(<= {self.tolerance.probability}){quality}, model file {self.serialized_bytes} bytes{compiled}{notes}")
 
 
 def sample_files(mv):
-    """The version's sample images with their true labels: [(path, label)]."""
+    """The version's sample images with their labels: [(path, label)] (a label may be None: unlabelled)."""
     return labelled.read(mv.samples, f"sample images for {mv.name}",
-                         f"put a few labelled images in {mv.samples}/ with a labels.json (file -> label)")
+                         f"put a few images in {mv.samples}/ with a labels.json (file -> label, or null)")
 
 
 def eval_files(mv):
@@ -68,28 +76,31 @@ def check(mar_path, mv):
                            f"{manifest.get('modelVersion')}, expected {mv.name} {mv.version}")
     fmt = archive_format(mar_path)
     try:
-        samples, evals = sample_files(mv), eval_files(mv)
+        samples = sample_files(mv)
+        evals = eval_files(mv) if labelled.exists(mv.eval_dir) else []
     except DataError as exc:
         raise ArchiveError(f"{mar_path}: cannot verify: {exc.message}", exc.hint) from None
+    notes = () if evals else (f"no eval set in {mv.eval_dir}: compared on the {len(samples)} sample(s) only",)
     paths = [path for path, _ in samples + evals]
-    answers, config, graphs = run_loaded(mar_path, mv, fmt, paths)
+    answers, section, graphs = run_loaded(mar_path, mv, fmt, paths)
     for path, answer in zip(paths, answers):
         if answer.status != 200:
             raise ArchiveError(f"{mar_path}: image {path.name} got HTTP {answer.status}: {answer.body[:300]!r}")
-    top1 = [answer.json()["predictions"] for answer in answers]
+    config = shipped.contract().HandlerConfig.from_dict(section)
+    bodies = [answer.json() for answer in answers]
     expected = source_probabilities(mv, config, paths)
-    agreement, max_diff = compare(mar_path, fmt, paths, top1, expected)
-    correct = [predictions[0]["label"] == label for predictions, (_, label) in zip(top1[len(samples):], evals)]
-    return Verification(fmt, [{"sample": path.name, "top1": predictions[0]}
-                              for (path, _), predictions in zip(samples, top1)],
-                        len(paths), agreement, max_diff, sum(correct) / len(correct), variants.TOLERANCES[fmt],
-                        serialized_size(mar_path, manifest), time.monotonic() - started, graphs)
+    agreement, max_diff = compare(mar_path, fmt, config, paths, bodies, expected)
+    accuracy, auroc = quality(config, bodies[len(samples):], [label for _, label in evals])
+    return Verification(fmt, [{"sample": path.name, "top1": max(body["predictions"], key=lambda p: p["probability"])}
+                              for (path, _), body in zip(samples, bodies)],
+                        len(paths), agreement, max_diff, accuracy, variants.TOLERANCES[fmt],
+                        serialized_size(mar_path, manifest), time.monotonic() - started, graphs, None, auroc, notes)
 
 
 def run_loaded(mar_path, mv, fmt, paths):
     """Predict `paths` with the archive loaded as a worker does, in batches of the version's batch_size.
 
-    Returns (answers, the handler's config, graphs inductor compiled or None when fmt is not compile).
+    Returns (answers, the handler's config section, graphs inductor compiled or None when fmt is not compile).
     """
     size = mv.serving["batch_size"]
     rows = [{"body": path.read_bytes()} for path in paths]
@@ -106,24 +117,60 @@ def run_loaded(mar_path, mv, fmt, paths):
                            "read the error above; fix the handler, model file or weights and rebuild") from None
 
 
-def compare(mar_path, fmt, paths, top1, expected):
-    """Top-1 agreement and largest probability difference with the source model; raise past the tolerance."""
+def decision(config, probabilities):
+    """What an answer decides from a probability vector: the top-1 index, or the set of positive labels."""
+    if config.task == "multilabel":
+        return frozenset(i for i, p in enumerate(probabilities) if p >= config.threshold_of(i))
+    return max(range(len(probabilities)), key=lambda i: probabilities[i])
+
+
+def answered(config, body):
+    """(the decision an answer states, {label index: probability} of the probabilities it carries)."""
+    carried = {p["index"]: p["probability"] for p in body["predictions"]}
+    if config.task == "multilabel":
+        return frozenset(p["index"] for p in body["positive"]), carried
+    return body["predictions"][0]["index"], carried
+
+
+def compare(mar_path, fmt, config, paths, bodies, expected):
+    """Decision agreement and largest probability difference with the source model; raise past the tolerance."""
     tolerance = variants.TOLERANCES[fmt]
-    disagree = [(path, predictions[0], int(probs.argmax()))
-                for path, predictions, probs in zip(paths, top1, expected) if predictions[0]["index"] != int(probs.argmax())]
+    disagree, worst = [], (0.0, None, None, None, None)
+    for path, body, probs in zip(paths, bodies, expected.tolist()):
+        said, carried = answered(config, body)
+        if said != decision(config, probs):
+            disagree.append((path, said, decision(config, probs)))
+        for index, probability in carried.items():
+            if abs(probability - probs[index]) >= worst[0]:
+                worst = (abs(probability - probs[index]), path, index, probability, probs[index])
     agreement = 1 - len(disagree) / len(paths)
     if agreement < tolerance.top1_agreement:
-        path, said, index = disagree[0]
+        path, said, source = disagree[0]
         raise ArchiveError(f"{mar_path}: {len(disagree)} of {len(paths)} images disagree with the source model "
-                           f"on the top-1 class ({fmt} needs agreement >= {tolerance.top1_agreement}); "
-                           f"{path.name}: archive says {said['label']}, source model says index {index}")
-    diffs = [(abs(p["probability"] - float(probs[p["index"]])), path, p, float(probs[p["index"]]))
-             for path, predictions, probs in zip(paths, top1, expected) for p in predictions]
-    worst, path, p, source = max(diffs, key=lambda d: d[0])
-    if worst > tolerance.probability:
-        raise ArchiveError(f"{mar_path}: image {path.name}: probability of {p['label']} is {p['probability']:.7f} "
+                           f"on the {'positive labels' if config.task == 'multilabel' else 'top-1 class'} "
+                           f"({fmt} needs agreement >= {tolerance.top1_agreement}); {path.name}: archive says "
+                           f"{_named(config, said)}, source model says {_named(config, source)}")
+    diff, path, index, probability, source = worst
+    if diff > tolerance.probability:
+        raise ArchiveError(f"{mar_path}: image {path.name}: probability of {config.labels[index]} is {probability:.7f} "
                            f"in the archive, {source:.7f} in the source model ({fmt} tolerance {tolerance.probability})")
-    return agreement, worst
+    return agreement, diff
+
+
+def _named(config, said):
+    if isinstance(said, frozenset):
+        return "{" + ", ".join(config.labels[i] for i in sorted(said)) + "}"
+    return config.labels[said]
+
+
+def quality(config, bodies, labels):
+    """(accuracy, mean AUROC) of the eval set's answers against its labels; None where not measurable."""
+    if not labels or any(label is None for label in labels):
+        return None, None
+    if config.task == "multilabel":
+        probabilities = [[p["probability"] for p in body["predictions"]] for body in bodies]
+        return None, scores.mean_auroc(probabilities, labels, config.labels)[0]
+    return scores.accuracy([body["predictions"][0]["label"] for body in bodies], labels), None
 
 
 def serialized_size(mar_path, manifest):
@@ -131,13 +178,26 @@ def serialized_size(mar_path, manifest):
         return archive.getinfo(manifest["serializedFile"]).file_size
 
 
-def source_probabilities(mv, handler_config, image_paths):
-    """Class probabilities of the source model (model_defs + weights) with the handler's preprocessing."""
+def source_probabilities(mv, config, image_paths):
+    """Probabilities (N x labels) of the source model (model_defs + weights) on `image_paths`, through
+    torchvision's transforms for the configured geometry, averaged over the views after the activation."""
     import torch
+    from torchvision import transforms
 
-    image_io = shipped.module("image_io")
-    config = shipped.contract().HandlerConfig.from_dict(handler_config)
+    image_io, contract = shipped.module("image_io"), shipped.contract()
+    tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(config.mean, config.std)])
+    if config.crop == "none":
+        views = transforms.Compose([transforms.Resize(list(config.image_size)), lambda image: [image]])
+    elif config.crop == "center":
+        views = transforms.Compose([transforms.Resize(config.resize), transforms.CenterCrop(list(config.image_size)),
+                                    lambda image: [image]])
+    else:
+        views = transforms.Compose([transforms.Resize(config.resize), transforms.TenCrop(list(config.image_size))])
     model = build_model(mv.model_def, mv.weights)
-    inputs = torch.stack([image_io.prepare({"body": p.read_bytes()}, config) for p in image_paths])
+    rows = []
     with torch.inference_mode():
-        return torch.softmax(model(inputs).float(), dim=1)
+        for path in image_paths:
+            image = image_io.decode({"body": path.read_bytes()}, config)
+            inputs = torch.stack([tensor(view) for view in views(image)])
+            rows.append(contract.activate(model(inputs), config).mean(dim=0))
+    return torch.stack(rows)

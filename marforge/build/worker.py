@@ -93,10 +93,12 @@ class LoadedArchive:
         """The handler object the worker built (its `model` is what BaseHandler loaded); None for a function."""
         return getattr(self.service._entry_point, "__self__", None)
 
-    def predict(self, rows):
+    def predict(self, rows, headers=None):
         """Send one batch; each row maps parameter names to values, as the frontend would send them.
 
         A value that is a dict or list is sent as JSON (as for Content-Type: application/json).
+        `headers` (one dict per row, or None) are request headers as the frontend passes them, e.g.
+        {"explain": "True"} for a request to /explanations.
         """
         batch = []
         for i, row in enumerate(rows):
@@ -105,7 +107,8 @@ class LoadedArchive:
                  "value": v}
                 for name, v in row.items()
             ]
-            batch.append({"requestId": f"req-{i}".encode(), "parameters": parameters, "headers": []})
+            request_headers = [{"name": k.encode(), "value": v.encode()} for k, v in ((headers or [{}] * len(rows))[i]).items()]
+            batch.append({"requestId": f"req-{i}".encode(), "parameters": parameters, "headers": request_headers})
         return decode_predict_response(self.service.predict(batch))
 
     def __exit__(self, *exc):

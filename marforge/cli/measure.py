@@ -33,8 +33,9 @@ def cmd_bench(args):
             results, kind = experiments.queue(project, mv, seconds=seconds, log=_log(args)), "queue"
         else:
             results, kind = experiments.bench(project, mv, seconds=seconds, concurrencies=concurrencies,
-                                              formats=formats, log=_log(args)), "bench"
-    out_dir, table = report.write(kind, results, project.bench_results, doc_dir)
+                                              formats=formats, images=args.images, log=_log(args)), "bench"
+    block = f"{kind}-{args.name}" if kind == "bench" else kind  # docs/performance.md has a bench block per model
+    out_dir, table = report.write(kind, results, project.bench_results, doc_dir, block)
     where = f"written to {out_dir}/" + (f" and {doc_dir / report.DOC}" if doc_dir else "")
     return Output(f"{table}{where}", results)
 
@@ -69,6 +70,7 @@ def add_commands(command):
     p.add_argument("--concurrency", default="1,16,64", help="comma-separated client counts")
     p.add_argument("--formats", help="archive formats to add as (e) rows (default: eager, torchscript, onnx and "
                    "quantized, less the registry's own; compile on request), e.g. torchscript,compile")
+    p.add_argument("--images", help="a folder of images to send (default: the model's eval set, else its samples)")
     p.add_argument("--verbose", action="store_true", help="print each row as it is measured")
     p.add_argument("--no-docs", action="store_true", help="do not write the tables into docs/performance.md")
     p.add_argument("--sweep", action="store_true", help="instead: marforge's server at each concurrency for "

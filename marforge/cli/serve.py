@@ -20,7 +20,7 @@ def cmd_serve(args):
 
     project = project_of(args)
     started = launch.serve(project, timeout=args.timeout)
-    rows = status.collect(started.client)
+    rows = status.annotate(status.collect(started.client), project.registry)
     return Output(serve_summary(project, started, rows),
                   {"pid": started.pid, "endpoints": vars(started.client.endpoints), "logs": str(started.run_dir.logs),
                    "versions": rows})
@@ -36,6 +36,7 @@ def serve_summary(project, started, rows):
              f"  logs       {started.run_dir.logs}"]
     for name in dict.fromkeys(r["model"] for r in rows):
         lines.append(f"  {name}: " + ", ".join(r["version"] + (" (default)" if r["default"] else "")
+                                              + (f" [{r['note']}]" if r.get("note") else "")
                                               for r in rows if r["model"] == name))
     first = next(iter(project.registry.models.values()))
     (sample, _), *_ = sample_files(first.versions[first.default_version])
@@ -58,13 +59,26 @@ def cmd_stop(args):
 def cmd_status(args):
     from marforge.serve import status
 
-    rows = status.collect(_run_dir(args).client())
+    project = project_of(args)
+    rows = status.annotate(status.collect(_run_dir(args, project).client()), project.registry)
     return Output(status.format_table(rows), rows)
 
 
 def cmd_predict(args):
     answer = _run_dir(args).client().predict(args.name, Path(args.image).read_bytes(), version=args.version)
     return Output(json.dumps(answer, indent=2), answer)
+
+
+def cmd_explain(args):
+    from marforge.serve import overlay
+
+    image = Path(args.image).read_bytes()
+    answer = _run_dir(args).client().explain(args.name, image, version=args.version)
+    out = Path(args.out or Path(args.image).with_suffix("").name + ".explained.png")
+    out.write_bytes(overlay.render(image, answer))
+    maps = ", ".join(f"{m['label']} ({m['probability']:.3f})" for m in answer["explanation"]["maps"])
+    return Output(f"{answer['model']} {answer['version']}: {answer['explanation']['method']} on "
+                  f"{answer['explanation']['layer'] or 'the input'} for {maps} -> {out}", {**answer, "png": str(out)})
 
 
 def cmd_token(args):
@@ -113,6 +127,14 @@ def add_commands(command):
     p.add_argument("name")
     p.add_argument("image")
     p.add_argument("--version", help="a specific version (default: the model's default version)")
+    add_paths(p, "run_dir")
+
+    p = command("explain", cmd_explain, "where the model looked: POST /explanations, heatmaps over the image as a PNG",
+                "python -m marforge explain fashion samples/fashion/00000-ankle-boot.png --out boot.png")
+    p.add_argument("name")
+    p.add_argument("image")
+    p.add_argument("--version", help="a specific version (default: the model's default version)")
+    p.add_argument("--out", help="the PNG to write (default: <image name>.explained.png here)")
     add_paths(p, "run_dir")
 
     p = command("token", cmd_token, "print the server's inference key (for curl); prints nothing else",

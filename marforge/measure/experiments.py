@@ -21,8 +21,10 @@ import os
 import time
 from pathlib import Path
 
+from marforge import labelled
 from marforge.build import variants
-from marforge.build.verify import eval_files
+from marforge.build.verify import eval_files, sample_files
+from marforge.errors import DataError
 from marforge.measure import fixtures, machine, targets
 from marforge.measure.sampling import measure, warm_up
 
@@ -47,9 +49,18 @@ def bench_formats(mv, asked=None):
     return list(asked) if asked else [f for f in variants.BENCH_FORMATS if f != mv.format]
 
 
-def images_of(mv):
-    """The eval images every row sends: [path] and their bytes."""
-    paths = [path for path, _ in eval_files(mv)]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def images_of(mv, folder=None):
+    """The images every row sends, as ([path], [bytes]): every image file in `folder` when given,
+    else the model's eval set, else the version's samples."""
+    if folder is not None:
+        paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise DataError(f"{folder}: no images to send (looked for {', '.join(IMAGE_SUFFIXES)})")
+    else:
+        paths = [path for path, _ in (eval_files(mv) if labelled.exists(mv.eval_dir) else sample_files(mv))]
     return paths, [p.read_bytes() for p in paths]
 
 
@@ -89,9 +100,10 @@ def rows_of(label, target, bodies, concurrencies, seconds):
             for c in concurrencies]
 
 
-def bench(project, mv, seconds=10.0, concurrencies=(1, 16, 64), formats=None, log=print):
-    """Every row at every concurrency; returns the results (machine, rows, ratios, targets)."""
-    paths, bodies = images_of(mv)
+def bench(project, mv, seconds=10.0, concurrencies=(1, 16, 64), formats=None, images=None, log=print):
+    """Every row at every concurrency; returns the results (machine, rows, ratios, targets). `images`: a
+    folder of images to send instead of the model's own (see images_of)."""
+    paths, bodies = images_of(mv, images)
     store = project.model_store
     rows = [ceiling(mv.archive_path(store), paths, seconds, mv.serving["batch_size"])]
     log(f"{rows[-1]}")
@@ -113,6 +125,7 @@ def bench(project, mv, seconds=10.0, concurrencies=(1, 16, 64), formats=None, lo
     for fmt in bench_formats(mv, formats):
         served(f"(e) marforge {fmt}", fixtures.format_server(project, mv, fmt))
     return {"model": mv.key, "format": mv.format, "seconds": seconds, "machine": machine.describe(project.root),
+            "images": f"{len(paths)} from {paths[0].parent}",
             "rows": rows, "ratios": targets.ratios(rows, concurrencies), "targets": targets.check(rows)}
 
 

@@ -33,7 +33,7 @@ def _head(title, results, columns):
 
 def bench_markdown(results):
     lines = _head(f"`make bench`: {results['model']} served as {results.get('format', '?')}, "
-                  f"{results['seconds']:g} s per row", results,
+                  f"{results.get('images', 'its eval images')}, {results['seconds']:g} s per row", results,
                   [("row", "l"), ("conc.", "r"), ("req/s", "r"), ("p50 ms", "r"), ("p90 ms", "r"), ("p99 ms", "r"),
                    ("errors", "r"), ("loadgen CPU", "r"), ("server CPU (cores)", "l"), ("peak RSS MB", "r")])
     for r in results["rows"]:

@@ -7,6 +7,7 @@
     client.py   the inference, management and metrics APIs, with tokens and typed errors
     state.py    what the run dir remembers across restarts (promoted defaults, history)
     status.py   what is served right now
+    overlay.py  an explanation's heatmaps drawn over its image (make explain)
     gate.py     a rollout's measurements: the gate before promotion, the watch after
     rollout.py  gated promotion, watch, automatic rollback, drained retirement
 """

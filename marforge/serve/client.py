@@ -89,6 +89,13 @@ class Client:
                                  headers={"Content-Type": content_type})
         return response.json()
 
+    def explain(self, name, data, version=None, content_type="application/octet-stream"):
+        """POST one image to /explanations/NAME[/VERSION]: the answer plus where the model looked."""
+        path = f"/explanations/{name}" + (f"/{version}" if version else "")
+        response = self._request("POST", self.endpoints.inference + path, "inference", data=data,
+                                 headers={"Content-Type": content_type})
+        return response.json()
+
     def ping(self):
         return self._request("GET", self.endpoints.inference + "/ping", "inference").json()
 

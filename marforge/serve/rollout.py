@@ -126,6 +126,19 @@ def drain_and_unregister(client, name, version, quiet_s=2.0, timeout=120.0):
         time.sleep(0.1)
 
 
+def gate_detail(c, d, source, checks):
+    """The gate step's line: the figures compared, on what, and the checks that could not run."""
+    if c.get("accuracy") is not None:
+        figures = f"accuracy {c['accuracy']:.4f} vs {d['accuracy']:.4f}, "
+    elif c.get("mean_auroc") is not None:
+        figures = f"mean AUROC {c['mean_auroc']:.4f} vs {d['mean_auroc']}, "
+    else:
+        figures = f"agreement {c.get('agreement', 0):.4f} with the default, "
+    skipped = [f"{ch['check']} ({ch['detail']})" for ch in checks if not ch["ran"]]
+    return (f"{figures}p99 {c['p99_ms']:.1f} vs {d['p99_ms']:.1f} ms on {c['n']} {source}"
+            + (f"; not run: {'; '.join(skipped)}" if skipped else ""))
+
+
 def rollout(client, project, name, version, retire=False, watch_s=None, log=print):
     """Promote `name` `version` of `project` through every step above; returns the RolloutReport."""
     registry, model_store, run_dir = project.registry, project.model_store, RunDir(project.run_dir)
@@ -133,7 +146,8 @@ def rollout(client, project, name, version, retire=False, watch_s=None, log=prin
     rules = registry.models[name].rollout
     report = RolloutReport(name, version)
     with _step(report, "preflight", log) as s:
-        images = gate.eval_set(registry.models[name])
+        images, source, is_labelled = gate.images_for(registry.models[name], mv)
+        task = gate.task_of(mv)
         needs_register = preflight(client, mv, model_store, run_dir)
         report.previous = client.default_version(name)
         if report.previous == version:
@@ -145,12 +159,13 @@ def rollout(client, project, name, version, retire=False, watch_s=None, log=prin
         client.wait_ready([(name, version)], timeout=rules["ready_timeout_s"])
         s["detail"] = f"{mv.serving['workers']} worker(s) READY"
     with _step(report, "gate", log) as s:
-        results = gate.measure(client, name, [version, report.previous], images)
+        results = gate.measure(client, name, [version, report.previous], images, task)
         c, d = results[version], results[report.previous]
-        report.gate = {"candidate": c, "default": d, "rules": rules}
-        s["detail"] = (f"accuracy {c['accuracy']:.4f} vs {d['accuracy']:.4f}, p99 {c['p99_ms']:.1f} vs "
-                       f"{d['p99_ms']:.1f} ms on {c['n']} eval images")
-        reasons = gate.judge(c, d, rules)
+        reasons, checks = gate.judge(c, d, rules, is_labelled, task)
+        for summary in (c, d):
+            summary.pop("decisions")  # judged; not worth a line each in the report
+        report.gate = {"images": source, "candidate": c, "default": d, "rules": rules, "checks": checks}
+        s["detail"] = gate_detail(c, d, source, checks)
         if reasons:
             if needs_register:
                 client.unregister(name, version)

@@ -4,6 +4,8 @@ Readiness comes from the management API's describe (worker status READY), never 
 which answers Healthy while workers crash.
 """
 
+from marforge.build.weights import read_metadata
+from marforge.errors import MarforgeError
 from marforge.serve.client import version_ready
 
 
@@ -26,10 +28,24 @@ def collect(client):
     return rows
 
 
+def annotate(rows, registry):
+    """Add each row's `note` from its weights' metadata (synthetic weights say so), when the registry
+    knows the version."""
+    for row in rows:
+        row["note"] = None
+        try:
+            row["note"] = read_metadata(registry.get(row["model"], row["version"])).get("synthetic")
+        except MarforgeError:  # a version registered by hand, or files not here: nothing to add
+            continue
+    return rows
+
+
 def format_table(rows):
     lines = [f"{'MODEL':<12} {'VERSION':<9} {'DEFAULT':<8} {'READY':<6} {'WORKERS':<24} {'QUEUE':>5}  ARCHIVE"]
     for r in rows:
         pending = "-" if r["pending"] is None else r["pending"]
+        note = f"  ({r['note']})" if r.get("note") else ""
         lines.append(f"{r['model']:<12} {r['version']:<9} {'yes' if r['default'] else '':<8} "
-                     f"{'yes' if r['ready'] else 'NO':<6} {','.join(r['workers']) or 'none':<24} {pending:>5}  {r['archive']}")
+                     f"{'yes' if r['ready'] else 'NO':<6} {','.join(r['workers']) or 'none':<24} {pending:>5}  "
+                     f"{r['archive']}{note}")
     return "\n".join(lines)

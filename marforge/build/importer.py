@@ -1,0 +1,123 @@
+"""`marforge import`: a network trained elsewhere becomes a registry version like any other.
+
+    python -m marforge import chexnet 1.0 --checkpoint model.pth.tar --preset chexnet
+
+The checkpoint is read safely and its keys matched to the model definition (checkpoints.py), the
+model's output size is checked against the labels, and the result is written as the project's own
+kind of weights: `weights/<name>-<version>.pt`, a plain state_dict under the model's names, with
+`weights/<name>-<version>.json` recording the preprocessing, labels and outputs the handler needs
+and, instead of a training recipe, the checkpoint's source (file name, sha256, size, serialization,
+container key, every remap applied, key counts). The version is added to models.toml (comments
+kept) when it is not there yet; `make archive` and `make serve` take it from there, and `make
+weights` leaves it alone (it has no train table).
+"""
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from marforge import files, registry, shipped
+from marforge.build import checkpoints, presets
+from marforge.build.weights import model_class
+from marforge.errors import CheckpointError, RegistryError
+
+
+def settings(preset=None, **given):
+    """The import's settings: the preset's, overridden by what was given (None: not given)."""
+    chosen = presets.PRESETS.get(preset) if preset else None
+    if preset and chosen is None:
+        raise CheckpointError(f"unknown preset {preset!r}", f"use one of: {', '.join(presets.PRESETS)}")
+    base = {"model_def": None, "labels": None, "preprocess": {}, "task": None, "activation": None, "key": None}
+    if chosen:
+        base.update(model_def=chosen.model_def, labels=list(chosen.labels), preprocess=dict(chosen.preprocess),
+                    task=chosen.task, activation=chosen.activation, key=chosen.key)
+    base["preprocess"].update({k: v for k, v in (given.pop("preprocess", None) or {}).items() if v is not None})
+    base.update({k: v for k, v in given.items() if v is not None})
+    missing = [flag for flag, key in (("--model-def", "model_def"), ("--labels", "labels")) if not base[key]]
+    missing += [f"--{k.replace('_', '-')}" for k in ("image_size", "color", "mean", "std") if k not in base["preprocess"]]
+    if missing:
+        raise CheckpointError(f"not enough to import: {', '.join(missing)} missing",
+                              f"pass them, or a --preset ({', '.join(presets.PRESETS)}) that knows them")
+    return base
+
+
+def import_checkpoint(project, name, version, checkpoint, preset=None, fmt=None, handler=None, strip_prefix=None,
+                      add_prefix=None, synthetic=None, force=False, command=None, **given):
+    """Import `checkpoint` as `name` `version` of `project`; returns (the metadata written, the report:
+    what was done, in lines). `given`: model_def, labels, key, task, activation and preprocess (a
+    dict: image_size, color, mean, std, resize, crop), each overriding the preset's."""
+    import torch
+
+    chosen = settings(preset, **given)
+    contract = shipped.contract()
+    model_def = (project.root / chosen["model_def"]).resolve()
+    weights = project.weights_dir / f"{name}-{version}.pt"
+    if weights.exists() and not force:
+        raise CheckpointError(f"{weights} exists already: a version's weights are never replaced silently",
+                              "choose another version, or pass --force to replace them")
+    preprocess = contract.preprocess_metadata(**chosen["preprocess"])
+    outputs = {"task": chosen["task"] or "multiclass", "activation": chosen["activation"]}
+    contract.handler_section({"preprocess": preprocess, "labels": chosen["labels"], **outputs}, handler or {})
+    source = checkpoints.read(checkpoint, chosen["key"])
+    model = model_class(model_def)()
+    matched = checkpoints.match(source, model, project.relative(model_def), strip_prefix, add_prefix)
+    model.load_state_dict(matched.state_dict, strict=True)
+    _check_outputs(model.eval(), preprocess, chosen["labels"], source.path, project.relative(model_def))
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), weights)
+    metadata = {
+        "name": name, "version": version, "model_def": project.relative(model_def),
+        "model_class": type(model).__name__, "sha256": files.sha256(weights), "file_size": weights.stat().st_size,
+        "labels": list(chosen["labels"]), "preprocess": preprocess, **{k: v for k, v in outputs.items() if v},
+        "source": {"file": Path(checkpoint).name, "sha256": files.sha256(checkpoint),
+                   "size": Path(checkpoint).stat().st_size, "serialization": source.serialization,
+                   "container_key": source.container_key, "other_entries": source.other_entries,
+                   "remaps": matched.remaps, "keys": {"checkpoint": len(source.tensors), "model": len(matched.state_dict),
+                                                      "filled": len(matched.filled)},
+                   **({"preset": preset} if preset else {})},
+        "command": command or f"python -m marforge import {name} {version} --checkpoint {checkpoint}"
+                              + (f" --preset {preset}" if preset else ""),
+        "torch_version": torch.__version__,
+        "imported": datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+    }
+    if synthetic:
+        metadata["synthetic"] = synthetic
+    metadata_path = weights.with_suffix(".json")
+    files.write_atomic(metadata_path, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    report = [f"read {checkpoint}: {source.serialization} serialization, tensors in "
+              f"{repr(source.container_key) if source.container_key else 'the whole file'} ({len(source.tensors)} keys)"]
+    report += [f"remap: {remap}" for remap in matched.remaps] or ["remap: none needed"]
+    report += [f"wrote {weights} and {metadata_path}", _register(project, name, version, model_def, fmt, handler)]
+    return metadata, report
+
+
+def _check_outputs(model, preprocess, labels, path, model_def):
+    import torch
+
+    height, width = preprocess["image_size"]
+    with torch.inference_mode():
+        size = model(torch.zeros(1, shipped.contract().CHANNELS[preprocess["color"]], height, width)).shape[-1]
+    if size != len(labels):
+        raise CheckpointError(f"{path}: {model_def} with these weights answers {size} values per image, but "
+                              f"{len(labels)} labels were given", f"pass --labels with {size} names in output order")
+
+
+def _register(project, name, version, model_def, fmt, handler):
+    """Add the version to models.toml unless it is there; a line saying which."""
+    known = registry.load(project.registry_file).models.get(name)  # as the file is now, not as first read
+    if known and version in known.versions:
+        if known.versions[version].model_def.resolve() != model_def:
+            raise RegistryError(f"{project.registry_file}: {name} {version} is registered with "
+                                f"{known.versions[version].model_def}, not {model_def}",
+                                f"fix the version's model_def in {project.registry_file.name}, or import as another version")
+        return f"{name} {version} is already in {project.registry_file.name}: left as it is"
+    entries = {"model_def": project.relative(model_def)}
+    entries.update({"format": fmt} if fmt else {}, **({"handler": handler} if handler else {}))
+    before = project.registry_file.read_text()
+    registry.add_version(project.registry_file, name, version, entries)
+    try:
+        registry.load(project.registry_file)
+    except RegistryError:
+        project.registry_file.write_text(before)
+        raise
+    return f"added {name} {version} to {project.registry_file.name}"

@@ -1,0 +1,38 @@
+"""How good a set of answers is against true labels: accuracy (one label per image) and mean AUROC
+(several labels per image). Verification and the rollout gate both score answers with these."""
+
+
+def accuracy(predicted, truth):
+    """Share of images whose predicted label is the true one (`predicted`, `truth`: equal-length lists)."""
+    return sum(p == t for p, t in zip(predicted, truth)) / len(truth) if truth else None
+
+
+def auroc(scores, positive):
+    """Area under the ROC curve of `scores` for the binary truths `positive` (ties count half), or
+    None when only one class is present."""
+    pairs = sorted(zip(scores, positive))
+    n_pos = sum(positive)
+    n_neg = len(positive) - n_pos
+    if not n_pos or not n_neg:
+        return None
+    rank_sum, i = 0.0, 0
+    while i < len(pairs):  # average ranks over runs of equal scores
+        j = i
+        while j < len(pairs) and pairs[j][0] == pairs[i][0]:
+            j += 1
+        rank = (i + j + 1) / 2  # 1-based ranks i+1 .. j
+        rank_sum += rank * sum(1 for _, p in pairs[i:j] if p)
+        i = j
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def mean_auroc(probabilities, truth, labels):
+    """Mean AUROC over the labels that have both a positive and a negative image; `probabilities`: one
+    list per image in label order, `truth`: one list of positive label names per image. Returns
+    (mean or None, {label: auroc} of the labels that could be scored)."""
+    per_label = {}
+    for index, label in enumerate(labels):
+        value = auroc([p[index] for p in probabilities], [label in t for t in truth])
+        if value is not None:
+            per_label[label] = round(value, 4)
+    return (round(sum(per_label.values()) / len(per_label), 4) if per_label else None), per_label
