@@ -55,6 +55,8 @@ def convnet_state(seed=0):
 
 def test_chexnets_own_format_is_imported_with_every_remap_reported(project, chexnet_files):
     folder, state = chexnet_files
+    raw = (folder / "model.pth.tar").read_bytes()  # as the original was saved: legacy, storages on a GPU
+    assert raw.startswith(checkpoints.LEGACY_MAGIC) and b"ctorch.cuda\nFloatStorage\n" in raw and b"cuda:0" in raw
     metadata, report = importer.import_checkpoint(project, "chexnet", "1.0", folder / "model.pth.tar", preset="chexnet")
     source = metadata["source"]
     assert source["serialization"] == "legacy" and source["container_key"] == "state_dict"

@@ -4,11 +4,13 @@ generated images that serve as the CheXNet demo's samples.
 The real CheXNet weights cannot be downloaded here, and random weights must never pass for a
 trained model. So the demo version (`make archive` builds it: `python -m marforge demo`) is made
 from `chexnet_checkpoint`: a seeded DenseNet121 saved the way the original was (legacy torch.save
-serialization, nn.DataParallel's `module.` prefix, PyTorch 0.3's DenseNet names `norm.1`/`conv.2`,
-no `num_batches_tracked`, inside {"state_dict": ...}), imported through the same path a user's real
-file takes, with `SYNTHETIC` in its metadata. Its answers mean nothing; its size and speed are real.
+serialization of storages on a GPU, `torch.cuda.FloatStorage` on `cuda:0`, nn.DataParallel's
+`module.` prefix, PyTorch 0.3's DenseNet names `norm.1`/`conv.2`, no `num_batches_tracked`, inside
+{"state_dict": ...}), imported through the same path a user's real file takes, with `SYNTHETIC` in
+its metadata. Its answers mean nothing; its size and speed are real.
 """
 
+import io
 import re
 
 from marforge.files import write_atomic
@@ -35,7 +37,15 @@ def chexnet_checkpoint(path, model_def, seed=0, training_state=False):
     if training_state:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         checkpoint.update(epoch=7, best_loss=0.1483, optimizer=optimizer.state_dict())
-    torch.save(checkpoint, path, _use_new_zipfile_serialization=False)
+    buffer = io.BytesIO()
+    location_tag = torch.serialization.location_tag
+    torch.serialization.location_tag = lambda storage: "cuda:0"  # as saved on the GPU it was trained on
+    try:
+        torch.save(checkpoint, buffer, _use_new_zipfile_serialization=False)
+    finally:
+        torch.serialization.location_tag = location_tag
+    legacy_gpu = buffer.getvalue().replace(b"ctorch\nFloatStorage\n", b"ctorch.cuda\nFloatStorage\n")
+    write_atomic(path, legacy_gpu)
     return state
 
 
