@@ -228,6 +228,20 @@ def add_version(path, name, version, entries):
     path.write_text("\n".join(lines) + "\n")
 
 
+def set_default_version(path, name, version):
+    """Make `version` the default of `name` in the models.toml at `path`, changing only that line."""
+    lines = path.read_text().splitlines()
+    start = lines.index(f"[models.{name}]")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    for i in range(start + 1, end):
+        if lines[i].split("=", 1)[0].strip() == "default_version":
+            comment = lines[i].split("#", 1)[1] if "#" in lines[i] else None
+            lines[i] = f'default_version = "{version}"' + (f"  #{comment}" if comment else "")
+            path.write_text("\n".join(lines) + "\n")
+            return
+    raise RegistryError(f"{path}: [models.{name}] has no default_version line to change")
+
+
 def _toml(value):
     if isinstance(value, bool):
         return "true" if value else "false"

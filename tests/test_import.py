@@ -267,3 +267,19 @@ def test_sniffing_tells_the_serializations_apart(tmp_path, chexnet_files):
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match="this is not a checkpoint: it is an empty file"):
         checkpoints.sniff(tmp_path / "empty.pt")
+
+
+def test_a_real_version_becomes_the_default_of_a_model_whose_default_is_synthetic(project, chexnet_files):
+    with open(project.registry_file, "a") as f:
+        f.write('\n[models.chexnet]\ndefault_version = "0.1"  # the demo\n\n'
+                '[models.chexnet.versions."0.1"]\nmodel_def = "model_defs/chexnet.py"\n')
+    (project.root / "samples").symlink_to(ROOT / "samples")
+    demo = Project.at(project.registry_file)
+    synthetic.make_demo(demo, log=lambda line: None)
+    assert json.loads((project.weights_dir / "chexnet-0.1.json").read_text())["synthetic"] == synthetic.SYNTHETIC
+    _, report = importer.import_checkpoint(demo, "chexnet", "1.0", chexnet_files[0] / "model.pth.tar", preset="chexnet")
+    assert report[-1] == "added chexnet 1.0 to models.toml as its default (0.1 has synthetic weights)"
+    assert registry_module.load(project.registry_file).models["chexnet"].default_version == "1.0"
+    assert 'default_version = "1.0"  # the demo' in project.registry_file.read_text()
+    _, report = importer.import_checkpoint(demo, "chexnet", "1.1", chexnet_files[0] / "model.pth.tar", preset="chexnet")
+    assert report[-1] == "added chexnet 1.1 to models.toml"  # 1.0 is real: it stays the default

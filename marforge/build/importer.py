@@ -18,8 +18,8 @@ from pathlib import Path
 
 from marforge import files, registry, shipped
 from marforge.build import checkpoints, presets
-from marforge.build.weights import model_class
-from marforge.errors import CheckpointError, RegistryError
+from marforge.build.weights import model_class, read_metadata
+from marforge.errors import CheckpointError, MarforgeError, RegistryError
 
 
 def settings(preset=None, **given):
@@ -106,18 +106,35 @@ def _register(project, name, version, model_def, fmt, handler):
     """Add the version to models.toml unless it is there; a line saying which."""
     known = registry.load(project.registry_file).models.get(name)  # as the file is now, not as first read
     if known and version in known.versions:
-        if known.versions[version].model_def.resolve() != model_def:
-            raise RegistryError(f"{project.registry_file}: {name} {version} is registered with "
-                                f"{known.versions[version].model_def}, not {model_def}",
-                                f"fix the version's model_def in {project.registry_file.name}, or import as another version")
-        return f"{name} {version} is already in {project.registry_file.name}: left as it is"
+        return _kept(project, known, name, version, model_def)
     entries = {"model_def": project.relative(model_def)}
     entries.update({"format": fmt} if fmt else {}, **({"handler": handler} if handler else {}))
     before = project.registry_file.read_text()
     registry.add_version(project.registry_file, name, version, entries)
+    line = f"added {name} {version} to {project.registry_file.name}"
+    if known and _synthetic(known.versions[known.default_version]):
+        registry.set_default_version(project.registry_file, name, version)
+        line += f" as its default ({known.default_version} has synthetic weights)"
     try:
         registry.load(project.registry_file)
     except RegistryError:
         project.registry_file.write_text(before)
         raise
-    return f"added {name} {version} to {project.registry_file.name}"
+    return line
+
+
+def _synthetic(mv):
+    """True when a version's weights are labelled synthetic (a demo: never the default over real weights)."""
+    try:
+        return bool(read_metadata(mv).get("synthetic"))
+    except MarforgeError:
+        return False
+
+
+def _kept(project, known, name, version, model_def):
+    """The version is in models.toml already: check that it names this model definition."""
+    if known.versions[version].model_def.resolve() != model_def:
+        raise RegistryError(f"{project.registry_file}: {name} {version} is registered with "
+                            f"{known.versions[version].model_def}, not {model_def}",
+                            f"fix the version's model_def in {project.registry_file.name}, or import as another version")
+    return f"{name} {version} is already in {project.registry_file.name}: left as it is"
