@@ -12,11 +12,15 @@ MODEL ?= fashion
 VERSION ?=
 RETIRE ?=
 SOAK_MINUTES ?= 5
+SOAK_ARGS ?=
 BENCH_MODEL ?= fashion
 BENCH_VERSION ?= 2.0
 BENCH_ARGS ?=
 BENCH_IMAGES ?=
 IMAGE ?=
+PROTOCOL ?=
+STORAGE_URI ?=
+KSERVE_ARGS ?=
 OUT ?=
 NAME ?=
 CHECKPOINT ?=
@@ -49,7 +53,7 @@ help:
 ## setup: create .venv (Python 3.11) with the pinned packages; checks for Java 11+
 setup: $(SETUP_STAMP)
 
-$(SETUP_STAMP): requirements.txt pyproject.toml
+$(SETUP_STAMP): requirements.txt requirements-serve.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run: make setup PYTHON=/path/to/python3.11" >&2; exit 1; }
 	@command -v java >/dev/null || { echo "error: Java 11+ is needed by TorchServe; install it: apt-get install -y openjdk-17-jre-headless" >&2; exit 1; }
 	@v=$$(java -version 2>&1 | awk -F'"' '/version/{split($$2,p,"."); print (p[1]=="1" ? p[2] : p[1])}'); \
@@ -57,6 +61,7 @@ $(SETUP_STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m marforge stubs
 	touch $@
 
 .PHONY: weights
@@ -128,9 +133,15 @@ rollback: | $(SETUP_STAMP)
 	$(PY) -m marforge rollback $(MODEL) --model-store $(MODEL_STORE) --run-dir $(RUN_DIR)
 
 .PHONY: soak
-## soak: SOAK_MINUTES of moderate load on the running server (make serve first): errors, p99 drift, RSS growth
+## soak: SOAK_MINUTES of steady load on the running server (make serve first): errors, p99 drift, memory that keeps rising (SOAK_ARGS=--record writes docs/operations.md)
 soak: | $(SETUP_STAMP)
-	$(PY) -m marforge soak $(MODEL) --minutes $(SOAK_MINUTES) --run-dir $(RUN_DIR)
+	$(PY) -m marforge soak $(MODEL) --minutes $(SOAK_MINUTES) --run-dir $(RUN_DIR) $(SOAK_ARGS)
+
+.PHONY: kserve
+## kserve: per version, a storage location for KServe's TorchServe runtime + InferenceService YAML: make kserve MODEL=fashion VERSION=2.0 STORAGE_URI=s3://bucket/marforge
+kserve: archive
+	@test -n "$(STORAGE_URI)" || { echo "error: set STORAGE_URI, where the bundles will be copied, e.g. make kserve STORAGE_URI=s3://bucket/marforge" >&2; exit 1; }
+	$(PY) -m marforge kserve $(if $(filter command line,$(origin MODEL)),$(MODEL) $(VERSION)) --storage-uri $(STORAGE_URI) --model-store $(MODEL_STORE) $(KSERVE_ARGS)
 
 .PHONY: bench
 ## bench: ceiling, stock TorchServe, marforge, Flask and every other format of BENCH_MODEL BENCH_VERSION (BENCH_ARGS=--short for a quick look)
@@ -144,10 +155,10 @@ bench-formats: $(BENCH_ARCHIVES)
 	$(PY) -m marforge bench --compare-formats --concurrency 16,64 --seconds 5 --model-store $(MODEL_STORE) --verbose $(BENCH_ARGS)
 
 .PHONY: predict
-## predict: send IMAGE to MODEL (VERSION optional): make predict MODEL=fashion VERSION=2.0 IMAGE=x.png
+## predict: send IMAGE to MODEL (VERSION optional; PROTOCOL=grpc for gRPC): make predict MODEL=fashion VERSION=2.0 IMAGE=x.png
 predict: | $(SETUP_STAMP)
 	@test -n "$(IMAGE)" || { echo "error: set IMAGE, e.g. make predict MODEL=fashion IMAGE=$$(ls samples/fashion/*.png | head -1)" >&2; exit 1; }
-	@$(PY) -m marforge predict $(MODEL) $(IMAGE) $(VERSION_FLAG) --run-dir $(RUN_DIR)
+	@$(PY) -m marforge predict $(MODEL) $(IMAGE) $(VERSION_FLAG) $(if $(PROTOCOL),--protocol $(PROTOCOL)) --run-dir $(RUN_DIR)
 
 .PHONY: explain
 ## explain: where MODEL looked in IMAGE (VERSION optional): heatmaps over the image, written to OUT (default <image>.explained.png)

@@ -31,6 +31,7 @@ import contract
 import explain
 import image_io
 import placement
+import protocols
 
 logger = logging.getLogger(__name__)
 # TorchServe's worker logs this line for every batch (ts/protocol/otf_message_handler.py, through the
@@ -107,31 +108,36 @@ class ImageClassifier(BaseHandler):
             properties["gpu_id"] = gpu_id
 
     def preprocess(self, data):
-        """Decode every request; returns (the good requests' views stacked, one slot per request, the
-        good requests' image sizes).
+        """Read and decode every request; returns (the views of every good request's items stacked,
+        one entry per request, the items' picture sizes).
 
-        A slot holds the index of a good request among the good ones, or the BadInput that explains
-        why that request cannot be answered. A good request has `config.crops` views (ten-crop: 10).
+        An entry is (the Parsed request, the indexes of its items among all good items), or (its
+        protocol, the BadInput that says why it cannot be answered). An image has `config.crops`
+        views (ten-crop: 10); a v2 tensor item has one.
         """
-        views, slots, sizes = [], [], []
+        views, requests, sizes = [], [], []
         for row in data:
+            mark, parsed = len(views), None
             try:
-                image = image_io.decode(row, self.config)
-                views.append(contract.to_input(image, self.config))
-                sizes.append(image.size)
-                slots.append(len(views) - 1)
+                parsed = protocols.parse(row, self.config)
+                for kind, value in parsed.items:
+                    view, size = protocols.view_of(kind, value, self.config)
+                    views.append(view)
+                    sizes.append(size)
+                requests.append((parsed, range(mark, len(views))))
             except image_io.BadInput as error:
-                slots.append(error)
+                del views[mark:], sizes[mark:]
+                requests.append((parsed.protocol if parsed else getattr(error, "protocol", protocols.PLAIN), error))
         if not views:
-            return None, slots, sizes
-        return (torch.stack(views) if self.config.crops == 1 else torch.cat(views)), slots, sizes
+            return None, requests, sizes
+        return (torch.stack(views) if self.config.crops == 1 else torch.cat(views)), requests, sizes
 
     def inference(self, data, *args, **kwargs):
-        """Probabilities for the good requests (the activation applied, then averaged over a request's
+        """Probabilities for every good item (the activation applied, then averaged over an image's
         views); for requests to /explanations, the heatmaps too."""
-        inputs, slots, sizes = data
+        inputs, requests, sizes = data
         if inputs is None:
-            return None, slots, {}
+            return None, requests, {}
         if self.onnx_input is not None:
             outputs = torch.from_numpy(self.model.run(None, {self.onnx_input: inputs.numpy()})[0])
         else:
@@ -140,24 +146,24 @@ class ImageClassifier(BaseHandler):
         probabilities = contract.activate(outputs, self.config).cpu()
         if self.config.crops > 1:
             probabilities = probabilities.view(-1, self.config.crops, probabilities.shape[-1]).mean(dim=1)
-        return probabilities, slots, self._explanations(inputs, probabilities, slots, sizes)
+        return probabilities, requests, self._explanations(inputs, probabilities, requests, sizes)
 
     def postprocess(self, data):
-        """One JSON answer per request, in request order, with a per-request HTTP status.
+        """One JSON answer per request, in request order and in its protocol, with a per-request HTTP status.
 
         Answers are encoded here (compact, by json's C encoder): handed a dict, TorchServe encodes
         it with indent=2, which runs the pure-Python encoder, a visible share of a busy worker's CPU.
         """
-        probabilities, slots, explanations = data
+        probabilities, requests, explanations = data
         answers = []
-        for idx, slot in enumerate(slots):
+        for idx, (parsed, items) in enumerate(requests):
             self.context.set_response_content_type(idx, "application/json")
-            if isinstance(slot, image_io.BadInput):
-                self.context.set_response_status(slot.code, slot.kind, idx)
-                answer = {**slot.as_dict(), **self.identity}
+            if isinstance(items, image_io.BadInput):
+                self.context.set_response_status(items.code, items.kind, idx)
+                answer = protocols.error(parsed, items, self.identity)
             else:
-                answer = {**self.identity, **image_io.answer(probabilities[slot], self.config),
-                          **explanations.get(idx, {})}
+                labels = [{**image_io.answer(probabilities[i], self.config), **explanations.get(i, {})} for i in items]
+                answer = protocols.answer(parsed, labels, probabilities[items.start:items.stop], self.config, self.identity)
             answers.append(json.dumps(answer).encode())
         return answers
 
@@ -166,25 +172,26 @@ class ImageClassifier(BaseHandler):
         is answered as what it asked for, like any batch (TorchServe may batch both kinds)."""
         return self.postprocess(self.inference(data_preprocess))
 
-    def _explanations(self, inputs, probabilities, slots, sizes):
-        """{request index: explanation fields} for the good requests that came to /explanations."""
+    def _explanations(self, inputs, probabilities, requests, sizes):
+        """{item index: explanation fields} for the items of the good requests that came to /explanations."""
         if self.context is None:  # called outside handle(): no request headers to read
             return {}
-        asked = [(idx, slot) for idx, slot in enumerate(slots)
-                 if not isinstance(slot, image_io.BadInput) and self.context.get_request_header(idx, "explain") == "True"]
+        asked = [i for idx, (_, items) in enumerate(requests)
+                 if not isinstance(items, image_io.BadInput) and self.context.get_request_header(idx, "explain") == "True"
+                 for i in items]
         if not asked:
             return {}
         explainer = self._explainer(inputs)
         center = 4 if self.config.crops == 10 else 0  # ten-crop: the center view
         found = {}
-        for idx, slot in asked:
-            view = inputs[slot * self.config.crops + center].unsqueeze(0).to(self.placement.device)
-            targets = explain.targets(probabilities[slot], self.config)
+        for i in asked:
+            view = inputs[i * self.config.crops + center].unsqueeze(0).to(self.placement.device)
+            targets = explain.targets(probabilities[i], self.config)
             maps = explainer.maps(view, targets, self.config.activation == "none")
-            found[idx] = {"explanation": {
+            found[i] = {"explanation": {
                 "method": explainer.method, "layer": explainer.layer_name,
-                "box": contract.crop_box(sizes[slot], self.config),
-                "maps": [{"label": self.config.labels[t], "index": t, "probability": float(probabilities[slot][t]),
+                "box": contract.crop_box(sizes[i], self.config),
+                "maps": [{"label": self.config.labels[t], "index": t, "probability": float(probabilities[i][t]),
                           "heatmap": heatmap} for t, heatmap in zip(targets, maps)]}}
         return found
 

@@ -43,11 +43,13 @@ class Project:
     config: Path  # the base TorchServe config.properties
     bench_results: Path
     data: dict = field(repr=False)  # models.toml, parsed
+    device: str = "cpu"  # "cpu" or "gpu": the machine the registry's per-device settings are resolved for
 
     @classmethod
-    def locate(cls, registry=None, environ=None, cwd=None, **flags):
+    def locate(cls, registry=None, environ=None, cwd=None, device=None, **flags):
         """The project for these flags (`model_store=`, `run_dir=`, `config=`, `bench_results=`; None
-        means not given), the environment (default: os.environ) and the current folder."""
+        means not given), the environment (default: os.environ) and the current folder. `device`
+        (cpu or gpu) is the flag for marforge/device.py's choice."""
         environ = os.environ if environ is None else environ
         cwd = Path(cwd or os.getcwd())
         unknown = set(flags) - set(SETTINGS)
@@ -70,12 +72,18 @@ class Project:
                 paths[key] = (cwd / flags[key]).resolve()
             else:
                 paths[key] = (root / (environ.get(variable) or table.get(key) or default)).resolve()
-        return cls(root=root, registry_file=registry_file, data=data, **paths)
+        from marforge.device import detect
+
+        return cls(root=root, registry_file=registry_file, data=data, device=device or detect(environ), **paths)
 
     @classmethod
     def at(cls, registry_file, **flags):
-        """The project of a given models.toml, ignoring the environment (tests, library callers)."""
-        return cls.locate(registry=Path(registry_file).resolve(), environ={}, **flags)
+        """The project of a given models.toml, ignoring the paths' environment variables (tests,
+        library callers); the device is this machine's, as marforge/device.py finds it."""
+        from marforge.device import detect
+
+        return cls.locate(registry=Path(registry_file).resolve(), environ={}, device=flags.pop("device", None) or detect(),
+                          **flags)
 
     # -- fixed folders -------------------------------------------------------------------------------
     @property

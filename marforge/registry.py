@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from marforge import shipped
+from marforge.device import DEVICES, gpu_count
 from marforge.errors import RegistryError
 
 SERVING_KEYS = {"workers", "batch_size", "max_batch_delay_ms", "response_timeout_s"}
@@ -33,6 +34,7 @@ ROLLOUT_DEFAULTS = {
 VERSION_KEYS = {"model_def", "format", "serving", "handler", "train"}
 MODEL_KEYS = {"default_version", "format", "versions", "serving", "handler", "rollout"}
 TOP_KEYS = {"paths", "serving", "handler", "rollout", "models"}
+PER_DEVICE = {"serving", "handler"}  # sections that may hold a `cpu` and a `gpu` table of overrides
 
 
 def handler_keys():
@@ -54,6 +56,7 @@ class ModelVersion:
     eval_dir: Path  # the model's labelled held-out images (eval/<name>/)
     format: str  # the archive format the server loads (one of contract.FORMATS)
     train: dict = field(default_factory=dict)
+    auto_workers: bool = True  # serving.workers is "auto": one per core of the machine that serves it
 
     @property
     def key(self):
@@ -84,6 +87,7 @@ class Model:
 class Registry:
     path: Path  # models.toml
     models: dict  # name -> Model, in registry order
+    device: str = "cpu"  # the machine the settings were resolved for (marforge/device.py)
 
     def get(self, name, version=None):
         """The ModelVersion for name/version (the model's default version when version is None)."""
@@ -131,10 +135,27 @@ def _check_keys(table, allowed, where, path):
 
 
 def _layered(base, table, section, where, path, allowed):
-    """`base` overridden by `table[section]`, with unknown keys refused."""
-    merged = {**base, **table.get(section, {})}
-    _check_keys(merged, allowed[section], f"{where}.{section}" if where else f"[{section}]", path)
+    """`base` overridden by `table[section]`, with unknown keys refused; its per-device tables (`cpu`,
+    `gpu`) are merged the same way, key by key."""
+    mine = table.get(section, {})
+    merged = {**base, **mine}
+    label = f"{where}.{section}" if where else f"[{section}]"
+    keys = allowed[section] | (set(DEVICES) if section in PER_DEVICE else set())
+    _check_keys(merged, keys, label, path)
+    for device in DEVICES:
+        if device in merged:
+            if not isinstance(merged[device], dict):
+                raise RegistryError(f"{path}: {label}.{device} must be a table of {section} settings")
+            _check_keys(merged[device], allowed[section], f"{label}.{device}", path)
+            merged[device] = {**base.get(device, {}), **mine.get(device, {})}
     return merged
+
+
+def _for_device(settings, device):
+    """Settings with the table of `device` applied and every per-device table removed."""
+    chosen = {k: v for k, v in settings.items() if k not in DEVICES}
+    chosen.update(settings.get(device, {}))
+    return chosen
 
 
 def _require(table, key, where, path):
@@ -143,18 +164,23 @@ def _require(table, key, where, path):
     return table[key]
 
 
-def _workers(value, where, path):
-    """Workers per version: a positive number, or "auto" for one per available CPU core (the
-    defaults sweep, docs/performance.md, chose one single-threaded worker per core)."""
+def _workers(value, where, path, device="cpu"):
+    """Workers per version: a positive number, or "auto": on a CPU machine one per available core (the
+    defaults sweep, docs/performance.md, chose one single-threaded worker per core), on a GPU
+    machine one per GPU."""
     if value == "auto":
-        return len(os.sched_getaffinity(0))
+        return max(1, gpu_count()) if device == "gpu" else len(os.sched_getaffinity(0))
     if not isinstance(value, int) or value < 1:
         raise RegistryError(f"{path}: {where} serving.workers must be a positive number or \"auto\", not {value!r}")
     return value
 
 
-def _format(table, default, where, path):
+def _format(table, default, where, path, device="cpu"):
+    """The archive format: one name, or a table with one per device ({cpu = "onnx", gpu = "eager"})."""
     fmt = table.get("format", default)
+    if isinstance(fmt, dict):
+        _check_keys(fmt, set(DEVICES), f"{where} format", path)
+        fmt = fmt.get(device, shipped.contract().DEFAULT_FORMAT)
     formats = shipped.contract().FORMATS
     if fmt not in formats:
         raise RegistryError(f"{path}: {where} format {fmt!r} is not one of {', '.join(formats)}")
@@ -176,21 +202,22 @@ def from_project(project):
     _check_keys(data, TOP_KEYS, "the top level", path)
     top = {section: _layered(defaults, data, section, "", path, allowed)
            for section, defaults in (("serving", {}), ("handler", {}), ("rollout", ROLLOUT_DEFAULTS))}
-    default_format = shipped.contract().DEFAULT_FORMAT
+    default_format, device = shipped.contract().DEFAULT_FORMAT, project.device
     models = {}
     for name, mtable in data.get("models", {}).items():
         where = f"[models.{name}]"
         _check_keys(mtable, MODEL_KEYS, where, path)
         layer = {section: _layered(top[section], mtable, section, where, path, allowed) for section in top}
-        model_format = _format(mtable, default_format, where, path)
+        model_format = _format(mtable, default_format, where, path, device)
         eval_dir = project.eval_root / name
         versions = {}
         for version, vtable in _require(mtable, "versions", where, path).items():
             vwhere = f'[models.{name}.versions."{version}"]'
             _check_keys(vtable, VERSION_KEYS, vwhere, path)
-            serving, handler = (_layered(layer[section], vtable, section, vwhere, path, allowed)
+            serving, handler = (_for_device(_layered(layer[section], vtable, section, vwhere, path, allowed), device)
                                 for section in ("serving", "handler"))
-            serving["workers"] = _workers(serving.get("workers", "auto"), vwhere, path)
+            auto = serving.get("workers", "auto") == "auto"
+            serving["workers"] = _workers(serving.get("workers", "auto"), vwhere, path, device)
             versions[version] = ModelVersion(
                 name=name,
                 version=version,
@@ -200,15 +227,16 @@ def from_project(project):
                 eval_dir=eval_dir,
                 serving=serving,
                 handler=handler,
-                format=_format(vtable, model_format, vwhere, path),
+                format=_format(vtable, model_format, vwhere, path, device),
                 train=_layered({}, vtable, "train", vwhere, path, allowed),
+                auto_workers=auto,
             )
         default = _require(mtable, "default_version", where, path)
         if default not in versions:
             raise RegistryError(f"{path}: {where} default_version {default!r} is not one of its versions")
         models[name] = Model(name=name, default_version=default, versions=versions, rollout=layer["rollout"],
                              eval_dir=eval_dir)
-    return Registry(path=path, models=models)
+    return Registry(path=path, models=models, device=device)
 
 
 def add_version(path, name, version, entries):

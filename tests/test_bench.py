@@ -112,6 +112,10 @@ def test_a_generated_block_is_replaced_and_the_prose_kept(tmp_path):
 
 
 def test_the_docs_have_a_block_for_every_report(registry):
-    text = (registry.path.parent / "docs" / report.DOC).read_text()
-    for block in ("bench-fashion", "bench-chexnet", *(kind for kind in report.MARKDOWN if kind != "bench")):
-        assert f"<!-- generated: {block} -->" in text and f"<!-- end: {block} -->" in text
+    docs = registry.path.parent / "docs"
+    blocks = {kind: [kind] for kind in report.MARKDOWN} | {"bench": ["bench-fashion", "bench-chexnet"],
+                                                           "soak": ["soak", "soak-nmt-default", "soak-nmt-bounded"]}
+    for kind, names in blocks.items():
+        text = (docs / report.DOCS.get(kind, report.DOC)).read_text()
+        for name in names:
+            assert f"<!-- generated: {name} -->" in text and f"<!-- end: {name} -->" in text, name

@@ -1,10 +1,10 @@
 """The marforge command line: `python -m marforge COMMAND ...`. It parses, calls the library, formats.
 
-    build    archive, verify, archives, stamp        marforge/cli/build.py
-    train    train, samples                          marforge/cli/build.py
-    serve    serve, stop, status, predict, token     marforge/cli/serve.py
-    rollout  rollout, rollback                       marforge/cli/serve.py
-    measure  bench, soak                             marforge/cli/measure.py
+    build    archive, verify, archives, stamp, import, demo, kserve, stubs   marforge/cli/build.py
+    train    train, samples                                          marforge/cli/build.py
+    serve    serve, stop, status, predict, explain, token            marforge/cli/serve.py
+    rollout  rollout, rollback                                       marforge/cli/serve.py
+    measure  bench, soak                                             marforge/cli/measure.py
 
 Paths come from flags, then the environment, then models.toml's [paths], then the defaults
 (marforge/project.py). `--json` makes any command print its result as JSON. Errors print what
@@ -43,7 +43,7 @@ def project_of(args):
     """The Project for the paths given as flags (and the environment, models.toml, defaults)."""
     from marforge.project import Project
 
-    return Project.locate(registry=args.registry, model_store=getattr(args, "model_store", None),
+    return Project.locate(registry=args.registry, device=args.device, model_store=getattr(args, "model_store", None),
                           run_dir=getattr(args, "run_dir", None), config=getattr(args, "config", None),
                           bench_results=getattr(args, "out", None))
 
@@ -65,6 +65,8 @@ def build_parser():
                     epilog=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--registry", help="the project's models.toml (default: the nearest one at or above here)")
     parser.add_argument("--json", action="store_true", help="print the command's result as JSON")
+    parser.add_argument("--device", choices=("cpu", "gpu"), help="resolve the registry's per-device settings for "
+                        "this kind of machine (default: $MARFORGE_DEVICE, else whether a GPU is visible)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def command(name, func, help_text, example):

@@ -1,6 +1,7 @@
 """Commands that build: archive, verify, archives, stamp, train, samples."""
 
 import dataclasses
+from pathlib import Path
 
 from marforge.cli import Output, add_paths, project_of
 from marforge.errors import MarforgeError
@@ -126,6 +127,29 @@ def cmd_demo(args):
                   {"report": report})
 
 
+def cmd_kserve(args):
+    from marforge.deploy import kserve
+
+    project = project_of(args)
+    versions = project.registry.select(args.name, args.version)
+    target = kserve.Target(cpus=args.cpus, gpus=args.gpus, memory=args.memory)
+    out = Path(args.out_dir).resolve() if args.out_dir else project.root / "kserve"
+    written = [kserve.bundle(project, mv, out, args.storage_uri, target, protocol=args.protocol, image=args.image,
+                             canary_percent=args.canary_percent) for mv in versions]
+    lines = [f"wrote {folder}/ (config/, model-store/, inferenceservice.yaml, inferenceservice-gpu.yaml, "
+             "canary-knative.yaml, canary-standard.yaml)" for folder in written]
+    lines.append("token authorization is OFF in these bundles (KServe's probes send no token): read the comment in "
+                 "config/config.properties")
+    return Output("\n".join(lines), [str(folder) for folder in written])
+
+
+def cmd_stubs(args):
+    from marforge.serve import grpc_client
+
+    folder = grpc_client.generate_stubs()
+    return Output(f"gRPC stubs for TorchServe's inference.proto written to {folder}", {"stubs": str(folder)})
+
+
 def add_commands(command):
     p = command("archive", cmd_archive, "build and verify <model_store>/<name>-<version>.mar from the registry",
                 "python -m marforge archive fashion 2.0      # builds model_store/fashion-2.0.mar")
@@ -182,6 +206,23 @@ def add_commands(command):
     p = command("demo", cmd_demo, "make the CheXNet demo's synthetic weights (and samples): a seeded "
                 "DenseNet121 in CheXNet's checkpoint format, imported like a real one",
                 "python -m marforge demo                  # make archive runs it")
+
+    p = command("kserve", cmd_kserve, "write a storage location per version for KServe's TorchServe runtime and "
+                "its InferenceService YAML", "python -m marforge kserve fashion 2.0 --storage-uri s3://bucket/marforge")
+    p.add_argument("name", nargs="?", help="model name (default: every model)")
+    p.add_argument("version", nargs="?", help="version (default: every version of the model)")
+    p.add_argument("--storage-uri", required=True, help="where the bundles will be copied; each version's is <uri>/<key>")
+    p.add_argument("--cpus", type=int, default=2, help="CPU cores per pod (workers and threads are sized for them)")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs per pod for inferenceservice.yaml (the -gpu file has 1 at least)")
+    p.add_argument("--memory", default="4Gi", help="memory per pod, a Kubernetes quantity")
+    p.add_argument("--protocol", choices=("v1", "v2"), default="v1", help="the InferenceService's protocolVersion")
+    p.add_argument("--image", default="marforge-torchserve:0.12.0", help="the serving image (docker/Dockerfile.kserve)")
+    p.add_argument("--canary-percent", type=int, default=10, help="traffic the canary step sends to this version")
+    p.add_argument("--out-dir", help="where to write the bundles (default: kserve/ in the project)")
+    add_paths(p, "model_store")
+
+    p = command("stubs", cmd_stubs, "generate the gRPC stubs for TorchServe's inference.proto (make setup does)",
+                "python -m marforge stubs")
 
     p = command("train", cmd_train, "train versions by their registry recipe: weights/<key>.pt with provenance",
                 "python -m marforge train fashion 1.0    # or --all (make weights)")

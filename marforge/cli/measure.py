@@ -42,22 +42,24 @@ def cmd_bench(args):
 
 def cmd_soak(args):
     from marforge.build.verify import sample_files
-    from marforge.measure import soak
+    from marforge.measure import machine, report, soak
     from marforge.serve.rundir import RunDir
 
     project = project_of(args)
     run_dir = RunDir(project.run_dir)
     images = [path for path, _ in sample_files(project.registry.get(args.name))]
-    result = soak.soak(run_dir.client(), run_dir, args.name, images, minutes=args.minutes,
-                       concurrency=args.concurrency, log=(lambda line: None) if args.json else print)
-    lines = [f"RSS {process}: {start} MB after warm-up, {result.rss_end_mb.get(process, 'gone')} MB at the end"
-             for process, start in result.rss_start_mb.items()]
+    result = soak.soak(run_dir.client(), run_dir, args.name, images, minutes=args.minutes, concurrency=args.concurrency,
+                       window_s=args.window_seconds, log=(lambda line: None) if args.json else print)
+    results = {**result.to_dict(), "machine": machine.describe(project.root)}
+    out_dir, table = report.write("soak", results, project.bench_results,
+                                  project.docs_dir if args.record else None, block=args.block)
     if result.problems:
-        error = MeasurementFailed("soak failed: " + "; ".join(result.problems), f"read {run_dir.logs}")
+        error = MeasurementFailed("soak failed: " + "; ".join(result.problems), f"read {out_dir} and {run_dir.logs}")
         error.report = result
+        print(table)
         raise error
-    lines.append("soak passed: no errors, no memory growth, no p99 drift")
-    return Output("\n".join(lines), result.to_dict())
+    return Output(table + f"written to {out_dir}/" + (f" and docs/operations.md ({args.block})" if args.record else ""),
+                  results)
 
 
 def add_commands(command):
@@ -87,4 +89,7 @@ def add_commands(command):
     p.add_argument("name")
     p.add_argument("--minutes", type=float, default=5.0)
     p.add_argument("--concurrency", type=int, default=4)
-    add_paths(p, "run_dir")
+    p.add_argument("--window-seconds", type=float, default=30.0, help="length of each measured window")
+    p.add_argument("--record", action="store_true", help="also write the report into docs/operations.md")
+    p.add_argument("--block", default="soak", help="the generated block of docs/operations.md it goes to (default: soak)")
+    add_paths(p, "run_dir", "out")

@@ -65,7 +65,19 @@ def cmd_status(args):
 
 
 def cmd_predict(args):
-    answer = _run_dir(args).client().predict(args.name, Path(args.image).read_bytes(), version=args.version)
+    run_dir = _run_dir(args)
+    image = Path(args.image).read_bytes()
+    if args.protocol == "grpc":
+        from marforge.serve.grpc_client import GrpcClient
+
+        http = run_dir.client()
+        grpc = GrpcClient(run_dir.endpoints().grpc, key_file=run_dir.key_file)
+        try:
+            answer = grpc.predict(args.name, image, version=args.version, refresh=http.refresh_key)
+        finally:
+            grpc.close()
+    else:
+        answer = run_dir.client().predict(args.name, image, version=args.version)
     return Output(json.dumps(answer, indent=2), answer)
 
 
@@ -127,6 +139,8 @@ def add_commands(command):
     p.add_argument("name")
     p.add_argument("image")
     p.add_argument("--version", help="a specific version (default: the model's default version)")
+    p.add_argument("--protocol", choices=("http", "grpc"), default="http",
+                   help="HTTP (the inference API) or gRPC (TorchServe's inference.proto on the gRPC port)")
     add_paths(p, "run_dir")
 
     p = command("explain", cmd_explain, "where the model looked: POST /explanations, heatmaps over the image as a PNG",

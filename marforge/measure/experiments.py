@@ -9,12 +9,15 @@
   (c) marforge  TorchServe as `make serve` runs it
   (d) flask     the Flask app of flask_app.py
   (e) ...       each extra archive format, served with (c)'s settings
+  (f) gRPC      (c)'s server through TorchServe's gRPC inference API (inference.proto)
+  (g) v2 JSON   (c)'s server through KServe's v2 protocol: JSON with the image as base64 BYTES
 
 `compare_formats` serves every version in every format and names the fastest; `sweep` serves one
 version with each serving setting of a grid. Every server first gets unrecorded load at the
 highest concurrency (`warm_up_seconds`).
 """
 
+import asyncio
 import dataclasses
 import multiprocessing
 import os
@@ -93,11 +96,40 @@ def ceiling(mar_path, paths, seconds, batch_size, processes=None):
 
 
 # -- rows against servers ----------------------------------------------------------------------------
-def rows_of(label, target, bodies, concurrencies, seconds):
-    """Warm `target` up, then one row per concurrency."""
+def rows_of(label, target, bodies, concurrencies, seconds, mv=None):
+    """Warm `target` up, then one row per concurrency (over HTTP, the images as request bodies)."""
     warm_up(target.url, bodies, max(concurrencies), warm_up_seconds(seconds), headers=target.headers())
     return [measure(label, target.url, bodies, c, seconds, target.pid, target.roles, headers=target.headers())
             for c in concurrencies]
+
+
+def grpc_rows_of(label, target, bodies, concurrencies, seconds, mv):
+    """The rows of `target` (a TorchServe) over its gRPC inference API, the same images as bytes."""
+    from marforge.measure.loadgen import run_grpc_load
+
+    def load(concurrency, duration):
+        return run_grpc_load(target.endpoints.grpc, mv.name, mv.version, bodies, concurrency, duration, key=target.token())
+
+    asyncio.run(load(max(concurrencies), warm_up_seconds(seconds)))  # the frontend's gRPC path is warmed on its own
+    return [measure(label, None, bodies, c, seconds, target.pid, target.roles, load=load) for c in concurrencies]
+
+
+def v2_rows_of(label, target, bodies, concurrencies, seconds, mv):
+    """The rows of `target` (a TorchServe) over KServe's v2 protocol: JSON with one base64 BYTES image."""
+    import base64
+    import json
+
+    from marforge.measure.loadgen import run_load
+
+    url = f"{target.endpoints.inference}/v2/models/{mv.name}/infer"
+    v2 = [json.dumps({"inputs": [{"name": "data", "shape": [1], "datatype": "BYTES",
+                                  "data": [base64.b64encode(b).decode()]}]}).encode() for b in bodies]
+
+    def load(concurrency, duration):
+        return run_load(url, v2, concurrency, duration, headers=target.headers(), content_type="application/json")
+
+    asyncio.run(load(max(concurrencies), warm_up_seconds(seconds)))
+    return [measure(label, url, v2, c, seconds, target.pid, target.roles, load=load) for c in concurrencies]
 
 
 def bench(project, mv, seconds=10.0, concurrencies=(1, 16, 64), formats=None, images=None, log=print):
@@ -115,7 +147,12 @@ def bench(project, mv, seconds=10.0, concurrencies=(1, 16, 64), formats=None, im
                 log(f"{row}")
 
     served("(b) torchserve stock", fixtures.torchserve(project, mv, stock=True))
-    served("(c) marforge", fixtures.torchserve(project, mv))
+    with fixtures.torchserve(project, mv) as target:  # (c), then the same warm server over gRPC and v2 JSON
+        for label, rows_fn in (("(c) marforge", rows_of), ("(f) marforge gRPC", grpc_rows_of),
+                               ("(g) marforge v2 JSON", v2_rows_of)):
+            for row in rows_fn(label, target, bodies, concurrencies, seconds, mv):
+                rows.append(row)
+                log(f"{row}")
     if mv.format != "eager" and mv.archive_path(store, "eager").is_file():
         # What stock TorchServe does with the PyTorch model itself, which is what most users start from.
         served("(b') torchserve stock, eager archive", fixtures.format_server(project, mv, "eager", stock=True))

@@ -35,6 +35,7 @@ class Target:
     pid: int
     roles: dict  # pid -> role, for the processes whose CPU is reported by name
     token: object = None  # () -> the current inference key, or None
+    endpoints: object = None  # a TorchServe's Endpoints (for its gRPC and v2 rows)
 
     def headers(self):
         key = self.token() if self.token else None
@@ -51,7 +52,7 @@ def torchserve(project, mv, stock=False):
         started = launch.serve(dataclasses.replace(project, run_dir=run_dir), versions=[mv],
                                ports=process.free_listeners(), stock=stock)
         yield Target(f"{started.client.endpoints.inference}/predictions/{mv.name}/{mv.version}", started.pid,
-                     {started.pid: "frontend"}, lambda: started.client.key("inference"))
+                     {started.pid: "frontend"}, lambda: started.client.key("inference"), started.client.endpoints)
     finally:
         process.stop(RunDir(run_dir))
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -36,9 +36,16 @@ def create_app(mv, metadata):
 
 
 def serve(registry_file, name, version, port):
-    """Serve `name` `version` of the registry at `registry_file` on 127.0.0.1:`port` until killed."""
+    """Serve `name` `version` of the registry at `registry_file` on 127.0.0.1:`port` until killed,
+    silently: werkzeug's line per request would cost the server time and fill the benchmark's log."""
+    import logging
+    import os
+    import sys
+
     from marforge import registry
     from marforge.build.weights import read_metadata
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    sys.stdout = sys.stderr = open(os.devnull, "w")
     mv = registry.load(registry_file).get(name, version)
     create_app(mv, read_metadata(mv)).run(host="127.0.0.1", port=port, threaded=True)

@@ -123,3 +123,35 @@ async def run_load(url, bodies, concurrency, seconds, headers=None, timeout=30.0
     await asyncio.gather(*(client() for _ in range(concurrency)))
     result.seconds = time.monotonic() - start
     return result
+
+
+async def run_grpc_load(target, name, version, bodies, concurrency, seconds, key=None, timeout=30.0):
+    """Send `bodies` (cycled) to TorchServe's gRPC Predictions from `concurrency` callers on one channel
+    for `seconds`; an answer whose body carries an error code counts as failed with that status."""
+    import grpc
+
+    from marforge.serve.grpc_client import stubs
+
+    messages, services = stubs()
+    requests_cycle = itertools.cycle([messages.PredictionsRequest(model_name=name, model_version=version or "",
+                                                                  input={"data": b}) for b in bodies])
+    metadata = [("authorization", f"Bearer {key}")] if key else None
+    result = LoadResult(seconds)
+    start = time.monotonic()
+    deadline = start + seconds
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = services.InferenceAPIsServiceStub(channel)
+
+        async def caller():
+            while time.monotonic() < deadline:
+                t0 = time.monotonic()
+                try:
+                    answer = await stub.Predictions(next(requests_cycle), timeout=timeout, metadata=metadata)
+                    status = 200 if not answer.prediction.startswith(b'{"code": ') else int(answer.prediction[9:12])
+                except grpc.aio.AioRpcError:
+                    status = 0
+                result.samples.append(Sample(t0, (time.monotonic() - t0) * 1000, status))
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+    result.seconds = time.monotonic() - start
+    return result

@@ -125,7 +125,56 @@ def queue_markdown(results):
     return "\n".join(lines) + "\n"
 
 
-MARKDOWN = {"bench": bench_markdown, "formats": formats_markdown, "sweep": sweep_markdown, "queue": queue_markdown}
+def soak_markdown(results):
+    """What a soak ran and showed: windows (at most SOAK_ROWS of them, evenly spread), each process's
+    memory trend, the verdict."""
+    windows = results["windows"]
+    step = max(1, -(-len(windows) // SOAK_ROWS))
+    shown = windows[::step] if windows[-1] in windows[::step] else windows[::step] + [windows[-1]]
+    frontend = next((k for k in windows[0]["rss_mb"] if k.startswith("frontend")), None) if windows else None
+    lines = _head(f"`make soak`: {results['model']}, {results['minutes']:g} minutes, {results['concurrency']} "
+                  f"connections, {results['window_s']:g} s windows, {sum(w['requests'] for w in windows)} requests",
+                  results, [(name, "r") for name in ("minute", "req/s", "p50 ms", "p99 ms", "errors", "frontend RSS MB",
+                                                     "post-GC heap MB", "JVM committed (NMT) MB")])
+    for w in shown:
+        jvm = w.get("jvm") or {}
+        nmt = round(sum(jvm["nmt_mb"].values()), 1) if jvm.get("nmt_mb") else "-"
+        lines.append(f"| {w['minute']} | {w['throughput']} | {w['p50_ms']} | {w['p99_ms']} | {w['errors']} | "
+                     f"{w['rss_mb'].get(frontend, '-')} | {jvm.get('heap_used_mb', '-')} | {nmt} |")
+    lines += ["", "| process | first MB | settled MB | last third from MB | end MB | last third rise MB | "
+              "settled slope MB/h |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for process, t in results["trends"].items():
+        lines.append(f"| {process} | {t['first_mb']} | {t['settled_mb']} | {t['last_third_start_mb']} | "
+                     f"{t['end_mb']} | {t['last_third_rise_mb']} | {t['settled_slope_mb_per_hour']} |")
+    lines += _nmt_lines(windows, results)
+    verdict = ["soak FAILED: " + "; ".join(results["problems"])] if results["problems"] else [
+        "soak passed: no errors, memory on a plateau once settled, no p99 drift"]
+    return "\n".join(lines + [""] + [f"- {note}" for note in results["notes"]] + verdict) + "\n"
+
+
+def _nmt_lines(windows, results):
+    """The JVM's committed memory by category (Native Memory Tracking) at the first window, once
+    settled and at the end, for the categories of a megabyte or more; [] without NMT figures."""
+    nmt = [(w.get("jvm") or {}).get("nmt_mb") for w in windows]
+    if not windows or None in nmt:
+        return []
+    settled = windows[max(1, len(windows) // 3)] if len(windows) >= 3 else windows[-1]
+    first, middle, end = nmt[0], settled["jvm"]["nmt_mb"], nmt[-1]
+    lines = ["", f"JVM committed memory by category (Native Memory Tracking), MB: at minute {windows[0]['minute']}, "
+             f"once settled (minute {settled['minute']}) and at the end (minute {windows[-1]['minute']}):", "",
+             "| category | first | settled | end |", "| --- | ---: | ---: | ---: |"]
+    for category in sorted(end, key=lambda c: -end[c]):
+        if max(first.get(category, 0), end[category]) >= 1:
+            lines.append(f"| {category} | {first.get(category, '-')} | {middle.get(category, '-')} | {end[category]} |")
+    lines.append(f"| total | {round(sum(first.values()), 1)} | {round(sum(middle.values()), 1)} | "
+                 f"{round(sum(end.values()), 1)} |")
+    return lines
+
+
+SOAK_ROWS = 13  # rows of windows in a soak's table
+DOCS = {"soak": "operations.md"}  # the page each kind's blocks are on (the rest: DOC)
+MARKDOWN = {"bench": bench_markdown, "formats": formats_markdown, "sweep": sweep_markdown, "queue": queue_markdown,
+            "soak": soak_markdown}
 
 
 def plot(results, path):
@@ -154,9 +203,9 @@ def plot(results, path):
 
 
 def write(kind, results, out_root, doc_dir=None, block=None):
-    """Write results of `kind` (bench, formats, sweep) to a timestamped folder under `out_root` and,
-    when `doc_dir` is given, into docs/performance.md's block `block` (default: `kind`); returns
-    (the folder, the markdown)."""
+    """Write results of `kind` (a MARKDOWN key) to a timestamped folder under `out_root` and, when
+    `doc_dir` is given, into the block `block` (default: `kind`) of `doc` there; returns (the folder,
+    the markdown)."""
     table = MARKDOWN[kind](results)
     out_dir = Path(out_root) / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -165,7 +214,7 @@ def write(kind, results, out_root, doc_dir=None, block=None):
     if kind == "bench":
         plot(results, out_dir / "plot.png")
     if doc_dir is not None:
-        update_block(Path(doc_dir) / DOC, block or kind, table)
+        update_block(Path(doc_dir) / DOCS.get(kind, DOC), block or kind, table)
     return out_dir, table
 
 

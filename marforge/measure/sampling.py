@@ -69,11 +69,14 @@ class ProcessWatch:
         return {k: round(v, 2) for k, v in used.items()}
 
 
-def measure(label, url, bodies, concurrency, seconds, pid, roles, headers=None):
-    """One load run against `url` from `concurrency` clients for `seconds`; a result row."""
+def measure(label, url, bodies, concurrency, seconds, pid, roles, headers=None, load=None):
+    """One load run against `url` from `concurrency` clients for `seconds`; a result row. `load`, when
+    given, replaces the HTTP load generator: a coroutine function of (concurrency, seconds) giving a
+    LoadResult (the gRPC rows)."""
     with ProcessWatch(pid, roles) as watch:
         cpu0 = time.process_time()
-        result = asyncio.run(run_load(url, bodies, concurrency, seconds, headers=headers))
+        result = asyncio.run(load(concurrency, seconds) if load else run_load(url, bodies, concurrency, seconds,
+                                                                              headers=headers))
         loadgen = (time.process_time() - cpu0) / result.seconds
     return {"row": label, "concurrency": concurrency, "throughput": round(result.throughput(), 1),
             "p50_ms": round(result.percentile(50), 2), "p90_ms": round(result.percentile(90), 2),

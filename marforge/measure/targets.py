@@ -8,6 +8,7 @@ archive, "(c)" marforge, "(d)" Flask, "(e) ..." other formats.
 from dataclasses import dataclass
 
 RATIO_PAIRS = ("(a)", "(b)", "(b')", "(d)")  # (c) is compared with each of these at each concurrency
+PROTOCOLS = ("(f)", "(g)")  # (c)'s server over gRPC and over v2 JSON, each compared with (c) itself
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,19 @@ def ratio(mine, theirs):
 
 
 def ratios(rows, concurrencies):
-    """{"(c)/(x) at N": ratio} for every row (x) in RATIO_PAIRS that was measured, at every concurrency."""
+    """{"(c)/(x) at N": ratio} for every row (x) in RATIO_PAIRS that was measured, at every concurrency,
+    and {"(p)/(c) at N": ratio} for the protocol rows (p)."""
     out = {}
     for c in concurrencies:
         for other in RATIO_PAIRS:
             value = ratio(find_row(rows, "(c)", c), find_row(rows, other, c))
             if value is not None:
                 out[f"(c)/{other} at {c}"] = value
+    for c in concurrencies:
+        for protocol in PROTOCOLS:
+            value = ratio(find_row(rows, protocol, c), find_row(rows, "(c)", c))
+            if value is not None:
+                out[f"{protocol}/(c) at {c}"] = value
     return out
 
 

@@ -22,11 +22,12 @@ from marforge.errors import ApiError, ServerError
 
 @dataclass(frozen=True)
 class Endpoints:
-    """The base URLs of a server's three HTTP APIs."""
+    """The base URLs of a server's three HTTP APIs, and its gRPC inference target (host:port)."""
 
     inference: str
     management: str
     metrics: str
+    grpc: str = None
 
 
 class Client:

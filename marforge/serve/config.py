@@ -74,4 +74,5 @@ def render(base, versions, model_store, defaults, ports=None, source="the base c
 
 def endpoints_of(props):
     """The Endpoints (inference, management, metrics URLs) a server started with `props` listens on."""
-    return Endpoints(**{api: props[key] for api, key in ADDRESS_KEYS.items()})
+    grpc = f"{props.get('grpc_inference_address', '127.0.0.1')}:{props.get('grpc_inference_port', '7070')}"
+    return Endpoints(**{api: props[key] for api, key in ADDRESS_KEYS.items()}, grpc=grpc)

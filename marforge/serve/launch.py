@@ -15,6 +15,11 @@ from marforge.serve.config import read_properties, render
 from marforge.serve.rundir import RunDir
 
 
+# The environment marforge's server runs in, where it is the only lever (docs/operations.md): glibc's
+# malloc makes up to 8 arenas per core for the frontend's threads, memory the JVM does not account.
+FRONTEND_ENV = {"MALLOC_ARENA_MAX": "2"}
+
+
 def threads_per_worker(total_workers, cpus=None):
     """Intra-op threads for each worker: the cores shared out, at least one.
 
@@ -72,7 +77,7 @@ def serve(project, versions=None, ports=None, timeout=300.0, stock=False):
                        source=project.config)
         threads = threads_per_worker(sum(mv.serving["workers"] for mv in versions))
         started = process.start(run_dir, props, expected, timeout=timeout, threads=threads,
-                                log_config=project.log_config)
+                                log_config=project.log_config, env=FRONTEND_ENV)
     for mv in versions:
         state.record_archive(run_dir, mv.key, files.sha256(mv.archive_path(model_store)))
     return started

@@ -46,18 +46,19 @@ def pid_alive(pid):
         return False
 
 
-def start(run_dir, props, expected, timeout=300.0, threads=None, log_config=None):
+def start(run_dir, props, expected, timeout=300.0, threads=None, log_config=None, env=None):
     """Start TorchServe detached in `run_dir` (a RunDir) with `props`; return once every expected
     version is READY.
 
     `expected` is a list of (name, version). `threads` sets OMP_NUM_THREADS for the workers unless
     the environment already does. `log_config` is a log4j2.xml for the frontend (None: the one in
-    TorchServe's jar). On failure the server is stopped and the error quotes the logs.
+    TorchServe's jar). `env` adds variables the environment does not set. On failure the server is
+    stopped and the error quotes the logs.
     """
     if run_dir.pid() and pid_alive(run_dir.pid()):
         raise ServerError(f"a server started from {run_dir.path} is still running", "make stop")
     run_dir.prepare_start(props, endpoints_of(props))
-    env = {**os.environ, "TMPDIR": str(run_dir.tmp), "TEMP": str(run_dir.tmp),
+    env = {**(env or {}), **os.environ, "TMPDIR": str(run_dir.tmp), "TEMP": str(run_dir.tmp),
            "LOG_LOCATION": str(run_dir.logs), "METRICS_LOCATION": str(run_dir.logs)}
     if threads and "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(threads)

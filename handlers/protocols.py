@@ -1,0 +1,185 @@
+"""KServe's v1 and v2 (Open Inference Protocol) bodies, read and answered per request.
+
+Shipped flat beside `image_handler.py` in every archive and imported as a top-level module.
+TorchServe's own envelopes for these protocols read only the first request of a server-side batch,
+so the handler reads each request's body itself (`parse`) and answers each in the protocol it came
+in (`answer`, `error`); batching keeps working whatever mix of protocols a batch holds.
+
+    plain   the image bytes, multipart, or JSON {"data": "<base64 image>"}: marforge's own answer
+    v1      {"instances": [{"data": "<base64>"} | {"b64": "<base64>"} | "<base64>", ...]}
+            -> {"predictions": [<one answer per instance>]}
+    v2      {"id": ..., "inputs": [{"name", "shape", "datatype", "data"}], "outputs": [{"name"}]?}
+            with BYTES (one base64 image per element), or UINT8 pixels or FP32 model input of the
+            model's input shape [N, C, H, W]
+            -> {"model_name", "model_version", "id", "outputs": [{"name", "shape", "datatype", "data"}]}
+
+v2 outputs: `probabilities` FP32 [N, labels] and `labels` BYTES [labels] always; `top_labels`
+BYTES, `top_indices` INT64 and `top_probabilities` FP32, each [N, top_k], for one label per image;
+`positive` BOOL [N, labels] for several. An error keeps its HTTP status and says the same in each
+protocol's shape: {"error": "<type>: <message>", "code", "type"} (plus marforge's own fields).
+"""
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+
+import contract
+import image_io
+
+PLAIN, V1, V2 = "plain", "v1", "v2"
+TENSOR_TYPES = {"UINT8": "pixels", "FP32": "input"}  # v2 raw tensors: 8-bit pixels, or the model's input
+
+
+@dataclass
+class Parsed:
+    """One request: its protocol and its items, each ("image", bytes), ("pixels", C x H x W uint8
+    tensor) or ("input", C x H x W float32 tensor)."""
+
+    protocol: str
+    items: list
+    id: str = None
+    outputs: list = field(default=None)  # v2: the output names asked for (None: all)
+
+
+def body_of(row):
+    """The request's JSON body as a dict when it has one (parsed by TorchServe, or JSON bytes), else None."""
+    value = row.get("body", row.get("data"))
+    if isinstance(value, (bytes, bytearray, str)) and value.lstrip()[:1] in (b"{", "{"):
+        try:
+            value = json.loads(value)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None  # not JSON after all: image_io says what is wrong with it
+    return value if isinstance(value, dict) else None
+
+
+def parse(row, config):
+    """The Parsed request of one row, or BadInput (with its `protocol`) saying what is wrong with it."""
+    body = body_of(row)
+    protocol = V1 if body is not None and "instances" in body else V2 if body is not None and "inputs" in body else PLAIN
+    try:
+        if protocol == V1:
+            instances = _list(body["instances"], "instances")
+            return Parsed(V1, [("image", _v1_instance(i, instance)) for i, instance in enumerate(instances)])
+        if protocol == V2:
+            return _v2(body, config)
+        return Parsed(PLAIN, [("image", image_io.extract_payload(row))])
+    except image_io.BadInput as error:
+        error.protocol = protocol
+        raise
+
+
+def _list(value, key):
+    if not isinstance(value, list) or not value:
+        raise image_io.BadInput("InvalidJSON", f'"{key}" must be a non-empty list')
+    return value
+
+
+def _b64(text, where):
+    if not isinstance(text, str):
+        raise image_io.BadInput("InvalidJSON", f"{where} must be a base64-encoded image (a string), not {type(text).__name__}")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise image_io.BadInput("InvalidBase64", f"{where} is not valid base64: {exc}") from None
+
+
+def _v1_instance(index, instance):
+    if isinstance(instance, dict):
+        key = next((k for k in ("data", "b64") if k in instance), None)
+        if key is None or len(instance) != 1:
+            raise image_io.BadInput("InvalidJSON", f'instance {index} must be {{"data": "<base64 image>"}} or '
+                                    f'{{"b64": ...}} or the base64 string (got keys {", ".join(sorted(instance)) or "none"})')
+        instance = instance[key]
+    return _b64(instance, f"instance {index}")
+
+
+def _v2(body, config):
+    inputs = _list(body["inputs"], "inputs")
+    if len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise image_io.BadInput("InvalidJSON", f"a v2 request needs exactly one input (the images), got {len(inputs)}")
+    tensor = inputs[0]
+    missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
+    if missing:
+        raise image_io.BadInput("InvalidJSON", f"the v2 input lacks {', '.join(missing)}")
+    outputs = body.get("outputs")
+    asked = [o.get("name") for o in outputs] if isinstance(outputs, list) else None
+    kind, data, shape = tensor["datatype"], tensor["data"], tensor["shape"]
+    if kind == "BYTES":
+        elements = _list(data, "data")
+        items = [("image", _b64(e, f"element {i} of input {tensor['name']!r}")) for i, e in enumerate(elements)]
+    elif kind in TENSOR_TYPES:
+        items = _raw_tensor(kind, data, shape, config)
+    else:
+        raise image_io.BadInput("InvalidInput", f"input datatype {kind!r} is not served: send BYTES (base64 images), "
+                                "UINT8 pixels or FP32 model input")
+    return Parsed(V2, items, body.get("id"), asked)
+
+
+def _raw_tensor(kind, data, shape, config):
+    import torch
+
+    expected = [contract.CHANNELS[config.color], *config.image_size]
+    if not isinstance(shape, list) or len(shape) != 4 or list(shape[1:]) != expected:
+        raise image_io.BadInput("InvalidInput", f"a {kind} input must have the model's input shape [N, {', '.join(map(str, expected))}], "
+                                f"not {shape}")
+    if config.crops > 1:
+        raise image_io.BadInput("InvalidInput", f"this model answers {config.crops} crops of an image: send the image (BYTES), "
+                                "not a tensor of one view")
+    try:
+        values = torch.tensor(data, dtype=torch.uint8 if kind == "UINT8" else torch.float32)
+        tensor = values.reshape(shape)
+    except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
+        raise image_io.BadInput("InvalidInput", f"the {kind} data do not fill shape {shape}: {exc}") from None
+    return [(TENSOR_TYPES[kind], view) for view in tensor]
+
+
+def view_of(kind, value, config):
+    """(the model's input for one item, the size (width, height) of the picture it came from)."""
+    if kind == "image":
+        image = image_io.decode_image(value, config)
+        return contract.to_input(image, config), image.size
+    size = (value.shape[-1], value.shape[-2])
+    if kind == "pixels":
+        return contract.normalise(value.movedim(0, -1), config.mean, config.std), size
+    return value, size
+
+
+def answer(parsed, answers, probabilities, config, identity):
+    """The body for one good request: `answers` are image_io.answer's per item (with an explanation
+    when asked), `probabilities` the items' N x labels tensor."""
+    if parsed.protocol == PLAIN:
+        return {**identity, **answers[0]}
+    if parsed.protocol == V1:
+        return {**identity, "predictions": answers}
+    outputs = _v2_outputs(probabilities, config)
+    chosen = [o for o in outputs if parsed.outputs is None or o["name"] in parsed.outputs]
+    return {"model_name": identity["model"], "model_version": identity["version"], "id": parsed.id, "outputs": chosen}
+
+
+def _v2_outputs(probabilities, config):
+    import torch
+
+    n, width = probabilities.shape
+    outputs = [{"name": "probabilities", "shape": [n, width], "datatype": "FP32", "data": probabilities.flatten().tolist()},
+               {"name": "labels", "shape": [width], "datatype": "BYTES", "data": list(config.labels)}]
+    if config.task == "multilabel":
+        thresholds = torch.tensor([config.threshold_of(i) for i in range(width)])
+        outputs.append({"name": "positive", "shape": [n, width], "datatype": "BOOL",
+                        "data": (probabilities >= thresholds).flatten().tolist()})
+        return outputs
+    k = min(config.top_k, width)
+    values, indices = torch.topk(probabilities, k, dim=1)
+    outputs += [{"name": "top_labels", "shape": [n, k], "datatype": "BYTES",
+                 "data": [config.labels[i] for i in indices.flatten().tolist()]},
+                {"name": "top_indices", "shape": [n, k], "datatype": "INT64", "data": indices.flatten().tolist()},
+                {"name": "top_probabilities", "shape": [n, k], "datatype": "FP32", "data": values.flatten().tolist()}]
+    return outputs
+
+
+def error(protocol, bad, identity):
+    """The body for a request that cannot be answered, in its protocol's error shape."""
+    body = {**bad.as_dict(), **identity}
+    if protocol != PLAIN:
+        body["error"] = f"{bad.kind}: {bad.message}"
+    return body
