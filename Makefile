@@ -155,7 +155,7 @@ bench-formats: $(BENCH_ARCHIVES)
 	$(PY) -m marforge bench --compare-formats --concurrency 16,64 --seconds 5 --model-store $(MODEL_STORE) --verbose $(BENCH_ARGS)
 
 .PHONY: predict
-## predict: send IMAGE to MODEL (VERSION optional; PROTOCOL=grpc for gRPC): make predict MODEL=fashion VERSION=2.0 IMAGE=x.png
+## predict: send IMAGE to MODEL (VERSION optional; PROTOCOL=grpc or grpc-v2 for gRPC): make predict MODEL=fashion VERSION=2.0 IMAGE=x.png
 predict: | $(SETUP_STAMP)
 	@test -n "$(IMAGE)" || { echo "error: set IMAGE, e.g. make predict MODEL=fashion IMAGE=$$(ls samples/fashion/*.png | head -1)" >&2; exit 1; }
 	@$(PY) -m marforge predict $(MODEL) $(IMAGE) $(VERSION_FLAG) $(if $(PROTOCOL),--protocol $(PROTOCOL)) --run-dir $(RUN_DIR)

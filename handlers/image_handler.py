@@ -127,7 +127,9 @@ class ImageClassifier(BaseHandler):
                 requests.append((parsed, range(mark, len(views))))
             except image_io.BadInput as error:
                 del views[mark:], sizes[mark:]
-                requests.append((parsed.protocol if parsed else getattr(error, "protocol", protocols.PLAIN), error))
+                if parsed is not None:  # an item of a well-formed request is bad
+                    error.protocol, error.request_id = parsed.protocol, parsed.id
+                requests.append((getattr(error, "protocol", protocols.PLAIN), error))
         if not views:
             return None, requests, sizes
         return (torch.stack(views) if self.config.crops == 1 else torch.cat(views)), requests, sizes

@@ -16,7 +16,8 @@ in (`answer`, `error`); batching keeps working whatever mix of protocols a batch
 v2 outputs: `probabilities` FP32 [N, labels] and `labels` BYTES [labels] always; `top_labels`
 BYTES, `top_indices` INT64 and `top_probabilities` FP32, each [N, top_k], for one label per image;
 `positive` BOOL [N, labels] for several. An error keeps its HTTP status and says the same in each
-protocol's shape: {"error": "<type>: <message>", "code", "type"} (plus marforge's own fields).
+protocol's shape: {"error": "<type>: <message>", "code", "type"} (plus marforge's own fields; a v2
+error carries them as outputs too, for the Open Inference Protocol's gRPC service: see `error`).
 """
 
 import base64
@@ -65,7 +66,7 @@ def parse(row, config):
             return _v2(body, config)
         return Parsed(PLAIN, [("image", image_io.extract_payload(row))])
     except image_io.BadInput as error:
-        error.protocol = protocol
+        error.protocol, error.request_id = protocol, body.get("id") if protocol == V2 else None
         raise
 
 
@@ -178,8 +179,20 @@ def _v2_outputs(probabilities, config):
 
 
 def error(protocol, bad, identity):
-    """The body for a request that cannot be answered, in its protocol's error shape."""
+    """The body for a request that cannot be answered, in its protocol's error shape.
+
+    A v2 error also has the shape of a v2 answer, with the error as its outputs `error` (BYTES) and
+    `code` (INT32): over the Open Inference Protocol's gRPC service TorchServe 0.12 drops the status
+    the handler sets and builds a ModelInferResponse from the body's `id`, `model_name`,
+    `model_version` and `outputs` (frontend GRPCJob.response), so the outputs are all that reach a
+    gRPC client. Over HTTP the status and `error` say it, as the protocol wants.
+    """
     body = {**bad.as_dict(), **identity}
     if protocol != PLAIN:
         body["error"] = f"{bad.kind}: {bad.message}"
+    if protocol == V2:
+        body.update({"model_name": identity["model"], "model_version": identity["version"],
+                     "id": getattr(bad, "request_id", None) or "",
+                     "outputs": [{"name": "error", "shape": [1], "datatype": "BYTES", "data": [body["error"]]},
+                                 {"name": "code", "shape": [1], "datatype": "INT32", "data": [bad.code]}]})
     return body

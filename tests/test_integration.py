@@ -112,6 +112,10 @@ def test_requests_without_the_right_token_are_refused(live_server, samples):
     assert response.status_code == 400 and "InvalidKeyException" in response.text
     management = {"Authorization": f"Bearer {live_server.client.key('inference')}"}
     assert requests.get(f"{live_server.client.endpoints.management}/models", headers=management, timeout=30).status_code == 400
+    # the Open Inference Protocol's HTTP routes (config.properties turns them on) are behind the token too
+    ready = f"{live_server.client.endpoints.inference}/v2/health/ready"
+    assert requests.get(ready, timeout=30).status_code == 400
+    assert requests.get(ready, headers=management, timeout=30).status_code == 200
 
 
 def test_status_reports_ready_versions_and_defaults(live_server, registry):

@@ -66,7 +66,7 @@ def test_v2_raw_tensors_of_the_models_input_shape(fashion, samples):
     assert [o["name"] for o in answer.json()["outputs"]] == ["top_labels"]
     assert answer.json()["outputs"][0]["data"][0] == "Ankle boot"
     config = loaded.handler.config
-    model_input = ((torch.from_numpy(pixels).float() / 255 - config.mean[0]) / config.std[0]).flatten().tolist()
+    model_input = ((torch.from_numpy(pixels.copy()).float() / 255 - config.mean[0]) / config.std[0]).flatten().tolist()
     body = {"inputs": [{"name": "x", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": model_input}]}
     [answer] = loaded.predict([{"body": body}])
     outputs = {o["name"]: o for o in answer.json()["outputs"]}
@@ -80,7 +80,7 @@ def test_v2_raw_tensors_of_the_models_input_shape(fashion, samples):
     ({"instances": ["@@"]}, 400, "InvalidBase64", "instance 0 is not valid base64: Only base64 data is allowed"),
     ({"instances": [base64.b64encode(b"junk").decode()]}, 400, "InvalidImage",
      "the body (4 bytes) is not an image format Pillow can read (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)"),
-    ({"inputs": [{"name": "x", "shape": [1], "datatype": "INT8", "data": [1]}]}, 400, "InvalidInput",
+    ({"id": "e-1", "inputs": [{"name": "x", "shape": [1], "datatype": "INT8", "data": [1]}]}, 400, "InvalidInput",
      "input datatype 'INT8' is not served: send BYTES (base64 images), UINT8 pixels or FP32 model input"),
     ({"inputs": [{"name": "x", "shape": [1, 3, 28, 28], "datatype": "UINT8", "data": [0]}]}, 400, "InvalidInput",
      "a UINT8 input must have the model's input shape [N, 1, 28, 28], not [1, 3, 28, 28]"),
@@ -92,8 +92,13 @@ def test_v1_and_v2_errors_keep_their_status_and_say_it_in_the_protocols_shape(fa
     _, loaded = fashion
     [answer] = loaded.predict([{"body": body}])
     assert answer.status == status
-    assert answer.json() == {"code": status, "type": kind, "message": message, "model": "fashion", "version": "2.0",
-                             "error": f"{kind}: {message}"}
+    expected = {"code": status, "type": kind, "message": message, "model": "fashion", "version": "2.0",
+                "error": f"{kind}: {message}"}
+    if "inputs" in body:  # v2: the error as the outputs too (all the Open Inference Protocol's gRPC service passes on)
+        expected.update({"model_name": "fashion", "model_version": "2.0", "id": body.get("id", ""), "outputs": [
+            {"name": "error", "shape": [1], "datatype": "BYTES", "data": [f"{kind}: {message}"]},
+            {"name": "code", "shape": [1], "datatype": "INT32", "data": [status]}]})
+    assert answer.json() == expected
 
 
 def test_a_batch_mixing_plain_v1_v2_and_bad_requests_answers_each_in_its_protocol(fashion, samples):

@@ -40,7 +40,7 @@ def serve_summary(project, started, rows):
                                               for r in rows if r["model"] == name))
     first = next(iter(project.registry.models.values()))
     (sample, _), *_ = sample_files(first.versions[first.default_version])
-    lines += ["Query it (the token is TorchServe's inference key from key_file.json):",
+    lines += [f"Query it (the token is TorchServe's inference key from {started.run_dir.key_file.name}):",
               f'  curl -H "Authorization: Bearer $(make -s token)" -T {os.path.relpath(sample)} '
               f"{e.inference}/predictions/{first.name}",
               "Stop it: make stop"]
@@ -67,13 +67,16 @@ def cmd_status(args):
 def cmd_predict(args):
     run_dir = _run_dir(args)
     image = Path(args.image).read_bytes()
-    if args.protocol == "grpc":
+    if args.protocol in ("grpc", "grpc-v2"):
         from marforge.serve.grpc_client import GrpcClient
 
         http = run_dir.client()
         grpc = GrpcClient(run_dir.endpoints().grpc, key_file=run_dir.key_file)
         try:
-            answer = grpc.predict(args.name, image, version=args.version, refresh=http.refresh_key)
+            if args.protocol == "grpc":
+                answer = grpc.predict(args.name, image, version=args.version, refresh=http.refresh_key)
+            else:
+                answer = grpc.infer(args.name, [image], version=args.version, refresh=http.refresh_key)
         finally:
             grpc.close()
     else:
@@ -136,18 +139,15 @@ def add_commands(command):
 
     p = command("predict", cmd_predict, "send one image to the server and print the JSON answer",
                 "python -m marforge predict fashion samples/fashion/00000-ankle-boot.png --version 2.0")
-    p.add_argument("name")
-    p.add_argument("image")
-    p.add_argument("--version", help="a specific version (default: the model's default version)")
-    p.add_argument("--protocol", choices=("http", "grpc"), default="http",
-                   help="HTTP (the inference API) or gRPC (TorchServe's inference.proto on the gRPC port)")
+    _image_request(p)
+    p.add_argument("--protocol", choices=("http", "grpc", "grpc-v2"), default="http",
+                   help="HTTP (the inference API), gRPC (TorchServe's inference.proto on the gRPC port) or "
+                        "grpc-v2 (the Open Inference Protocol's ModelInfer there: a v2 answer)")
     add_paths(p, "run_dir")
 
     p = command("explain", cmd_explain, "where the model looked: POST /explanations, heatmaps over the image as a PNG",
                 "python -m marforge explain fashion samples/fashion/00000-ankle-boot.png --out boot.png")
-    p.add_argument("name")
-    p.add_argument("image")
-    p.add_argument("--version", help="a specific version (default: the model's default version)")
+    _image_request(p)
     p.add_argument("--out", help="the PNG to write (default: <image name>.explained.png here)")
     add_paths(p, "run_dir")
 
@@ -168,3 +168,10 @@ def add_commands(command):
                 "python -m marforge rollback fashion")
     p.add_argument("name")
     add_paths(p, "model_store", "run_dir")
+
+
+def _image_request(p):
+    """The arguments of a command that sends one image to a model."""
+    p.add_argument("name")
+    p.add_argument("image")
+    p.add_argument("--version", help="a specific version (default: the model's default version)")
