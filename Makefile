@@ -73,7 +73,7 @@ weights: $(SETUP_STAMP)
 	MARFORGE_FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(PY) -m marforge samples
 
 .PHONY: archive
-## archive: build and verify model_store/<name>-<version>.mar for every version (make -j safe; FORMAT=torchscript|onnx|compile|quantized builds <name>-<version>-<format>.mar)
+## archive: build and verify model_store/<name>-<version>.mar for every version (make -j safe; FORMAT=torchscript|onnx|compile|quantized|cudagraphs builds <name>-<version>-<format>.mar)
 archive: $(ARCHIVES)
 
 $(MODEL_STORE)/%.mar: weights/%.pt weights/%.json $(MODEL_STORE)/.inputs/%.json $(ARCHIVE_INPUTS) | $(SETUP_STAMP)
@@ -144,7 +144,7 @@ kserve: archive
 	$(PY) -m marforge kserve $(if $(filter command line,$(origin MODEL)),$(MODEL) $(VERSION)) --storage-uri $(STORAGE_URI) --model-store $(MODEL_STORE) $(KSERVE_ARGS)
 
 .PHONY: bench
-## bench: ceiling, stock TorchServe, marforge, Flask and every other format of BENCH_MODEL BENCH_VERSION (BENCH_ARGS=--short for a quick look)
+## bench: ceiling, stock TorchServe, marforge (HTTP, gRPC, v2 JSON), Flask, every other format of BENCH_MODEL BENCH_VERSION; tables into docs/performance.md (BENCH_IMAGES=folder, BENCH_ARGS=--short)
 bench: $(BENCH_ARCHIVES)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	$(PY) -m marforge bench $(BENCH_MODEL) $(BENCH_VERSION) --model-store $(MODEL_STORE) --verbose $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES)) $(BENCH_ARGS)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 
 CONFIG_FILE = "model-config.yaml"  # the archive's config; its `handler:` section is HandlerConfig
-FORMATS = ("eager", "torchscript", "onnx", "compile", "quantized")  # how an archive's model file is made
+FORMATS = ("eager", "torchscript", "onnx", "compile", "quantized", "cudagraphs")  # how an archive's model is made
 DEFAULT_FORMAT = "eager"
 STAMP_SECTION = "marforge"  # model-config.yaml: {marforge: {format: ...}}
 CHANNELS = {"grayscale": 1, "rgb": 3}
@@ -75,6 +75,8 @@ class HandlerConfig:
     min_side: int = 8  # smaller images carry too little to classify (sklearn's digits are 8 x 8)
     half_precision: bool = False  # float16 model and inputs; on a CUDA device only (placement.py)
     pin_memory: bool = True  # copy batches to the GPU through pinned memory; on a CUDA device only
+    channels_last: bool = False  # the model and its inputs in channels-last memory order; on a CUDA device only
+    gpu_decode: bool = False  # JPEG bodies decoded and resized on the worker's GPU (nvJPEG); CPU elsewhere
 
     @classmethod
     def keys(cls):
@@ -90,31 +92,29 @@ class HandlerConfig:
         missing = sorted({"image_size", "color", "mean", "std", "labels"} - set(section))
         if missing:
             raise ValueError(f"the handler section lacks: {', '.join(missing)}")
-        size = section["image_size"]
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        color = section["color"]
-        if color not in CHANNELS:
-            raise ValueError(f"handler color must be one of {sorted(CHANNELS)}, not {color!r}")
-        mean, std = tuple(section["mean"]), tuple(section["std"])
-        if len(mean) != CHANNELS[color] or len(std) != CHANNELS[color]:
-            raise ValueError(f"handler mean and std need {CHANNELS[color]} value(s) for {color}")
-        if len(size) != 2 or min(size) < 1 or min(std) <= 0:
-            raise ValueError("handler image_size needs two positive numbers and std must be positive")
-        flags = {"half_precision": section.get("half_precision", False), "pin_memory": section.get("pin_memory", True)}
-        for key, value in flags.items():
-            if not isinstance(value, bool):
-                raise ValueError(f"handler {key} must be true or false, not {value!r}")
-        labels = tuple(section["labels"])
-        task = section.get("task", "multiclass")
-        activation = section.get("activation") or ("softmax" if task == "multiclass" else "sigmoid")
-        thresholds = section.get("thresholds")
-        config = cls(size, color, mean, std, labels, section.get("resize"), section.get("crop", "none"), task,
-                     activation, tuple(thresholds) if thresholds is not None else None,
-                     int(section.get("top_k", 3)), int(section.get("max_pixels", 4096 * 4096)),
-                     int(section.get("min_side", 8)), **flags)
+        values = {f.name: section.get(f.name, f.default) for f in fields(cls)}
+        size = values["image_size"]
+        values.update(image_size=(size, size) if isinstance(size, int) else tuple(size), mean=tuple(values["mean"]),
+                      std=tuple(values["std"]), labels=tuple(values["labels"]),
+                      thresholds=None if values["thresholds"] is None else tuple(values["thresholds"]),
+                      activation=values["activation"] or ("softmax" if values["task"] == "multiclass" else "sigmoid"),
+                      **{k: int(values[k]) for k in ("top_k", "max_pixels", "min_side")})
+        for f in fields(cls):
+            if f.type is bool and not isinstance(values[f.name], bool):
+                raise ValueError(f"handler {f.name} must be true or false, not {values[f.name]!r}")
+        config = cls(**values)
+        config._check_input()
         config._check_outputs()
         config._check_geometry()
         return config
+
+    def _check_input(self):
+        if self.color not in CHANNELS:
+            raise ValueError(f"handler color must be one of {sorted(CHANNELS)}, not {self.color!r}")
+        if len(self.mean) != CHANNELS[self.color] or len(self.std) != CHANNELS[self.color]:
+            raise ValueError(f"handler mean and std need {CHANNELS[self.color]} value(s) for {self.color}")
+        if len(self.image_size) != 2 or min(self.image_size) < 1 or min(self.std) <= 0:
+            raise ValueError("handler image_size needs two positive numbers and std must be positive")
 
     def _check_outputs(self):
         if not self.labels or self.top_k < 1:
@@ -261,6 +261,8 @@ def normalise(pixels, mean, std):
     import torch
 
     scale, shift = _affine(tuple(mean), tuple(std))
+    if pixels.device != scale.device:  # pixels decoded on a GPU (image_io.gpu_view)
+        scale, shift = scale.to(pixels.device), shift.to(pixels.device)
     return torch.addcmul(shift, pixels.to(torch.float32).movedim(-1, -3), scale)
 
 

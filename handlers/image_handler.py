@@ -61,7 +61,8 @@ class ImageClassifier(BaseHandler):
     def initialize(self, context):
         self.config = contract.HandlerConfig.from_dict((context.model_yaml_config or {}).get("handler"))
         self.placement = placement.decide(context.system_properties.get("gpu_id"), torch.cuda.is_available(),
-                                          contract.archive_format(context.model_yaml_config), self.config)
+                                          contract.archive_format(context.model_yaml_config), self.config,
+                                          context.system_properties.get("batch_size") or 1)
         for note in self.placement.notes:
             logger.info(note)
         self._load(context)
@@ -69,6 +70,8 @@ class ImageClassifier(BaseHandler):
             self.placement = placement.Placement(self.device)
         if self.placement.half:
             self.model.half()
+        if self.placement.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         if isinstance(self.model, torch.jit.ScriptModule) and self.placement.device.type == "cpu":
             self.model = placement.for_cpu(self.model)
         logger.info("model on %s, half precision %s, pinned memory %s",
@@ -80,6 +83,7 @@ class ImageClassifier(BaseHandler):
                 logger.warning("onnxruntime has no CUDA provider here: %s runs on the CPU "
                                "(pip install onnxruntime-gpu to run it on %s)", self.model_pt_path, self.placement.device)
         self._explainer_cache = None
+        self._decoder = self.placement.device if self.placement.gpu_decode else None  # JPEGs decoded there
         quiet_worker_log()
         self.identity = {"model": context.model_name, "version": context.manifest["model"]["modelVersion"]}
 
@@ -121,7 +125,7 @@ class ImageClassifier(BaseHandler):
             try:
                 parsed = protocols.parse(row, self.config)
                 for kind, value in parsed.items:
-                    view, size = protocols.view_of(kind, value, self.config)
+                    view, size = protocols.view_of(kind, value, self.config, self._decoder)
                     views.append(view)
                     sizes.append(size)
                 requests.append((parsed, range(mark, len(views))))
@@ -132,6 +136,8 @@ class ImageClassifier(BaseHandler):
                 requests.append((getattr(error, "protocol", protocols.PLAIN), error))
         if not views:
             return None, requests, sizes
+        if self._decoder is not None:  # some views may be on the GPU already: all go there
+            views = [view.to(self._decoder) for view in views]
         return (torch.stack(views) if self.config.crops == 1 else torch.cat(views)), requests, sizes
 
     def inference(self, data, *args, **kwargs):
@@ -143,8 +149,9 @@ class ImageClassifier(BaseHandler):
         if self.onnx_input is not None:
             outputs = torch.from_numpy(self.model.run(None, {self.onnx_input: inputs.numpy()})[0])
         else:
+            batch, rows = placement.pad(inputs, self.placement.pad_to) if self.placement.pad_to else (inputs, None)
             with torch.inference_mode():
-                outputs = self.model(placement.to_device(inputs, self.placement), *args, **kwargs)
+                outputs = self.model(placement.to_device(batch, self.placement), *args, **kwargs)[:rows]
         probabilities = contract.activate(outputs, self.config).cpu()
         if self.config.crops > 1:
             probabilities = probabilities.view(-1, self.config.crops, probabilities.shape[-1]).mean(dim=1)

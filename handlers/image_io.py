@@ -76,6 +76,16 @@ def _base64_field(obj):
         raise BadInput("InvalidBase64", f'"data" is not valid base64: {exc}') from None
 
 
+def check_size(width, height, config):
+    """BadInput when a declared size is too small to classify or larger than the model accepts."""
+    if min(width, height) < config.min_side:
+        raise BadInput("ImageTooSmall", f"the image is {width}x{height} pixels: too small to classify "
+                       f"(each side needs at least {config.min_side})")
+    if width * height > config.max_pixels:
+        raise BadInput("ImageTooLarge", f"the image declares {width}x{height} pixels, more than "
+                       f"the {config.max_pixels} this model accepts", 413)
+
+
 def decode_image(payload, config):
     """Decode bytes into a PIL image in the configured color mode (any size), or raise BadInput."""
     with warnings.catch_warnings():
@@ -83,13 +93,7 @@ def decode_image(payload, config):
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(payload))
-            width, height = image.size
-            if min(width, height) < config.min_side:
-                raise BadInput("ImageTooSmall", f"the image is {width}x{height} pixels: too small to classify "
-                               f"(each side needs at least {config.min_side})")
-            if width * height > config.max_pixels:
-                raise BadInput("ImageTooLarge", f"the image declares {width}x{height} pixels, more than "
-                               f"the {config.max_pixels} this model accepts", 413)
+            check_size(*image.size, config)
             frames = getattr(image, "n_frames", 1)
             if frames > 1:
                 raise BadInput("UnsupportedImage", f"the {image.format} image has {frames} frames: send one frame")
@@ -157,3 +161,59 @@ def answer(probabilities, config):
     if config.task == "multilabel":
         return judged(probabilities, config)
     return {"predictions": top_k(probabilities, config)}
+
+
+JPEG_START = b"\xff\xd8\xff"
+
+
+def gpu_view(payload, config, device):
+    """(the model's input, the image's size) of a JPEG decoded by the GPU (nvJPEG through torchvision)
+    and resized and cropped there as `contract.fit` does on the CPU (bilinear with antialiasing,
+    torchvision's sizes and crop offsets, rounded to 8-bit); None for anything else (another format,
+    a CMYK JPEG, a file the GPU decoder refuses), which is then decoded by Pillow."""
+    if bytes(payload[:3]) != JPEG_START:
+        return None
+    import torchvision
+    from torchvision.io import ImageReadMode
+
+    try:
+        header = Image.open(io.BytesIO(payload))
+    except Exception:  # Pillow's error says what is wrong: let the CPU path raise it
+        return None
+    check_size(*header.size, config)
+    if header.mode not in ("L", "RGB"):
+        return None
+    mode = ImageReadMode.RGB if config.color == "rgb" else ImageReadMode.GRAY
+    try:
+        pixels = torchvision.io.decode_jpeg(torch.frombuffer(bytearray(payload), dtype=torch.uint8), mode=mode,
+                                            device=device)
+    except RuntimeError:
+        return None
+    views = [contract.normalise(v.movedim(0, -1), config.mean, config.std) for v in _tensor_views(pixels, config)]
+    return (views[0] if len(views) == 1 else torch.stack(views)), header.size
+
+
+def _tensor_views(pixels, config):
+    """contract.fit for a C x H x W uint8 tensor: the views, as 8-bit values in float32."""
+    from torch.nn import functional
+
+    height, width = config.image_size
+    if config.crop == "none":
+        size = (height, width)
+    else:
+        h, w = pixels.shape[-2:]
+        short, long = min(h, w), max(h, w)
+        new_long = int(config.resize * long / short)
+        size = (new_long, config.resize) if h > w else (config.resize, new_long)
+    resized = functional.interpolate(pixels[None].float(), size=size, mode="bilinear", antialias=True,
+                                     align_corners=False)[0].round().clamp(0, 255)
+    if config.crop == "none":
+        return [resized]
+
+    def five(image):  # torchvision's FiveCrop: the four corners, then the center
+        h, w = image.shape[-2:]
+        top, left = int(round((h - height) / 2.0)), int(round((w - width) / 2.0))
+        return [image[:, y:y + height, x:x + width]
+                for y, x in ((0, 0), (0, w - width), (h - height, 0), (h - height, w - width), (top, left))]
+
+    return [five(resized)[4]] if config.crop == "center" else five(resized) + five(torch.flip(resized, dims=[-1]))

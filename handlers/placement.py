@@ -7,8 +7,12 @@ moves one stacked CPU batch to the chosen device. Rules:
 
 - CUDA only when CUDA is available AND TorchServe assigned a gpu_id (BaseHandler's own rule), on
   `cuda:<gpu_id>`; otherwise the CPU.
-- `half_precision` and `pin_memory` apply only on CUDA; on the CPU they are ignored (float16 matmuls
-  and convolutions there are slow or missing, and pinning only speeds up copies to a GPU).
+- `half_precision`, `pin_memory`, `channels_last` and `gpu_decode` apply only on CUDA; on the CPU
+  they are ignored (float16 matmuls and convolutions there are slow or missing, pinning only speeds
+  up copies to a GPU, and JPEGs are decoded by Pillow).
+- A `cudagraphs` archive (torch.compile's reduce-overhead mode, which replays a CUDA graph per batch
+  shape) gets its batches padded to a few shapes (`batch_buckets`, `pad`), so that a handful of
+  graphs cover every batch.
 - A `quantized` archive (dynamic int8, whose kernels exist only for the CPU) always runs on the CPU.
 - An `onnx` archive runs in an onnxruntime session (on a GPU worker, the CUDA provider on that
   worker's GPU, when onnxruntime-gpu is installed), fed float32 numpy from the CPU: no half
@@ -35,12 +39,16 @@ class Placement:
     pin: bool = False  # copy each batch through pinned host memory, asynchronously
     cpu_only: bool = False  # the format cannot run on a GPU, even an assigned one
     notes: tuple = field(default=())
+    channels_last: bool = False  # model and inputs in channels-last memory order
+    gpu_decode: bool = False  # JPEG bodies decoded on the device (image_io.gpu_view)
+    pad_to: tuple = ()  # batch sizes a batch is padded up to (CUDA graphs are captured per batch shape)
 
 
-def decide(gpu_id, cuda_available, fmt, config):
-    """The Placement for a worker with `gpu_id` (None: none assigned) serving a `fmt` archive.
+def decide(gpu_id, cuda_available, fmt, config, batch_size=1):
+    """The Placement for a worker with `gpu_id` (None: none assigned) serving a `fmt` archive in
+    batches of up to `batch_size` requests.
 
-    `config` is the handler's HandlerConfig (its `half_precision` and `pin_memory` are read).
+    `config` is the handler's HandlerConfig (its GPU options and crops are read).
     """
     if fmt in CPU_ONLY_FORMATS:
         note = (f"{fmt} archive: runs on the CPU although GPU {gpu_id} is assigned (its int8 kernels are CPU-only)"
@@ -50,15 +58,43 @@ def decide(gpu_id, cuda_available, fmt, config):
         return _on_cpu(config)
     device = torch.device(f"cuda:{gpu_id}")
     if fmt in NUMPY_FORMATS:
-        ignored = f"{fmt} archive: half_precision ignored (onnxruntime is fed float32)"
-        return Placement(device, notes=(ignored,) if config.half_precision else ())
-    return Placement(device, half=config.half_precision, pin=config.pin_memory)
+        ignored = [f"{fmt} archive: {flag} ignored (onnxruntime is fed float32 numpy)"
+                   for flag in ("half_precision", "channels_last", "gpu_decode") if getattr(config, flag)]
+        return Placement(device, notes=tuple(ignored))
+    return Placement(device, half=config.half_precision, pin=config.pin_memory, channels_last=config.channels_last,
+                     gpu_decode=config.gpu_decode,
+                     pad_to=batch_buckets(config, batch_size) if fmt in GRAPH_FORMATS else ())
+
+
+GRAPH_FORMATS = {"cudagraphs"}  # replayed CUDA graphs: one per batch shape, so batches are padded to few shapes
+
+
+def batch_buckets(config, batch_size=64):
+    """The batch shapes a CUDA-graph model is captured for: powers of two up to `batch_size` views."""
+    sizes, size = [], 1
+    while size < batch_size * config.crops:
+        sizes.append(size)
+        size *= 2
+    return tuple(sizes + [batch_size * config.crops])
+
+
+def pad(batch, sizes):
+    """`batch` padded with zero rows up to the smallest of `sizes` that holds it; (padded, its real rows)."""
+    rows = batch.shape[0]
+    target = next((s for s in sizes if s >= rows), rows)
+    if target == rows:
+        return batch, rows
+    return torch.cat([batch, batch.new_zeros((target - rows, *batch.shape[1:]))]), rows
 
 
 def _on_cpu(config, cpu_only=False, extra=None):
     notes = (extra,) if extra else ()
     if config.half_precision:  # pin_memory is on by default and means nothing off a GPU: not worth a line
         notes += ("half_precision ignored on the CPU: float16 is slow or unsupported there; running float32",)
+    if config.channels_last:
+        notes += ("channels_last ignored on the CPU",)
+    if config.gpu_decode:
+        notes += ("gpu_decode ignored on the CPU: images are decoded by Pillow",)
     return Placement(torch.device("cpu"), cpu_only=cpu_only, notes=notes)
 
 
@@ -71,10 +107,12 @@ def to_device(batch, placement):
     """
     if placement.device.type == "cpu":
         return batch
-    if placement.pin:
+    if placement.pin and not batch.is_cuda:  # views decoded on the GPU are there already
         batch = batch.pin_memory().to(placement.device, non_blocking=True)
     else:
         batch = batch.to(placement.device)
+    if placement.channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
     return batch.half() if placement.half else batch
 
 

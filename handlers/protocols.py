@@ -135,9 +135,13 @@ def _raw_tensor(kind, data, shape, config):
     return [(TENSOR_TYPES[kind], view) for view in tensor]
 
 
-def view_of(kind, value, config):
-    """(the model's input for one item, the size (width, height) of the picture it came from)."""
+def view_of(kind, value, config, decoder=None):
+    """(the model's input for one item, the size (width, height) of the picture it came from). With a
+    `decoder` (a CUDA device), a JPEG is decoded and preprocessed there (image_io.gpu_view)."""
     if kind == "image":
+        on_gpu = image_io.gpu_view(value, config, decoder) if decoder is not None else None
+        if on_gpu is not None:
+            return on_gpu
         image = image_io.decode_image(value, config)
         return contract.to_input(image, config), image.size
     size = (value.shape[-1], value.shape[-2])

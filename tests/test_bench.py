@@ -119,3 +119,19 @@ def test_the_docs_have_a_block_for_every_report(registry):
         text = (docs / report.DOCS.get(kind, report.DOC)).read_text()
         for name in names:
             assert f"<!-- generated: {name} -->" in text and f"<!-- end: {name} -->" in text, name
+
+
+def test_a_gpu_machine_is_held_to_issue_12s_targets():
+    gpu_machine = {**MACHINE, "gpu": {"name": "H100", "count": 1, "cuda": "13.0", "memory_gib": 80, "driver": "x"}}
+    assert targets.targets_for("fashion", MACHINE) == targets.CPU_TARGETS
+    assert targets.targets_for("chexnet", MACHINE) == ()
+    rows = [row("(b) torchserve stock", 64, 3000.0), row("(b') torchserve stock, eager archive", 64, 3900.0),
+            row("(c) marforge", 64, 9410.0), row("(c) marforge", 16, 2760.0, p99=11.0),
+            row("(b) torchserve stock", 16, 545.0), row("(b') torchserve stock, eager archive", 16, 3901.0)]
+    checks = targets.check(rows, targets.targets_for("fashion", gpu_machine))
+    assert checks["(c)/best of (b), (b') at 64 >= 3"] == {"value": 2.41, "target": 3.0, "met": False}
+    assert checks["(c)/best of (b), (b') at 16 >= 1"] == {"value": 0.71, "target": 1.0, "met": False}
+    assert checks["(c)/best of (b), (b') at 1 >= 1"]["met"] is False  # not measured: fails
+    assert checks["(c) p99 at 16 <= 15 ms"] == {"value": 11.0, "target": 15.0, "met": True}
+    assert set(targets.check([], targets.targets_for("chexnet", gpu_machine))) == {
+        "(c)/(b') at 64", "(c)/(a) at 64", "(c) p99 at 64 <= 100 ms"}

@@ -34,7 +34,8 @@ def seed_images():
             buffer = io.BytesIO()
             try:
                 base.convert(mode).save(buffer, format=fmt)
-            except OSError:  # a mode this format cannot store
+                Image.open(io.BytesIO(buffer.getvalue())).load()
+            except (OSError, ValueError):  # a mode this format cannot store, or a file this Pillow writes empty
                 continue
             seeds.append(buffer.getvalue())
     return seeds

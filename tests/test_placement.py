@@ -160,8 +160,14 @@ def test_quantized_archive_on_a_gpu_worker_loads_on_the_cpu(registry, tmp_path, 
 
 @pytest.mark.filterwarnings(JIT_LOAD_DEPRECATED)
 def test_the_same_mocked_gpu_worker_really_tries_cuda_for_torchscript(registry, tmp_path, monkeypatch):
-    """The control for the test above: without the CPU-only rule, loading fails here (no GPU)."""
+    """The control for the test above: without the CPU-only rule, a torchscript archive goes to CUDA:
+    on a machine without a GPU (CUDA mocked) its load fails; on a GPU machine it lands there."""
     context = stage_traced(registry.by_key("fashion-1.0"), tmp_path, "torchscript")
+    if torch.cuda.is_available():
+        handler = image_handler.ImageClassifier()
+        handler.initialize(context)
+        assert handler.placement.device == torch.device("cuda:0")
+        return
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(RuntimeError, match="CUDA"):
         image_handler.ImageClassifier().initialize(context)

@@ -18,7 +18,7 @@ from marforge.build.worker import LoadedArchive
 from marforge.errors import ArchiveError, RegistryError
 
 FORMATS = variants.formats()
-BUILDS = [("1.0", fmt) for fmt in FORMATS] + [("2.0", fmt) for fmt in FORMATS if fmt != "compile"]
+BUILDS = [("1.0", fmt) for fmt in FORMATS] + [("2.0", fmt) for fmt in FORMATS if fmt not in variants.COMPILED]
 SELF_CONTAINED = {"torchscript", "onnx", "quantized"}  # archived without a model file
 
 
@@ -55,7 +55,7 @@ def test_formats_are_named_after_the_registry_format(registry, built):
 
 
 def test_self_contained_formats_load_without_a_model_file_and_carry_the_eager_one_for_explanations(registry, built):
-    suffix = {"eager": ".pt", "compile": ".pt", "torchscript": ".pt", "quantized": ".pt", "onnx": ".onnx"}
+    suffix = {"eager": ".pt", "compile": ".pt", "cudagraphs": ".pt", "torchscript": ".pt", "quantized": ".pt", "onnx": ".onnx"}
     for (version, fmt), (path, _) in built.items():
         mv = registry.get("fashion", version)
         manifest = mar.manifest_of(path)
@@ -72,6 +72,8 @@ def test_self_contained_formats_load_without_a_model_file_and_carry_the_eager_on
 def test_compile_asks_torchserve_for_inductor(built):
     assert config_of(built["1.0", "compile"][0])["pt2"] == {"compile": {"enable": True, "backend": "inductor"}}
     assert "pt2" not in config_of(built["1.0", "eager"][0])
+    assert config_of(built["1.0", "cudagraphs"][0])["pt2"] == {
+        "compile": {"enable": True, "backend": "inductor", "mode": "reduce-overhead"}}
 
 
 def test_every_format_agrees_with_the_eager_model_on_the_eval_set(built):
@@ -86,7 +88,8 @@ def test_every_format_agrees_with_the_eager_model_on_the_eval_set(built):
 
 def test_compile_really_ran_through_inductor(built):
     assert built["1.0", "compile"][1].compiled_graphs >= 1
-    assert all(report.compiled_graphs is None for (_, fmt), (_, report) in built.items() if fmt != "compile")
+    assert built["1.0", "cudagraphs"][1].compiled_graphs >= 1  # reduce-overhead mode compiles the same way
+    assert all(report.compiled_graphs is None for (_, fmt), (_, report) in built.items() if fmt not in variants.COMPILED)
 
 
 def test_quantized_weights_are_smaller(registry, built):
@@ -174,5 +177,5 @@ def test_registry_format_defaults_overrides_and_errors(tmp_path):
     assert [mv.format for mv in loaded.all_versions()] == ["quantized", "onnx", "eager"]
     assert loaded.get("a", "2.0").eval_dir == tmp_path / "eval" / "a"
     path.write_text('[models.a]\ndefault_version = "1.0"\n[models.a.versions."1.0"]\nmodel_def = "m.py"\nformat = "trt"\n')
-    with pytest.raises(RegistryError, match=r"format 'trt' is not one of eager, torchscript, onnx, compile, quantized"):
+    with pytest.raises(RegistryError, match=r"format 'trt' is not one of eager, torchscript, onnx, compile, quantized, cudagraphs$"):
         registry_module.load(path)

@@ -15,6 +15,9 @@ archive it:
                first batch of each new shape. BaseHandler only warns when torch.compile fails, so
                `compile_outcome` checks that inductor really compiled the worker's model.
 - quantized:   the nn.Linear layers dynamically quantized to int8, then traced like torchscript.
+- cudagraphs:  compile in torch.compile's reduce-overhead mode: on a GPU it records a CUDA graph per
+               batch shape and replays it (the handler pads batches to a few shapes); on a CPU it
+               compiles like compile.
 
 The archive records its format with the contract's stamp (handlers/contract.py) so that it can be
 verified later with the right tolerance, and so that a worker places it right. An archive whose
@@ -30,9 +33,11 @@ from marforge.build.weights import build_model
 from marforge.errors import ArchiveError
 
 ONNX_OPSET = 17
-# Formats `make bench` and `bench --compare-formats` serve by default. compile only on request:
-# inductor compiles each new batch shape on its first request, which stalls the first requests.
-BENCH_FORMATS = ("eager", "torchscript", "onnx", "quantized")
+# Formats `make bench` and `bench --compare-formats` serve by default, per machine. On a CPU, compile
+# only on request: inductor compiles each new batch shape on its first request, which stalls it. On a
+# GPU, not ONNX (onnxruntime-gpu is not installed: it would run on the CPU) nor int8 (CPU kernels only).
+BENCH_FORMATS = {"cpu": ("eager", "torchscript", "onnx", "quantized"),
+                 "gpu": ("eager", "torchscript", "compile", "cudagraphs")}
 
 
 def formats():
@@ -55,6 +60,7 @@ TOLERANCES = {
     "torchscript": Tolerance(1e-4, 1.0),
     "onnx": Tolerance(1e-4, 1.0),
     "compile": Tolerance(1e-4, 1.0),
+    "cudagraphs": Tolerance(1e-4, 1.0),  # compile's kernels, replayed
     # Dynamic int8 quantization scales each batch's activations by that batch's own range, so an
     # answer also depends on the other requests of its batch. The bounds were set with headroom over
     # the worst difference seen on every reference model's eval set, batched 1 to 300 in order and
@@ -114,6 +120,11 @@ def _compile(mv, metadata, work_dir):
     return Variant("compile", mv.weights, mv.model_def, {"pt2": {"compile": {"enable": True, "backend": "inductor"}}})
 
 
+def _cudagraphs(mv, metadata, work_dir):
+    options = {"enable": True, "backend": "inductor", "mode": "reduce-overhead"}
+    return Variant("cudagraphs", mv.weights, mv.model_def, {"pt2": {"compile": options}})
+
+
 def _traced(model, metadata, path):
     """Trace `model` and save it as TorchScript (deprecated in torch 2.14, still what BaseHandler loads)."""
     import warnings
@@ -158,7 +169,9 @@ def _onnx(mv, metadata, work_dir):
     return Variant("onnx", path)
 
 
-_BUILDERS = {"eager": _eager, "torchscript": _torchscript, "onnx": _onnx, "compile": _compile, "quantized": _quantized}
+_BUILDERS = {"eager": _eager, "torchscript": _torchscript, "onnx": _onnx, "compile": _compile, "quantized": _quantized,
+             "cudagraphs": _cudagraphs}
+COMPILED = {"compile", "cudagraphs"}  # BaseHandler wraps them in torch.compile, and only warns when that fails
 
 
 def compile_counts():

@@ -106,9 +106,9 @@ def run_loaded(mar_path, mv, fmt, paths):
     rows = [{"body": path.read_bytes()} for path in paths]
     try:
         with LoadedArchive(mar_path, batch_size=size) as loaded:
-            before = variants.compile_counts() if fmt == "compile" else None
+            before = variants.compile_counts() if fmt in variants.COMPILED else None
             answers = [answer for i in range(0, len(rows), size) for answer in loaded.predict(rows[i:i + size])]
-            graphs = variants.compile_outcome(loaded.handler.model, before) if fmt == "compile" else None
+            graphs = variants.compile_outcome(loaded.handler.model, before) if fmt in variants.COMPILED else None
             return answers, loaded.service.context.model_yaml_config["handler"], graphs
     except ArchiveError as exc:
         raise ArchiveError(f"{mar_path}: {exc.message}", exc.hint) from None

@@ -40,9 +40,11 @@ class LoadedArchive:
     as an unpacked archive (used as it is).
     """
 
-    def __init__(self, mar_path, batch_size=8):
+    def __init__(self, mar_path, batch_size=8, gpu_id=None):
+        """`gpu_id`: the GPU TorchServe would assign the worker (None: none, the worker runs on the CPU)."""
         self.mar_path = Path(mar_path)
         self.batch_size = batch_size
+        self.gpu_id = gpu_id
         self.unpacked = self.mar_path.is_dir()
         self.model_dir = None
         self.service = None
@@ -78,7 +80,7 @@ class LoadedArchive:
             importlib.import_module(manifest["model"]["handler"].split(":")[0].removesuffix(".py"))
             self.service = ModelLoaderFactory.get_model_loader().load(
                 manifest["model"]["modelName"], self.model_dir, manifest["model"]["handler"],
-                None, self.batch_size, None, True, metrics,
+                self.gpu_id, self.batch_size, None, True, metrics,
             )
             self.service.set_cl_socket(None)  # predict() hands it to the context; only streaming uses it
         except BaseException:

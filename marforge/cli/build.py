@@ -39,7 +39,8 @@ def cmd_archives(args):
     from marforge.build import variants
 
     project = project_of(args)
-    formats = list(variants.BENCH_FORMATS) if args.bench else (args.formats.split(",") if args.formats else [None])
+    formats = list(variants.BENCH_FORMATS[project.device]) if args.bench else (
+        args.formats.split(",") if args.formats else [None])
     unknown = [f for f in formats if f is not None and f not in variants.formats()]
     if unknown:
         raise MarforgeError(f"unknown archive format(s): {', '.join(unknown)}",

@@ -20,7 +20,7 @@ def cmd_bench(args):
     doc_dir = None if args.short or args.no_docs else project.docs_dir
     if args.compare_formats:
         results = experiments.compare_formats(project, project.registry.all_versions(),
-                                              formats or list(variants.BENCH_FORMATS), seconds=seconds,
+                                              formats or list(variants.BENCH_FORMATS[project.device]), seconds=seconds,
                                               concurrencies=[c for c in concurrencies if c > 1] or concurrencies,
                                               log=_log(args))
         kind = "formats"

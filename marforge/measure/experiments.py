@@ -27,6 +27,7 @@ from pathlib import Path
 from marforge import labelled
 from marforge.build import variants
 from marforge.build.verify import eval_files, sample_files
+from marforge.build.weights import read_metadata
 from marforge.errors import DataError
 from marforge.measure import fixtures, machine, targets
 from marforge.measure.sampling import measure, warm_up
@@ -47,9 +48,10 @@ def warm_up_seconds(row_seconds):
     return min(WARM_UP_S, row_seconds)
 
 
-def bench_formats(mv, asked=None):
-    """The (e) rows' formats: those asked for, else every benchmark format but the version's own."""
-    return list(asked) if asked else [f for f in variants.BENCH_FORMATS if f != mv.format]
+def bench_formats(mv, asked=None, device="cpu"):
+    """The (e) rows' formats: those asked for, else every benchmark format of the machine but the
+    version's own."""
+    return list(asked) if asked else [f for f in variants.BENCH_FORMATS[device] if f != mv.format]
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -76,7 +78,7 @@ def _ceiling_process(args):
 
     torch.set_num_threads(1)
     rows = [{"body": Path(p).read_bytes()} for p in paths]
-    with LoadedArchive(mar_path) as loaded:
+    with LoadedArchive(mar_path, batch_size=batch_size, gpu_id=0 if torch.cuda.is_available() else None) as loaded:
         handler = loaded.handler
         done, deadline = 0, time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -87,8 +89,10 @@ def _ceiling_process(args):
 
 
 def ceiling(mar_path, paths, seconds, batch_size, processes=None):
-    """Images per second of the archive's own handler (decode, preprocess, model, softmax; batches of
-    `batch_size`) run in-process, in `processes` single-threaded processes (default: one per core)."""
+    """Images per second of the archive's own handler (decode, preprocess, model, activation; batches
+    of `batch_size`) run in-process, in `processes` single-threaded processes (default: one per core),
+    each with the model on GPU 0 when there is one (its decoding, on the CPU or as the handler is
+    configured, included)."""
     processes = processes or len(os.sched_getaffinity(0))
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         rates = pool.map(_ceiling_process, [(str(mar_path), [str(p) for p in paths], seconds, batch_size)] * processes)
@@ -132,6 +136,16 @@ def v2_rows_of(label, target, bodies, concurrencies, seconds, mv):
     return [measure(label, url, v2, c, seconds, target.pid, target.roles, load=load) for c in concurrencies]
 
 
+def _as_rgb_png(body):
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.open(io.BytesIO(body)).convert("RGB").save(out, format="PNG")
+    return out.getvalue()
+
+
 def bench(project, mv, seconds=10.0, concurrencies=(1, 16, 64), formats=None, images=None, log=print):
     """Every row at every concurrency; returns the results (machine, rows, ratios, targets). `images`: a
     folder of images to send instead of the model's own (see images_of)."""
@@ -153,17 +167,26 @@ def bench(project, mv, seconds=10.0, concurrencies=(1, 16, 64), formats=None, im
             for row in rows_fn(label, target, bodies, concurrencies, seconds, mv):
                 rows.append(row)
                 log(f"{row}")
-    if mv.format != "eager" and mv.archive_path(store, "eager").is_file():
+    if fixtures.fits_stock_classifier(mv, read_metadata(mv)):
+        # What a user of TorchServe's examples runs: its own image_classifier on the eager model, fed
+        # RGB (it answers a grayscale image 503: its normalisation has three channels).
+        rgb = [_as_rgb_png(b) for b in bodies]
+        with fixtures.stock_classifier(project, mv) as target:
+            for row in rows_of("(b') torchserve stock, its image_classifier", target, rgb, concurrencies, seconds):
+                rows.append(row)
+                log(f"{row}")
+    elif mv.format != "eager" and mv.archive_path(store, "eager").is_file():
         # What stock TorchServe does with the PyTorch model itself, which is what most users start from.
         served("(b') torchserve stock, eager archive", fixtures.format_server(project, mv, "eager", stock=True))
     elif mv.format != "eager":
         log(f"(b') skipped: {mv.archive_path(store, 'eager')} not built (make archive FORMAT=eager)")
     served("(d) flask", fixtures.flask_server(project, mv))
-    for fmt in bench_formats(mv, formats):
+    for fmt in bench_formats(mv, formats, project.device):
         served(f"(e) marforge {fmt}", fixtures.format_server(project, mv, fmt))
-    return {"model": mv.key, "format": mv.format, "seconds": seconds, "machine": machine.describe(project.root),
-            "images": f"{len(paths)} from {paths[0].parent}",
-            "rows": rows, "ratios": targets.ratios(rows, concurrencies), "targets": targets.check(rows)}
+    described = machine.describe(project.root)
+    return {"model": mv.key, "format": mv.format, "seconds": seconds, "machine": described,
+            "images": f"{len(paths)} from {paths[0].parent}", "rows": rows, "ratios": targets.ratios(rows, concurrencies),
+            "targets": targets.check(rows, targets.targets_for(mv.name, described))}
 
 
 def compare_formats(project, versions, formats, seconds=5.0, concurrencies=(16, 64), log=print):

@@ -4,6 +4,7 @@
     torchserve(project, mv, stock=True)  TorchServe with its defaults: a worker per core, no batching,
                                          every core in every worker, its own logging
     format_server(project, mv, fmt)      either of those, serving the version's archive in format `fmt`
+    stock_classifier(project, mv)        stock TorchServe with its own image_classifier handler
     flask_server(project, mv)            the Flask app of flask_app.py, in its own process
 
 Each yields what the load needs: the URL to post to, the headers (the inference token), and the
@@ -68,6 +69,48 @@ def format_server(project, mv, fmt, stock=False):
     try:
         shutil.copy(built, mv.archive_path(store))  # served under the name the server loads
         with torchserve(dataclasses.replace(project, model_store=store), mv, stock=stock) as target:
+            yield target
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def fits_stock_classifier(mv, metadata):
+    """TorchServe's own image_classifier makes 3 x 224 x 224 inputs with ImageNet's mean and std
+    (Resize(256), CenterCrop(224)): a model trained on those can be served by it as it is."""
+    pre = metadata["preprocess"]
+    return (pre["color"], list(pre["image_size"]), tuple(pre["mean"]), tuple(pre["std"])) == (
+        "rgb", [224, 224], *IMAGENET)
+
+
+@contextmanager
+def stock_classifier(project, mv):
+    """Stock TorchServe serving an eager archive of `mv` made with TorchServe's own `image_classifier`
+    handler (its model file, its weights, an index_to_name.json of its labels), as a user of
+    TorchServe's examples would: the (b') row for a model that fits it (fits_stock_classifier)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from marforge.build.weights import read_metadata
+
+    store = Path(tempfile.mkdtemp(prefix="marforge-bench-stock-"))
+    try:
+        labels = store / "index_to_name.json"
+        labels.write_text(json.dumps({str(i): label for i, label in enumerate(read_metadata(mv)["labels"])}))
+        (store / "tmp").mkdir()
+        done = subprocess.run([str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", mv.name,
+                               "--version", mv.version, "--model-file", str(mv.model_def), "--serialized-file",
+                               str(mv.weights), "--handler", "image_classifier", "--extra-files", str(labels),
+                               "--export-path", str(store)], capture_output=True, text=True,
+                              env={**os.environ, "TMPDIR": str(store / "tmp")})
+        if done.returncode != 0:
+            raise ServerError(f"torch-model-archiver failed for the stock image_classifier archive: {done.stderr.strip()}")
+        os.replace(store / f"{mv.name}.mar", mv.archive_path(store))
+        with torchserve(dataclasses.replace(project, model_store=store), mv, stock=True) as target:
             yield target
     finally:
         shutil.rmtree(store, ignore_errors=True)

@@ -32,16 +32,20 @@ def _head(title, results, columns):
 
 
 def bench_markdown(results):
+    gpu = any("gpu_util_pct" in r for r in results["rows"])  # a GPU machine: its utilisation and memory too
     lines = _head(f"`make bench`: {results['model']} served as {results.get('format', '?')}, "
                   f"{results.get('images', 'its eval images')}, {results['seconds']:g} s per row", results,
                   [("row", "l"), ("conc.", "r"), ("req/s", "r"), ("p50 ms", "r"), ("p90 ms", "r"), ("p99 ms", "r"),
-                   ("errors", "r"), ("loadgen CPU", "r"), ("server CPU (cores)", "l"), ("peak RSS MB", "r")])
+                   ("errors", "r"), ("loadgen CPU", "r"), ("server CPU (cores)", "l"), ("peak RSS MB", "r")]
+                  + ([("GPU util %", "r"), ("GPU MB", "r")] if gpu else []))
     for r in results["rows"]:
+        extra = f" {r.get('gpu_util_pct', '')} | {r.get('gpu_memory_mb', '')} |" if gpu else ""
         if r["concurrency"] is None:
-            lines.append(f"| {r['row']} ({r['processes']} processes, img/s) | - | {r['throughput']} | | | | | | | |")
+            lines.append(f"| {r['row']} ({r['processes']} processes, img/s) | - | {r['throughput']} | | | | | | | |"
+                         + (" | |" if gpu else ""))
             continue
         lines.append(f"| {r['row']} | {r['concurrency']} | {r['throughput']} | {r['p50_ms']} | {r['p90_ms']} | "
-                     f"{r['p99_ms']} | {r['errors']} | {r['loadgen_cpu']} | {_cpu(r)} | {r['peak_rss_mb']} |")
+                     f"{r['p99_ms']} | {r['errors']} | {r['loadgen_cpu']} | {_cpu(r)} | {r['peak_rss_mb']} |{extra}")
     by_pair = {}
     for name, value in results["ratios"].items():
         pair, concurrency = name.split(" at ")

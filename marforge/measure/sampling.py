@@ -53,11 +53,18 @@ class ProcessWatch:
     def __enter__(self):
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
+        self._gpu = GpuWatch().start() if GpuWatch.available() else None
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        if self._gpu:
+            self._gpu.stop()
+
+    def gpu(self):
+        """{"gpu_util_pct": mean, "gpu_memory_mb": peak} over the run, or {} without a GPU."""
+        return self._gpu.summary() if self._gpu else {}
 
     def cpu_cores(self, seconds):
         """CPU used per role during the run, in cores (1.0 = one core busy all the time); processes
@@ -67,6 +74,45 @@ class ProcessWatch:
             role = self.roles.get(pid, "worker")
             used[role] = used.get(role, 0.0) + (t - self._cpu0.get(pid, 0.0)) / seconds
         return {k: round(v, 2) for k, v in used.items()}
+
+
+class GpuWatch:
+    """Samples every GPU's utilisation and memory in use (nvidia-smi) while a run goes on."""
+
+    QUERY = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
+
+    @staticmethod
+    def available():
+        import shutil
+
+        return shutil.which("nvidia-smi") is not None
+
+    def start(self):
+        self.samples, self._stop = [], threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        import subprocess
+
+        while not self._stop.wait(0.5):
+            try:
+                out = subprocess.run(self.QUERY, capture_output=True, text=True, timeout=5).stdout
+                gpus = [[float(v) for v in line.split(",")] for line in out.strip().splitlines()]
+                self.samples.append((max(g[0] for g in gpus), sum(g[1] for g in gpus)))
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                continue
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self):
+        if not self.samples:
+            return {}
+        return {"gpu_util_pct": round(sum(s[0] for s in self.samples) / len(self.samples), 1),
+                "gpu_memory_mb": max(s[1] for s in self.samples)}
 
 
 def measure(label, url, bodies, concurrency, seconds, pid, roles, headers=None, load=None):
@@ -83,7 +129,7 @@ def measure(label, url, bodies, concurrency, seconds, pid, roles, headers=None, 
             "p99_ms": round(result.percentile(99), 2), "errors": result.errors, "requests": len(result.samples),
             "failed_statuses": result.failed_statuses(),
             "loadgen_cpu": round(loadgen, 2), "server_cpu": watch.cpu_cores(result.seconds),
-            "peak_rss_mb": round(watch.peak_mb, 1)}
+            "peak_rss_mb": round(watch.peak_mb, 1), **watch.gpu()}
 
 
 def warm_up(url, bodies, concurrency, seconds, headers=None):

@@ -95,7 +95,7 @@ def _wait_for_key_file(server, timeout):
         if not server.alive():
             raise ServerError("TorchServe exited during start-up")
         if time.monotonic() > deadline:
-            raise ServerError(f"TorchServe wrote no key_file.json in {timeout:.0f}s")
+            raise ServerError(f"TorchServe wrote no {server.run_dir.key_file.name} in {timeout:.0f}s")
         time.sleep(0.2)
 
 
