@@ -93,10 +93,28 @@ def test_the_sweep_table_has_one_line_per_setting_with_every_concurrency():
     assert table[5].startswith("| 1 | 2 | 1 | 5 | 100.0 |")
 
 
+def test_the_jvm_table_has_every_round_and_the_bounded_servers_ratio_to_the_defaults():
+    from marforge.measure import tuning
+
+    rows = [row(name, c, rate * c, p99=p99, round=r, frontend_rss_mb=rss)
+            for r in (1, 2) for name, rate, p99, rss in ((tuning.JVM_BOUNDED, 100.0 + r, 10.0, 800.0),
+                                                         (tuning.JVM_DEFAULTS, 100.0, 8.0, 400.0 + r))
+            for c in (16, 64)]
+    table = report.jvm_markdown({"model": "fashion-2.0", "seconds": 8, "machine": MACHINE, "rows": rows,
+                                 "vmargs": "-Xmx1m", "env": {"MALLOC_ARENA_MAX": "2"}}).splitlines()
+    assert "bounded: `-Xmx1m` and {'MALLOC_ARENA_MAX': '2'}" in table[0]
+    assert len([line for line in table if line.startswith("| bounded (shipped) | ")]) == 4 + 2  # 2 rounds x 2, 2 means
+    assert f"| {tuning.JVM_BOUNDED} | 16 | 1624.0 | 10.00 | 10.0 | 800.0 |" in table
+    assert f"| {tuning.JVM_DEFAULTS} | 64 | 6400.0 | 8.00 | 8.0 | 401.5 |" in table
+    assert table[-3:] == ["| req/s | 1.01 | 1.01 |", "| p99 | 1.25 | 1.25 |", "| frontend RSS | 1.99 | 1.99 |"]
+
+
 def test_the_e_rows_are_the_benchmark_formats_but_the_versions_own(registry):
     mv = registry.get("fashion", "2.0")
     assert experiments.bench_formats(mv) == [f for f in ("eager", "torchscript", "onnx", "quantized") if f != mv.format]
     assert experiments.bench_formats(mv, ["compile"]) == ["compile"]
+    assert experiments.bench_formats(mv, device="gpu") == [f for f in ("eager", "torchscript", "compile", "cudagraphs")
+                                                           if f != mv.format]
 
 
 def test_a_generated_block_is_replaced_and_the_prose_kept(tmp_path):
@@ -119,6 +137,9 @@ def test_the_docs_have_a_block_for_every_report(registry):
         text = (docs / report.DOCS.get(kind, report.DOC)).read_text()
         for name in names:
             assert f"<!-- generated: {name} -->" in text and f"<!-- end: {name} -->" in text, name
+    readme = (registry.path.parent / "README.md").read_text()
+    for kind in report.README_SUMMARIES:
+        assert f"<!-- generated: {kind} -->" in readme and f"<!-- end: {kind} -->" in readme, kind
 
 
 def test_a_gpu_machine_is_held_to_issue_12s_targets():

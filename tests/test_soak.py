@@ -59,6 +59,19 @@ def test_the_report_table_spreads_its_rows_and_states_the_verdict():
     assert "| frontend 1 | 300 | 300 | 300 | 300 | 0 | 0.0 |" in table
 
 
+def test_the_readme_summary_names_the_frontend_the_worker_that_rose_most_and_the_verdict():
+    windows = [window(m / 2, 300 + m * 0.1) for m in range(1, 61)]
+    for i, w in enumerate(windows):
+        w["rss_mb"]["worker 3"] = 600.0 + (i >= 45) * 2.0
+    result = judged(windows)
+    machine = {"cpus": 2, "cpu_model": "Test CPU", "gpu": None, "torch": "2.x", "commit": "abc", "date": "today"}
+    lines = report.soak_summary_markdown({**result.to_dict(), "machine": machine}).splitlines()
+    assert lines[0].startswith("`make soak`: fashion, 30 minutes, 60000 requests, 0 failed. 2 CPUs")
+    assert lines[4] == "| frontend RSS | 302.1 | 306.0 | 1.9 | 12.0 |"
+    assert lines[6].startswith("| the worker that rose most (of 2) | 600.0 | 602.0 | 2.0 |")
+    assert lines[-1] == "soak passed: no errors, memory on a plateau once settled, no p99 drift"
+
+
 @pytest.mark.integration
 def test_a_short_soak_measures_every_window_and_every_server_process(live_server, registry, samples):
     images = [path for path, _ in samples["digits"]]

@@ -1,4 +1,4 @@
-"""Commands that measure: bench (with --compare-formats and --sweep) and soak."""
+"""Commands that measure: bench (with --compare-formats, --sweep, --queue and --jvm) and soak."""
 
 from marforge.cli import Output, add_paths, project_of
 from marforge.errors import MeasurementFailed
@@ -10,7 +10,7 @@ def _log(args):
 
 def cmd_bench(args):
     from marforge.build import variants
-    from marforge.measure import experiments, report
+    from marforge.measure import experiments, report, tuning
 
     project = project_of(args)
     seconds = experiments.SHORT_ROW_S if args.short else args.seconds
@@ -27,16 +27,19 @@ def cmd_bench(args):
     else:
         mv = project.registry.get(args.name, args.version)
         if args.sweep:
-            results, kind = experiments.sweep(project, mv, seconds=seconds, concurrencies=concurrencies,
-                                              log=_log(args)), "sweep"
+            results, kind = tuning.sweep(project, mv, seconds=seconds, concurrencies=concurrencies,
+                                         log=_log(args)), "sweep"
         elif args.queue:
-            results, kind = experiments.queue(project, mv, seconds=seconds, log=_log(args)), "queue"
+            results, kind = tuning.queue(project, mv, seconds=seconds, log=_log(args)), "queue"
+        elif args.jvm:
+            results, kind = tuning.jvm(project, mv, seconds=seconds, concurrencies=[c for c in concurrencies if c > 1]
+                                       or concurrencies, log=_log(args)), "jvm"
         else:
             results, kind = experiments.bench(project, mv, seconds=seconds, concurrencies=concurrencies,
                                               formats=formats, images=args.images, log=_log(args)), "bench"
     block = f"{kind}-{args.name}" if kind == "bench" else kind  # docs/performance.md has a bench block per model
     out_dir, table = report.write(kind, results, project.bench_results, doc_dir, block)
-    where = f"written to {out_dir}/" + (f" and {doc_dir / report.DOC}" if doc_dir else "")
+    where = f"written to {out_dir}/" + (f" and {doc_dir / report.DOCS.get(kind, report.DOC)}" if doc_dir else "")
     return Output(f"{table}{where}", results)
 
 
@@ -76,9 +79,12 @@ def add_commands(command):
     p.add_argument("--verbose", action="store_true", help="print each row as it is measured")
     p.add_argument("--no-docs", action="store_true", help="do not write the tables into docs/performance.md")
     p.add_argument("--sweep", action="store_true", help="instead: marforge's server at each concurrency for "
-                   "each workers/batch/delay setting of experiments.SWEEP_GRID (how the shipped defaults were chosen)")
+                   "each workers/batch/delay setting of tuning.SWEEP_GRID (how the shipped defaults were chosen)")
     p.add_argument("--queue", action="store_true", help="instead: marforge's server with each job_queue_size of "
-                   "experiments.QUEUE_SIZES under bursts of experiments.QUEUE_CLIENTS clients (how many are refused)")
+                   "tuning.QUEUE_SIZES under bursts of tuning.QUEUE_CLIENTS clients (how many are refused)")
+    p.add_argument("--jvm", action="store_true", help="instead: marforge's server with the frontend's shipped memory "
+                   "bounds and with TorchServe's JVM defaults, alternating, at the concurrencies above 1 (into "
+                   "docs/operations.md)")
     p.add_argument("--compare-formats", action="store_true", help="instead: every registry version in every "
                    "format of --formats (build them first: make archive FORMAT=...) at the concurrencies above 1; "
                    "names the fastest format per version")

@@ -12,13 +12,12 @@
   (f) gRPC      (c)'s server through TorchServe's gRPC inference API (inference.proto)
   (g) v2 JSON   (c)'s server through KServe's v2 protocol: JSON with the image as base64 BYTES
 
-`compare_formats` serves every version in every format and names the fastest; `sweep` serves one
-version with each serving setting of a grid. Every server first gets unrecorded load at the
-highest concurrency (`warm_up_seconds`).
+`compare_formats` serves every version in every format and names the fastest (the experiments
+that vary the server's own settings are in tuning.py). Every server first gets unrecorded load at
+the highest concurrency (`warm_up_seconds`).
 """
 
 import asyncio
-import dataclasses
 import multiprocessing
 import os
 import time
@@ -34,15 +33,6 @@ from marforge.measure.sampling import measure, warm_up
 
 WARM_UP_S = 5.0  # unrecorded load on each server before its rows (less when the rows are shorter)
 SHORT_ROW_S = 3.0  # `--short`: a quick look, which understates a warm server
-
-# One knob at a time around the shipped defaults (a worker per core, batches of 16 within 1 ms) on
-# a 2-core machine: workers per version, then batch size, then the batch window.
-SWEEP_GRID = [
-    {"workers": w, "batch_size": b, "max_batch_delay_ms": d}
-    for w, b, d in [(2, 16, 1), (1, 16, 1), (3, 16, 1), (2, 1, 1), (2, 4, 1), (2, 8, 1), (2, 32, 1),
-                    (2, 16, 2), (2, 16, 5), (2, 16, 10)]
-]
-
 
 def warm_up_seconds(row_seconds):
     return min(WARM_UP_S, row_seconds)
@@ -210,50 +200,3 @@ def winner(rows, margin=1.05):
     at_top = {r["format"]: r["throughput"] for r in rows if r["concurrency"] == top}
     best = max(at_top, key=at_top.get)
     return best if "eager" not in at_top or at_top[best] >= margin * at_top["eager"] else "eager"
-
-
-QUEUE_SIZES = (100, 500, 1000)  # TorchServe's default, the shipped setting, and double it
-QUEUE_CLIENTS = (128, 256, 512)  # bursts of clients well past the workers' batch slots
-
-
-def queue(project, mv, sizes=QUEUE_SIZES, concurrencies=QUEUE_CLIENTS, seconds=6.0, log=print):
-    """marforge's TorchServe serving `mv` with each `job_queue_size`, under bursts of clients: how many
-    requests it refuses (503) and how long the rest wait; a row per size and concurrency."""
-    import shutil
-    import tempfile
-
-    from marforge.serve.config import read_properties
-
-    _, bodies = images_of(mv)
-    rows = []
-    for size in sizes:
-        with tempfile.TemporaryDirectory(prefix="marforge-queue-") as folder:
-            config = Path(folder) / project.config.name
-            props = {**read_properties(project.config), "job_queue_size": str(size)}
-            config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-            if project.log_config:
-                shutil.copy(project.log_config, Path(folder) / project.log_config.name)
-            with fixtures.torchserve(dataclasses.replace(project, config=config), mv) as target:
-                for row in rows_of("queue", target, bodies, concurrencies, seconds):
-                    row["job_queue_size"] = size
-                    rows.append(row)
-                    log(f"{row}")
-    return {"seconds": seconds, "machine": machine.describe(project.root), "model": mv.key, "rows": rows}
-
-
-def sweep(project, mv, grid=SWEEP_GRID, seconds=5.0, concurrencies=(1, 16, 64), log=print):
-    """marforge's TorchServe serving `mv` (in its registry format) with each serving setting of `grid`
-    (dicts of workers / batch_size / max_batch_delay_ms), at every concurrency; a row per setting and
-    concurrency."""
-    from marforge.serve.launch import threads_per_worker
-
-    _, bodies = images_of(mv)
-    rows = []
-    for setting in grid:
-        candidate = dataclasses.replace(mv, serving={**mv.serving, **setting})
-        with fixtures.torchserve(project, candidate) as target:
-            for row in rows_of("sweep", target, bodies, concurrencies, seconds):
-                row.update(setting, threads=threads_per_worker(candidate.serving["workers"]))
-                rows.append(row)
-                log(f"{row}")
-    return {"seconds": seconds, "machine": machine.describe(project.root), "model": mv.key, "rows": rows}

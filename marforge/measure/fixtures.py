@@ -44,14 +44,15 @@ class Target:
 
 
 @contextmanager
-def torchserve(project, mv, stock=False):
-    """A TorchServe serving `mv` alone from the project's model store: marforge's settings, or stock."""
+def torchserve(project, mv, stock=False, env=None):
+    """A TorchServe serving `mv` alone from the project's model store: marforge's settings, or stock
+    (`env`: launch.serve's)."""
     run_dir = Path(tempfile.mkdtemp(prefix="marforge-bench-"))
     if stock:  # TorchServe's default_workers_per_model is the number of CPUs
         mv = dataclasses.replace(mv, serving={"workers": len(os.sched_getaffinity(0)), **STOCK_SERVING})
     try:
         started = launch.serve(dataclasses.replace(project, run_dir=run_dir), versions=[mv],
-                               ports=process.free_listeners(), stock=stock)
+                               ports=process.free_listeners(), stock=stock, env=env)
         yield Target(f"{started.client.endpoints.inference}/predictions/{mv.name}/{mv.version}", started.pid,
                      {started.pid: "frontend"}, lambda: started.client.key("inference"), started.client.endpoints)
     finally:

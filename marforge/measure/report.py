@@ -1,10 +1,10 @@
-"""The benchmark's reports: markdown tables, a plot, one writer, and the generated blocks of
-docs/performance.md.
+"""The benchmark's reports: markdown tables, a plot, one writer, and the docs' generated blocks.
 
 Every experiment's results are written to `<bench_results>/<kind>-<time>/` (`<kind>.json`,
-`<kind>.md`, and for `bench` a plot), and the markdown also replaces the block of
-docs/performance.md between `<!-- generated: <kind> -->` and `<!-- end: <kind> -->`, so the figures
-there are always a run's own output, never typed by hand.
+`<kind>.md`, and for `bench` a plot), and the markdown also replaces the block of its page in docs/
+(DOCS; docs/performance.md unless named) between `<!-- generated: <block> -->` and `<!-- end: <block>
+-->`, and for a soak a summary in the README's, so the figures there are always a run's own output,
+never typed by hand.
 """
 
 import json
@@ -129,6 +129,36 @@ def queue_markdown(results):
     return "\n".join(lines) + "\n"
 
 
+def jvm_markdown(results):
+    """One line per setting, round and concurrency, then each setting's mean over the rounds and the
+    bounded server's ratio to the defaults."""
+    lines = _head(f"`bench --jvm`: {results['model']}, {results['seconds']:g} s per point; bounded: "
+                  f"`{results['vmargs']}` and {results['env']}", results,
+                  [("setting", "l"), ("round", "r"), ("conc.", "r"), ("req/s", "r"), ("p50 ms", "r"), ("p99 ms", "r"),
+                   ("errors", "r"), ("frontend RSS MB", "r")])
+    means = {}
+    for r in results["rows"]:
+        lines.append(f"| {r['row']} | {r['round']} | {r['concurrency']} | {r['throughput']} | {r['p50_ms']} | "
+                     f"{r['p99_ms']} | {r['errors']} | {r['frontend_rss_mb']} |")
+        means.setdefault((r["row"], r["concurrency"]), []).append(r)
+    lines += ["", "| setting | conc. | mean req/s | mean p99 ms | worst p99 ms | mean frontend RSS MB |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    mean = {}
+    for (name, concurrency), rows in means.items():
+        mean[name, concurrency] = [sum(r[k] for r in rows) / len(rows) for k in ("throughput", "p99_ms", "frontend_rss_mb")]
+        lines.append(f"| {name} | {concurrency} | {mean[name, concurrency][0]:.1f} | {mean[name, concurrency][1]:.2f} | "
+                     f"{max(r['p99_ms'] for r in rows)} | {mean[name, concurrency][2]:.1f} |")
+    names = list(dict.fromkeys(name for name, _ in means))
+    if len(names) == 2:
+        (bounded, defaults), concurrencies = names, sorted({c for _, c in means})
+        lines += ["", "| bounded / defaults | " + " | ".join(f"at {c}" for c in concurrencies) + " |",
+                  "| --- |" + " ---: |" * len(concurrencies)]
+        for index, what in enumerate(("req/s", "p99", "frontend RSS")):
+            lines.append(f"| {what} | " + " | ".join(f"{mean[bounded, c][index] / mean[defaults, c][index]:.2f}"
+                                                     for c in concurrencies) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def soak_markdown(results):
     """What a soak ran and showed: windows (at most SOAK_ROWS of them, evenly spread), each process's
     memory trend, the verdict."""
@@ -156,6 +186,27 @@ def soak_markdown(results):
     return "\n".join(lines + [""] + [f"- {note}" for note in results["notes"]] + verdict) + "\n"
 
 
+def soak_summary_markdown(results):
+    """A soak in a few lines, for the README: what ran, how the frontend's and the workers' memory
+    moved once settled, the verdict (the whole report is in docs/operations.md)."""
+    windows, trends = results["windows"], results["trends"]
+    lines = [f"`make soak`: {results['model']}, {results['minutes']:g} minutes, {sum(w['requests'] for w in windows)} "
+             f"requests, {sum(w['errors'] for w in windows)} failed. {machine.headline(results['machine'])}.", "",
+             "| memory | settled MB | end MB | last third rise MB | settled slope MB/h |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    workers = [t for name, t in trends.items() if name.startswith("worker")]
+    shown = [(name, t) for name, t in trends.items() if not name.startswith("worker")]
+    if workers:
+        shown.append((f"the worker that rose most (of {len(workers)})", max(workers, key=lambda t: t["last_third_rise_mb"])))
+    for name, t in shown:
+        name = "frontend RSS" if name.startswith("frontend") else name
+        lines.append(f"| {name} | {t['settled_mb']} | {t['end_mb']} | {t['last_third_rise_mb']} | "
+                     f"{t['settled_slope_mb_per_hour']} |")
+    verdict = ("soak FAILED: " + "; ".join(results["problems"]) if results["problems"] else
+               "soak passed: no errors, memory on a plateau once settled, no p99 drift")
+    return "\n".join(lines + ["", verdict]) + "\n"
+
+
 def _nmt_lines(windows, results):
     """The JVM's committed memory by category (Native Memory Tracking) at the first window, once
     settled and at the end, for the categories of a megabyte or more; [] without NMT figures."""
@@ -176,8 +227,11 @@ def _nmt_lines(windows, results):
 
 
 SOAK_ROWS = 13  # rows of windows in a soak's table
-DOCS = {"soak": "operations.md"}  # the page each kind's blocks are on (the rest: DOC)
-MARKDOWN = {"bench": bench_markdown, "formats": formats_markdown, "sweep": sweep_markdown, "queue": queue_markdown,
+DOCS = {"soak": "operations.md", "jvm": "operations.md"}  # the page each kind's blocks are on (the rest: DOC)
+# Kinds whose main block (the block named as the kind) also goes, shorter, into the README's block
+# of that name, beside docs/ (the README's endurance section is the latest long soak's own output).
+README_SUMMARIES = {"soak": soak_summary_markdown}
+MARKDOWN = {"bench": bench_markdown, "formats": formats_markdown, "sweep": sweep_markdown, "queue": queue_markdown, "jvm": jvm_markdown,
             "soak": soak_markdown}
 
 
@@ -219,6 +273,8 @@ def write(kind, results, out_root, doc_dir=None, block=None):
         plot(results, out_dir / "plot.png")
     if doc_dir is not None:
         update_block(Path(doc_dir) / DOCS.get(kind, DOC), block or kind, table)
+        if kind in README_SUMMARIES and (block or kind) == kind:
+            update_block(Path(doc_dir).parent / "README.md", kind, README_SUMMARIES[kind](results))
     return out_dir, table
 
 

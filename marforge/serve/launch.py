@@ -50,14 +50,15 @@ def defaults_for(registry, versions, saved, chosen, run_dir):
     return defaults
 
 
-def serve(project, versions=None, ports=None, timeout=300.0, stock=False):
+def serve(project, versions=None, ports=None, timeout=300.0, stock=False, env=None):
     """Start a server for `project` (its model store, run dir and base config) and wait until every
     version it loads is READY; returns the process.Server.
 
     `versions` (default: every registry version not retired by a rollout) picks what it loads;
     `ports` moves every listener (config.PORT_NAMES -> port). `stock` leaves everything else to
     TorchServe's defaults, as a user who installs it would (the benchmark's stock rows): no base
-    config, no thread count for the workers, its own logging.
+    config, no thread count for the workers, its own logging. `env` replaces FRONTEND_ENV, the
+    environment marforge adds to the frontend's (the benchmark's JVM comparison).
     """
     registry, model_store, run_dir = project.registry, project.model_store, RunDir(project.run_dir)
     saved = state.load(run_dir)
@@ -77,7 +78,7 @@ def serve(project, versions=None, ports=None, timeout=300.0, stock=False):
                        source=project.config)
         threads = threads_per_worker(sum(mv.serving["workers"] for mv in versions))
         started = process.start(run_dir, props, expected, timeout=timeout, threads=threads,
-                                log_config=project.log_config, env=FRONTEND_ENV)
+                                log_config=project.log_config, env=FRONTEND_ENV if env is None else env)
     for mv in versions:
         state.record_archive(run_dir, mv.key, files.sha256(mv.archive_path(model_store)))
     return started
