@@ -1,6 +1,8 @@
 """The benchmark's arithmetic and reports: ratios, targets, the format winner, the tables and the
 generated blocks of docs/performance.md. (The benchmark itself is `make bench`, not part of `make test`.)"""
 
+import subprocess
+
 import pytest
 
 from marforge.errors import DataError
@@ -156,3 +158,25 @@ def test_a_gpu_machine_is_held_to_issue_12s_targets():
     assert checks["(c) p99 at 16 <= 15 ms"] == {"value": 11.0, "target": 15.0, "met": True}
     assert set(targets.check([], targets.targets_for("chexnet", gpu_machine))) == {
         "(c)/(b') at 64", "(c)/(a) at 64", "(c) p99 at 64 <= 100 ms"}
+
+
+def test_a_report_names_the_commit_and_says_when_the_code_measured_differs_from_it(tmp_path):
+    from marforge.measure import machine
+
+    def git(*argv):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *argv], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "docs").mkdir()
+    for name in ("README.md", "docs/performance.md", "run.py"):
+        (tmp_path / name).write_text("x\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "one")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    (tmp_path / "README.md").write_text("a generated block\n")
+    (tmp_path / "docs/performance.md").write_text("a generated block\n")
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    assert machine._commit(tmp_path) == head
+    (tmp_path / "run.py").write_text("y\n")
+    assert machine._commit(tmp_path) == f"{head}+changes"

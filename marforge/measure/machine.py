@@ -47,10 +47,16 @@ def _nvidia_driver():
         return "unknown"
 
 
+# What a run writes itself (the generated blocks): a change there is not a change to what is measured.
+GENERATED = ("docs", "README.md")
+
+
 def _commit(root):
+    """The commit measured, "+changes" when tracked files other than GENERATED differ from it."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":(exclude){path}" for path in GENERATED)], capture_output=True,
                                text=True, cwd=root, timeout=10)
         return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.TimeoutExpired):
