@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from marforge.errors import DataError
-from marforge.measure import experiments, report, targets
+from marforge.measure import experiments, report, tables, targets
 
 MACHINE = {"cpus": 2, "cpu_model": "Test CPU", "gpu": None, "torch": "2.x", "commit": "abc1234", "date": "today"}
 
@@ -52,7 +52,7 @@ def test_the_bench_table_shows_rows_ratios_and_targets():
     results = {"model": "fashion-2.0", "format": "onnx", "seconds": 6, "machine": MACHINE, "rows": ROWS,
                "images": "300 from eval/fashion",
                "ratios": targets.ratios(ROWS, [16, 64]), "targets": targets.check(ROWS)}
-    table = report.bench_markdown(results)
+    table = tables.bench_markdown(results)
     assert table.startswith("`make bench`: fashion-2.0 served as onnx, 300 from eval/fashion, 6 s per row. "
                             "2 CPUs (Test CPU), no GPU; "
                             "torch 2.x, commit abc1234, today.\n")
@@ -88,7 +88,7 @@ def test_the_sweep_table_has_one_line_per_setting_with_every_concurrency():
         for c in (1, 16, 64):
             rows.append(row("sweep", c, 100.0 * c * workers * batch, workers=workers, threads=2 // workers,
                             batch_size=batch, max_batch_delay_ms=5))
-    table = report.sweep_markdown({"model": "fashion-2.0", "seconds": 4, "machine": MACHINE, "rows": rows}).splitlines()
+    table = tables.sweep_markdown({"model": "fashion-2.0", "seconds": 4, "machine": MACHINE, "rows": rows}).splitlines()
     assert len(table) == 2 + 2 + 2  # headline, blank, header, separator, a line per setting, in the order swept
     assert table[2].startswith("| workers | threads/worker | batch | delay ms | req/s @1 |")
     assert table[4].startswith("| 2 | 1 | 8 | 5 | 1600.0 | 5.0 | 10.0 | 25600.0 |")
@@ -102,13 +102,28 @@ def test_the_jvm_table_has_every_round_and_the_bounded_servers_ratio_to_the_defa
             for r in (1, 2) for name, rate, p99, rss in ((tuning.JVM_BOUNDED, 100.0 + r, 10.0, 800.0),
                                                          (tuning.JVM_DEFAULTS, 100.0, 8.0, 400.0 + r))
             for c in (16, 64)]
-    table = report.jvm_markdown({"model": "fashion-2.0", "seconds": 8, "machine": MACHINE, "rows": rows,
+    table = tables.jvm_markdown({"model": "fashion-2.0", "seconds": 8, "machine": MACHINE, "rows": rows,
                                  "vmargs": "-Xmx1m", "env": {"MALLOC_ARENA_MAX": "2"}}).splitlines()
     assert "bounded: `-Xmx1m` and {'MALLOC_ARENA_MAX': '2'}" in table[0]
     assert len([line for line in table if line.startswith("| bounded (shipped) | ")]) == 4 + 2  # 2 rounds x 2, 2 means
     assert f"| {tuning.JVM_BOUNDED} | 16 | 1624.0 | 10.00 | 10.0 | 800.0 |" in table
     assert f"| {tuning.JVM_DEFAULTS} | 64 | 6400.0 | 8.00 | 8.0 | 401.5 |" in table
     assert table[-3:] == ["| req/s | 1.01 | 1.01 |", "| p99 | 1.25 | 1.25 |", "| frontend RSS | 1.99 | 1.99 |"]
+
+
+def test_the_protocols_table_has_every_round_and_grpcs_and_v2s_ratios_to_the_bytes():
+    (c, _), (f, _), (g, _) = experiments.PROTOCOL_ROWS
+    rows = [row(label, conc, rate * conc + r, p99=p99, round=r)
+            for r in (1, 2, 3) for conc in (1, 16) for label, rate, p99 in ((c, 100.0, 10.0), (f, 80.0, 12.0), (g, 50.0, 5.0))]
+    table = tables.protocols_markdown({"model": "fashion-2.0", "seconds": 6, "machine": MACHINE, "rows": rows}).splitlines()
+    assert table[0].startswith("`bench --protocols`: fashion-2.0, 6 s per point. 2 CPUs")
+    assert table[2] == "| setting | round | conc. | req/s | p50 ms | p99 ms | errors |"
+    assert table[4] == f"| {c} | 1 | 1 | 101.0 | 5.0 | 10.0 | 0 |" and len(table[4:]) >= 18
+    assert f"| {f} | 16 | 1282.0 | 12.00 | 12.0 |" in table  # the mean of rounds 1-3, the worst p99
+    at = table.index("| (f) / (c) | at 1 | at 16 |")
+    assert table[at + 2:at + 4] == ["| req/s | 0.80 | 0.80 |", "| p99 | 1.20 | 1.20 |"]
+    at = table.index("| (g) / (c) | at 1 | at 16 |")
+    assert table[at + 2:at + 4] == ["| req/s | 0.51 | 0.50 |", "| p99 | 0.50 | 0.50 |"]
 
 
 def test_the_e_rows_are_the_benchmark_formats_but_the_versions_own(registry):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from marforge.measure import report, soak
+from marforge.measure import soak, tables
 
 
 def window(minute, frontend, heap=100.0, p99=5.0, errors=0):
@@ -52,7 +52,7 @@ def test_the_report_table_spreads_its_rows_and_states_the_verdict():
     windows = [window(m / 2, 300) for m in range(1, 61)]
     result = judged(windows)
     machine = {"cpus": 2, "cpu_model": "Test CPU", "gpu": None, "torch": "2.x", "commit": "abc", "date": "today"}
-    table = report.soak_markdown({**result.to_dict(), "machine": machine})
+    table = tables.soak_markdown({**result.to_dict(), "machine": machine})
     rows = [line for line in table.splitlines() if line.startswith("| ") and line[2:3].isdigit()]
     assert len(rows) in (13, 14) and rows[-1].startswith("| 30.0 |")
     assert table.rstrip().endswith("soak passed: no errors, memory on a plateau once settled, no p99 drift")
@@ -65,7 +65,7 @@ def test_the_readme_summary_names_the_frontend_the_worker_that_rose_most_and_the
         w["rss_mb"]["worker 3"] = 600.0 + (i >= 45) * 2.0
     result = judged(windows)
     machine = {"cpus": 2, "cpu_model": "Test CPU", "gpu": None, "torch": "2.x", "commit": "abc", "date": "today"}
-    lines = report.soak_summary_markdown({**result.to_dict(), "machine": machine}).splitlines()
+    lines = tables.soak_summary_markdown({**result.to_dict(), "machine": machine}).splitlines()
     assert lines[0].startswith("`make soak`: fashion, 30 minutes, 60000 requests, 0 failed. 2 CPUs")
     assert lines[4] == "| frontend RSS | 302.1 | 306.0 | 1.9 | 12.0 |"
     assert lines[6].startswith("| the worker that rose most (of 2) | 600.0 | 602.0 | 2.0 |")

@@ -1,4 +1,4 @@
-"""Commands that measure: bench (with --compare-formats, --sweep, --queue and --jvm) and soak."""
+"""Commands that measure: bench (with --compare-formats, --sweep, --queue, --jvm and --protocols) and soak."""
 
 from marforge.cli import Output, add_paths, project_of
 from marforge.errors import MeasurementFailed
@@ -31,6 +31,9 @@ def cmd_bench(args):
                                          log=_log(args)), "sweep"
         elif args.queue:
             results, kind = tuning.queue(project, mv, seconds=seconds, log=_log(args)), "queue"
+        elif args.protocols:
+            results, kind = experiments.protocols(project, mv, seconds=seconds, concurrencies=concurrencies,
+                                                  log=_log(args)), "protocols"
         elif args.jvm:
             results, kind = tuning.jvm(project, mv, seconds=seconds, concurrencies=[c for c in concurrencies if c > 1]
                                        or concurrencies, log=_log(args)), "jvm"
@@ -85,6 +88,8 @@ def add_commands(command):
     p.add_argument("--jvm", action="store_true", help="instead: marforge's server with the frontend's shipped memory "
                    "bounds and with TorchServe's JVM defaults, alternating, at the concurrencies above 1 (into "
                    "docs/operations.md)")
+    p.add_argument("--protocols", action="store_true", help="instead: marforge's server sent the images as bytes, over "
+                   "gRPC and as v2 JSON in turn, three rounds (what each protocol costs, into docs/kserve.md)")
     p.add_argument("--compare-formats", action="store_true", help="instead: every registry version in every "
                    "format of --formats (build them first: make archive FORMAT=...) at the concurrencies above 1; "
                    "names the fastest format per version")

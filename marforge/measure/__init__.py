@@ -5,9 +5,10 @@
     machine.py      what a measurement ran on (cores, processor, GPU, commit), named in every report
     fixtures.py     the servers measured: marforge's TorchServe, stock TorchServe, the Flask baseline
     flask_app.py    the Flask baseline itself
-    experiments.py  `make bench` and `make bench-formats`: the rows, the ceiling, the formats
+    experiments.py  `make bench` and `make bench-formats`: the rows, the ceiling, the formats, the protocols
     tuning.py       the server's own settings: the defaults sweep, the request queue, the JVM's bounds
     targets.py      what `make bench` must show, as data
-    report.py       tables, plot, results folder and the docs' generated blocks
+    tables.py       the markdown of every kind of result
+    report.py       results folder, plot and the docs' generated blocks
     soak.py         `make soak`: errors, p99 drift and memory growth under steady load
 """

@@ -126,6 +126,27 @@ def v2_rows_of(label, target, bodies, concurrencies, seconds, mv):
     return [measure(label, url, v2, c, seconds, target.pid, target.roles, load=load) for c in concurrencies]
 
 
+# The three ways `make bench` sends marforge's server the same images: (c) the bytes as the body,
+# (f) gRPC (inference.proto), (g) KServe v2 JSON with the image in base64.
+PROTOCOL_ROWS = (("(c) marforge", rows_of), ("(f) marforge gRPC", grpc_rows_of), ("(g) marforge v2 JSON", v2_rows_of))
+
+
+def protocols(project, mv, rounds=3, concurrencies=(1, 16, 64), seconds=6.0, log=print):
+    """One marforge server sent the same images each way of PROTOCOL_ROWS in turn, at each concurrency,
+    for `rounds` rounds, so that a drift of the machine, which separate rows of `bench` pick up,
+    falls on all three alike; a row per protocol, round and concurrency."""
+    _, bodies = images_of(mv)
+    rows = []
+    with fixtures.torchserve(project, mv) as target:
+        for round_ in range(1, rounds + 1):
+            for concurrency in concurrencies:
+                for label, rows_fn in PROTOCOL_ROWS:
+                    [row] = rows_fn(label, target, bodies, [concurrency], seconds, mv)
+                    rows.append({**row, "round": round_})
+                    log(f"{rows[-1]}")
+    return {"seconds": seconds, "machine": machine.describe(project.root), "model": mv.key, "rows": rows}
+
+
 def _as_rgb_png(body):
     import io
 
@@ -152,8 +173,7 @@ def bench(project, mv, seconds=10.0, concurrencies=(1, 16, 64), formats=None, im
 
     served("(b) torchserve stock", fixtures.torchserve(project, mv, stock=True))
     with fixtures.torchserve(project, mv) as target:  # (c), then the same warm server over gRPC and v2 JSON
-        for label, rows_fn in (("(c) marforge", rows_of), ("(f) marforge gRPC", grpc_rows_of),
-                               ("(g) marforge v2 JSON", v2_rows_of)):
+        for label, rows_fn in PROTOCOL_ROWS:
             for row in rows_fn(label, target, bodies, concurrencies, seconds, mv):
                 rows.append(row)
                 log(f"{row}")
