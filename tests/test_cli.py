@@ -63,8 +63,8 @@ def test_archives_lists_what_the_makefile_builds(capsys):
                                          "store/chexnet-0.1.mar"]
     code, out, _ = run(capsys, "archives", "--model-store", "store", "--formats", "eager,onnx")
     assert out.split() == ["store/fashion-1.0.mar", "store/fashion-2.0-eager.mar", "store/digits-1.0-eager.mar",
-                           "store/chexnet-0.1.mar", "store/fashion-1.0-onnx.mar", "store/fashion-2.0.mar",
-                           "store/digits-1.0.mar", "store/chexnet-0.1-onnx.mar"]
+                           "store/chexnet-0.1-eager.mar", "store/fashion-1.0-onnx.mar", "store/fashion-2.0.mar",
+                           "store/digits-1.0.mar", "store/chexnet-0.1.mar"]
     code, _, err = run(capsys, "archives", "--formats", "tensorrt")
     assert code == 1 and err == ("error: unknown archive format(s): tensorrt\n"
                                  "  next: use some of: eager, torchscript, onnx, compile, quantized, cudagraphs\n")

@@ -95,9 +95,9 @@ def test_an_onnx_archive_explains_with_the_eager_model_it_carries(archives, samp
     assert onnx["predictions"][0]["probability"] == pytest.approx(eager["predictions"][0]["probability"], abs=1e-4)
 
 
-def test_a_multilabel_model_explains_its_positive_labels_over_the_box_it_saw(archives):
+def test_a_multilabel_model_explains_its_positive_labels_over_the_box_it_saw(registry, archives):
     image = (ROOT / "samples" / "chexnet" / "generated-2-300x380.png").read_bytes()
-    body = explained(archives["chexnet-0.1", "eager"], image)
+    body = explained(archives["chexnet-0.1", registry.get("chexnet", "0.1").format], image)  # as served
     positive = [p["label"] for p in body["positive"]]
     assert [m["label"] for m in body["explanation"]["maps"]] == (positive or [max(
         body["predictions"], key=lambda p: p["probability"])["label"]])
