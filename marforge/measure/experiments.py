@@ -165,34 +165,29 @@ def bench(project, mv, seconds=10.0, concurrencies=(1, 16, 64), formats=None, im
     rows = [ceiling(mv.archive_path(store), paths, seconds, mv.serving["batch_size"])]
     log(f"{rows[-1]}")
 
-    def served(label, context):
+    def served(context, row_sets, sent=bodies):
+        """The rows of each (label, rows function) of `row_sets` from one server, in turn."""
         with context as target:
-            for row in rows_of(label, target, bodies, concurrencies, seconds):
-                rows.append(row)
-                log(f"{row}")
+            for label, rows_fn in row_sets:
+                for row in rows_fn(label, target, sent, concurrencies, seconds, mv):
+                    rows.append(row)
+                    log(f"{row}")
 
-    served("(b) torchserve stock", fixtures.torchserve(project, mv, stock=True))
-    with fixtures.torchserve(project, mv) as target:  # (c), then the same warm server over gRPC and v2 JSON
-        for label, rows_fn in PROTOCOL_ROWS:
-            for row in rows_fn(label, target, bodies, concurrencies, seconds, mv):
-                rows.append(row)
-                log(f"{row}")
+    served(fixtures.torchserve(project, mv, stock=True), [("(b) torchserve stock", rows_of)])
+    served(fixtures.torchserve(project, mv), PROTOCOL_ROWS)  # (c), then the same warm server over gRPC and v2 JSON
     if fixtures.fits_stock_classifier(mv, read_metadata(mv)):
         # What a user of TorchServe's examples runs: its own image_classifier on the eager model, fed
         # RGB (it answers a grayscale image 503: its normalisation has three channels).
-        rgb = [_as_rgb_png(b) for b in bodies]
-        with fixtures.stock_classifier(project, mv) as target:
-            for row in rows_of("(b') torchserve stock, its image_classifier", target, rgb, concurrencies, seconds):
-                rows.append(row)
-                log(f"{row}")
+        served(fixtures.stock_classifier(project, mv), [("(b') torchserve stock, its image_classifier", rows_of)],
+               [_as_rgb_png(b) for b in bodies])
     elif mv.format != "eager" and mv.archive_path(store, "eager").is_file():
         # What stock TorchServe does with the PyTorch model itself, which is what most users start from.
-        served("(b') torchserve stock, eager archive", fixtures.format_server(project, mv, "eager", stock=True))
+        served(fixtures.format_server(project, mv, "eager", stock=True), [("(b') torchserve stock, eager archive", rows_of)])
     elif mv.format != "eager":
         log(f"(b') skipped: {mv.archive_path(store, 'eager')} not built (make archive FORMAT=eager)")
-    served("(d) flask", fixtures.flask_server(project, mv))
+    served(fixtures.flask_server(project, mv), [("(d) flask", rows_of)])
     for fmt in bench_formats(mv, formats, project.device):
-        served(f"(e) marforge {fmt}", fixtures.format_server(project, mv, fmt))
+        served(fixtures.format_server(project, mv, fmt), [(f"(e) marforge {fmt}", rows_of)])
     described = machine.describe(project.root)
     return {"model": mv.key, "format": mv.format, "seconds": seconds, "machine": described,
             "images": f"{len(paths)} from {paths[0].parent}", "rows": rows, "ratios": targets.ratios(rows, concurrencies),

@@ -41,12 +41,12 @@ JVM_BOUNDED, JVM_DEFAULTS = "bounded (shipped)", "TorchServe's JVM defaults"
 @contextmanager
 def configured(project, **changes):
     """The project with its base config.properties changed (a key set to None is removed)."""
-    from marforge.serve.config import read_properties
+    from marforge.serve.config import read_properties, write_properties
 
     with tempfile.TemporaryDirectory(prefix="marforge-tuning-") as folder:
         config = Path(folder) / project.config.name
         props = {**read_properties(project.config), **changes}
-        config.write_text("".join(f"{k}={v}\n" for k, v in props.items() if v is not None))
+        write_properties(config, props)
         if project.log_config:
             shutil.copy(project.log_config, Path(folder) / project.log_config.name)
         yield dataclasses.replace(project, config=config)

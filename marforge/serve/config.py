@@ -32,6 +32,11 @@ def read_properties(path):
     return props
 
 
+def write_properties(path, props):
+    """Write `props` as read_properties reads them: a `key=value` line each (a None value leaves the key out)."""
+    Path(path).write_text("".join(f"{k}={v}\n" for k, v in props.items() if v is not None))
+
+
 def model_snapshot(versions, model_store, defaults):
     """The `model_snapshot` JSON that loads `versions`, with each model's default version fixed.
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from marforge.errors import ServerError
 from marforge.serve.client import Client, Endpoints
+from marforge.serve.config import write_properties
 
 
 class RunDir:
@@ -94,7 +95,7 @@ class RunDir:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
         self.key_file.unlink(missing_ok=True)
-        self.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        write_properties(self.config, props)
         self.endpoints_file.write_text(json.dumps(vars(endpoints), indent=2) + "\n")
 
     def record_pid(self, pid):
