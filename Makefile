@@ -37,9 +37,9 @@ ARCHIVES = $(shell $(MARFORGE) archives --model-store $(MODEL_STORE) $(if $(FORM
 BENCH_ARCHIVES = $(shell $(MARFORGE) archives --model-store $(MODEL_STORE) --bench)
 # What an archive is built from. The code that builds it, and its weights, are file prerequisites;
 # the version's own registry entry, model definition, samples and eval images are in its stamp
-# $(MODEL_STORE)/.inputs/<key>.json, rewritten only when they change (marforge/build/inputs.py): so a
+# $(MODEL_STORE)/.inputs/<key>.json, rewritten only when they change (marforge/archiving/inputs.py): so a
 # change to a rollout threshold, a serving setting or another version rebuilds nothing.
-ARCHIVE_INPUTS := $(wildcard handlers/*.py marforge/build/*.py) marforge/registry.py marforge/project.py \
+ARCHIVE_INPUTS := $(wildcard handlers/*.py marforge/archiving/*.py) marforge/registry.py marforge/project.py \
 	marforge/shipped.py marforge/labelled.py marforge/files.py
 VERSION_FLAG = $(if $(VERSION),--version $(VERSION))
 
@@ -87,10 +87,10 @@ endef
 $(foreach format,eager torchscript onnx compile quantized,$(eval $(call VARIANT_RULE,$(format))))
 
 # The CheXNet demo's synthetic weights: a seeded DenseNet121 saved in CheXNet's checkpoint format and
-# imported like a real one (marforge/build/synthetic.py). Never committed; every version's metadata
+# imported like a real one (marforge/archiving/synthetic.py). Never committed; every version's metadata
 # and `make status` say they are synthetic.
-weights/chexnet-0.1.pt weights/chexnet-0.1.json &: model_defs/chexnet.py marforge/build/synthetic.py \
-		marforge/build/importer.py marforge/build/checkpoints.py marforge/build/presets.py | $(SETUP_STAMP)
+weights/chexnet-0.1.pt weights/chexnet-0.1.json &: model_defs/chexnet.py marforge/archiving/synthetic.py \
+		marforge/archiving/importer.py marforge/archiving/checkpoints.py marforge/archiving/presets.py | $(SETUP_STAMP)
 	$(PY) -m marforge demo
 
 # Checked on every make run, rewritten only when the version's inputs changed.

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "handlers"))  # the handler imports its modules as top-level modules
 
-from marforge.build import archive, verify  # noqa: E402
+from marforge.archiving import archive, verify  # noqa: E402
 from marforge.project import Project  # noqa: E402
 from marforge.serve import launch, process  # noqa: E402
 from marforge.serve.rundir import RunDir  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from marforge import files, registry as registry_module, shipped
-from marforge.build import archive, mar, verify
+from marforge.archiving import archive, mar, verify
 from marforge.errors import ArchiveError, RegistryError, WeightsError
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from torchvision import transforms
 
 from conftest import ROOT, start_server
-from marforge.build import archive, synthetic
+from marforge.archiving import archive, synthetic
 from marforge.cli import main
 from marforge.project import Project
 from marforge.serve import process, rollout

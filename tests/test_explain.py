@@ -12,8 +12,8 @@ from torch import nn
 
 import explain
 from conftest import ROOT
-from marforge.build import archive
-from marforge.build.worker import LoadedArchive
+from marforge.archiving import archive
+from marforge.archiving.worker import LoadedArchive
 
 EXPLAIN = {"explain": "True"}
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from marforge.build import archive
-from marforge.build.worker import LoadedArchive
+from marforge.archiving import archive
+from marforge.archiving.worker import LoadedArchive
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import stage_model_dir
-from marforge.build import verify
-from marforge.build.worker import LoadedArchive
+from marforge.archiving import verify
+from marforge.archiving.worker import LoadedArchive
 
 
 @pytest.fixture(scope="module", params=["fashion-1.0", "fashion-2.0", "digits-1.0"])

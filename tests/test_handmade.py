@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from marforge import files
-from marforge.build import archive
-from marforge.build.worker import LoadedArchive
+from marforge.archiving import archive
+from marforge.archiving.worker import LoadedArchive
 from marforge.errors import ArchiveError
 from marforge.project import Project
 

@@ -1,6 +1,6 @@
 """`marforge import`: checkpoints in every shape a user brings, and every refusal, word for word.
 
-Checkpoints are made here: CheXNet's own format from a seeded DenseNet121 (marforge/build/synthetic.py),
+Checkpoints are made here: CheXNet's own format from a seeded DenseNet121 (marforge/archiving/synthetic.py),
 and Lightning, torch.compile and safetensors files from the small ConvNet.
 """
 
@@ -13,8 +13,8 @@ import torch
 
 from conftest import ROOT
 from marforge import registry as registry_module
-from marforge.build import checkpoints, importer, presets, synthetic
-from marforge.build.weights import build_model, model_class
+from marforge.archiving import checkpoints, importer, presets, synthetic
+from marforge.archiving.weights import build_model, model_class
 from marforge.errors import CheckpointError
 from marforge.project import Project
 

@@ -34,9 +34,9 @@ def test_every_version_answers_the_samples_correctly(live_server, registry, samp
     """A labelled sample gets its true label; an unlabelled one (the CheXNet demo's generated images)
     gets the source model's answer, through torchvision's own transforms."""
     from marforge import shipped
-    from marforge.build import verify
-    from marforge.build.archive import handler_section
-    from marforge.build.weights import read_metadata
+    from marforge.archiving import verify
+    from marforge.archiving.archive import handler_section
+    from marforge.archiving.weights import read_metadata
 
     for mv in registry.all_versions():
         config = shipped.contract().HandlerConfig.from_dict(handler_section(mv, read_metadata(mv)))

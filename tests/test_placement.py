@@ -19,9 +19,9 @@ import image_io
 import placement
 from conftest import stage_model_dir
 from marforge import registry as registry_module
-from marforge.build import archive, variants, verify
-from marforge.build.weights import read_metadata
-from marforge.build.worker import LoadedArchive
+from marforge.archiving import archive, variants, verify
+from marforge.archiving.weights import read_metadata
+from marforge.archiving.worker import LoadedArchive
 
 JIT_LOAD_DEPRECATED = "ignore:`torch.jit.load` is deprecated:FutureWarning"  # BaseHandler still uses it
 SECTION = {"image_size": 28, "color": "grayscale", "mean": [0.5], "std": [0.5], "labels": list("0123456789")}

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from marforge.build import archive
-from marforge.build.worker import LoadedArchive
+from marforge.archiving import archive
+from marforge.archiving.worker import LoadedArchive
 
 ANKLE_BOOT = ROOT / "samples" / "fashion" / "00000-ankle-boot.png"
 

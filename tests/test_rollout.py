@@ -23,7 +23,7 @@ import torch
 from conftest import ROOT, start_server
 from loadgen import Load
 from marforge import files
-from marforge.build import archive
+from marforge.archiving import archive
 from marforge.errors import ApiError, Rejected, RolledBack, ServerError
 from marforge.project import Project
 from marforge.serve import gate, launch, process, rollout, state, status

@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from marforge import registry as registry_module
-from marforge.build import archive, mar, variants, verify
-from marforge.build.weights import build_model
-from marforge.build.worker import LoadedArchive
+from marforge.archiving import archive, mar, variants, verify
+from marforge.archiving.weights import build_model
+from marforge.archiving.worker import LoadedArchive
 from marforge.errors import ArchiveError, RegistryError
 
 FORMATS = variants.formats()

@@ -8,7 +8,7 @@ from marforge.errors import MarforgeError
 
 
 def cmd_archive(args):
-    from marforge.build import archive
+    from marforge.archiving import archive
 
     project = project_of(args)
     registry = project.registry
@@ -23,7 +23,7 @@ def cmd_archive(args):
 
 
 def cmd_verify(args):
-    from marforge.build import mar, verify
+    from marforge.archiving import mar, verify
 
     manifest = mar.manifest_of(args.mar)
     mv = project_of(args).registry.get(manifest["modelName"], manifest["modelVersion"])
@@ -36,7 +36,7 @@ def cmd_verify(args):
 
 def cmd_archives(args):
     """Standard library only: the Makefile runs it before the virtualenv exists."""
-    from marforge.build import variants
+    from marforge.archiving import variants
 
     project = project_of(args)
     formats = list(variants.BENCH_FORMATS[project.device]) if args.bench else (
@@ -52,7 +52,7 @@ def cmd_archives(args):
 
 def cmd_stamp(args):
     """Standard library only, like `archives`: the Makefile's per-version input stamp."""
-    from marforge.build import inputs
+    from marforge.archiving import inputs
 
     project = project_of(args)
     mv = project.registry.by_key(args.key)
@@ -92,7 +92,7 @@ def _floats(text):
 
 
 def cmd_import(args):
-    from marforge.build import importer
+    from marforge.archiving import importer
 
     project = project_of(args)
     labels = args.labels.split(",") if args.labels else None
@@ -121,7 +121,7 @@ def _number(text):
 
 
 def cmd_demo(args):
-    from marforge.build import synthetic
+    from marforge.archiving import synthetic
 
     report = synthetic.make_demo(project_of(args), log=(lambda line: None) if args.json else print)
     return Output("" if report else f"{synthetic.DEMO_MODEL} {synthetic.DEMO_VERSION}: synthetic weights up to date",

@@ -9,7 +9,7 @@ def _log(args):
 
 
 def cmd_bench(args):
-    from marforge.build import variants
+    from marforge.archiving import variants
     from marforge.measure import experiments, report, tuning
 
     project = project_of(args)
@@ -47,7 +47,7 @@ def cmd_bench(args):
 
 
 def cmd_soak(args):
-    from marforge.build.verify import sample_files
+    from marforge.archiving.verify import sample_files
     from marforge.measure import machine, report, soak
     from marforge.serve.rundir import RunDir
 

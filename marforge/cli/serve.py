@@ -28,7 +28,7 @@ def cmd_serve(args):
 
 def serve_summary(project, started, rows):
     """What a person needs after `make serve`: the URLs, the versions, a curl to paste."""
-    from marforge.build.verify import sample_files
+    from marforge.archiving.verify import sample_files
 
     e = started.client.endpoints
     lines = [f"TorchServe is up (pid {started.pid}); every worker is READY.",

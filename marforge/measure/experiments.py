@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from marforge import labelled
-from marforge.build import variants
-from marforge.build.verify import eval_files, sample_files
-from marforge.build.weights import read_metadata
+from marforge.archiving import variants
+from marforge.archiving.verify import eval_files, sample_files
+from marforge.archiving.weights import read_metadata
 from marforge.errors import DataError
 from marforge.measure import fixtures, machine, targets
 from marforge.measure.sampling import measure, warm_up
@@ -64,7 +64,7 @@ def _ceiling_process(args):
     mar_path, paths, seconds, batch_size = args
     import torch
 
-    from marforge.build.worker import LoadedArchive
+    from marforge.archiving.worker import LoadedArchive
 
     torch.set_num_threads(1)
     rows = [{"body": Path(p).read_bytes()} for p in paths]

@@ -96,7 +96,7 @@ def stock_classifier(project, mv):
     import subprocess
     import sys
 
-    from marforge.build.weights import read_metadata
+    from marforge.archiving.weights import read_metadata
 
     store = Path(tempfile.mkdtemp(prefix="marforge-bench-stock-"))
     try:

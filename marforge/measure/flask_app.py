@@ -14,8 +14,8 @@ def create_app(mv, metadata):
     from flask import Flask, jsonify, request
 
     from marforge import shipped
-    from marforge.build.archive import handler_section
-    from marforge.build.weights import build_model
+    from marforge.archiving.archive import handler_section
+    from marforge.archiving.weights import build_model
 
     image_io = shipped.module("image_io")
     config = shipped.contract().HandlerConfig.from_dict(handler_section(mv, metadata))
@@ -43,7 +43,7 @@ def serve(registry_file, name, version, port):
     import sys
 
     from marforge import registry
-    from marforge.build.weights import read_metadata
+    from marforge.archiving.weights import read_metadata
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     sys.stdout = sys.stderr = open(os.devnull, "w")

@@ -19,8 +19,8 @@ import statistics
 import time
 
 from marforge import labelled, scores
-from marforge.build.verify import sample_files
-from marforge.build.weights import read_metadata
+from marforge.archiving.verify import sample_files
+from marforge.archiving.weights import read_metadata
 from marforge.errors import ApiError, DataError, Rejected
 from marforge.serve.client import version_ready
 

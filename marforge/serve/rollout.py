@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from marforge import files
-from marforge.build import verify
+from marforge.archiving import verify
 from marforge.errors import ApiError, MarforgeError, Rejected, RolledBack, ServerError
 from marforge.serve import gate, state
 from marforge.serve.rundir import RunDir

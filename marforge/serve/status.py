@@ -4,7 +4,7 @@ Readiness comes from the management API's describe (worker status READY), never 
 which answers Healthy while workers crash.
 """
 
-from marforge.build.weights import read_metadata
+from marforge.archiving.weights import read_metadata
 from marforge.errors import MarforgeError
 from marforge.serve.client import version_ready
 

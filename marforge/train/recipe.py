@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from marforge import files, shipped
-from marforge.build import weights
+from marforge.archiving import weights
 from marforge.errors import MarforgeError
 from marforge.train import datasets
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from marforge import labelled
-from marforge.build import weights
+from marforge.archiving import weights
 from marforge.errors import DataError
 from marforge.train import datasets
 from marforge.train.recipe import model_input, score

@@ -1,6 +1,6 @@
 """What an archive is built from, written down so that `make` rebuilds exactly when it changes.
 
-The Makefile's archive rules depend on the code that builds and serves (handlers/, marforge/build/),
+The Makefile's archive rules depend on the code that builds and serves (handlers/, marforge/archiving/),
 on the version's weights and metadata, and on one stamp per version,
 `<model_store>/.inputs/<key>.json`: the version's own registry entry (its model definition and that
 file's hash, its format, its handler options) and the hashes of its sample and eval images. The

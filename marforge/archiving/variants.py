@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from marforge import shipped
-from marforge.build.weights import build_model
+from marforge.archiving.weights import build_model
 from marforge.errors import ArchiveError
 
 ONNX_OPSET = 17

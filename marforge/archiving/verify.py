@@ -17,10 +17,10 @@ import time
 import zipfile
 
 from marforge import labelled, scores, shipped
-from marforge.build import variants
-from marforge.build.mar import archive_format, manifest_of
-from marforge.build.weights import build_model
-from marforge.build.worker import LoadedArchive
+from marforge.archiving import variants
+from marforge.archiving.mar import archive_format, manifest_of
+from marforge.archiving.weights import build_model
+from marforge.archiving.worker import LoadedArchive
 from marforge.errors import ArchiveError, DataError
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import yaml
 
 from marforge import files, shipped
-from marforge.build import variants, verify
-from marforge.build.weights import read_metadata
+from marforge.archiving import variants, verify
+from marforge.archiving.weights import read_metadata
 from marforge.errors import ArchiveError
 
 

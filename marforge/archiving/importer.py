@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from marforge import files, registry, shipped
-from marforge.build import checkpoints, presets
-from marforge.build.weights import model_class, read_metadata
+from marforge.archiving import checkpoints, presets
+from marforge.archiving.weights import model_class, read_metadata
 from marforge.errors import CheckpointError, MarforgeError, RegistryError
 
 

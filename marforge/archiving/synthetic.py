@@ -27,7 +27,7 @@ def chexnet_checkpoint(path, model_def, seed=0, training_state=False):
     state."""
     import torch
 
-    from marforge.build.weights import model_class
+    from marforge.archiving.weights import model_class
 
     torch.manual_seed(seed)
     model = model_class(model_def)().eval()
@@ -77,7 +77,7 @@ def write_demo_samples(folder):
         radiograph_like(width, height, seed).save(folder / name, optimize=True)
         names[name] = None  # no findings are known: the images are generated
     labelled.write(folder, names)
-    write_atomic(folder / "README.md", "Generated images with a chest radiograph's layout (marforge/build/synthetic.py),\n"
+    write_atomic(folder / "README.md", "Generated images with a chest radiograph's layout (marforge/archiving/synthetic.py),\n"
                  "not radiographs: the CheXNet demo's samples. Real NIH radiographs for tests and benchmarks\n"
                  "are read from ../shared/data/chest-xray/ and never copied here.\n")
     return names
@@ -91,8 +91,8 @@ def make_demo(project, log=print):
     from pathlib import Path
 
     from marforge import labelled
-    from marforge.build import importer
-    from marforge.build.weights import read_metadata
+    from marforge.archiving import importer
+    from marforge.archiving.weights import read_metadata
     from marforge.errors import WeightsError
 
     mv = project.registry.get(DEMO_MODEL, DEMO_VERSION)
