@@ -53,13 +53,13 @@ help:
 ## setup: create .venv (Python 3.11) with the pinned packages; checks for Java 11+
 setup: $(SETUP_STAMP)
 
-$(SETUP_STAMP): requirements.txt requirements-serve.txt pyproject.toml
+$(SETUP_STAMP): requirements.txt requirements-serve.txt constraints.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run: make setup PYTHON=/path/to/python3.11" >&2; exit 1; }
 	@command -v java >/dev/null || { echo "error: Java 11+ is needed by TorchServe; install it: apt-get install -y openjdk-17-jre-headless" >&2; exit 1; }
 	@v=$$(java -version 2>&1 | awk -F'"' '/version/{split($$2,p,"."); print (p[1]=="1" ? p[2] : p[1])}'); \
 	  [ "$${v:-0}" -ge 11 ] || { echo "error: Java $$v found, TorchServe needs 11+: apt-get install -y openjdk-17-jre-headless" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(PY) -m marforge stubs
 	touch $@
@@ -68,7 +68,7 @@ $(SETUP_STAMP): requirements.txt requirements-serve.txt pyproject.toml
 ## weights: retrain every version from scratch (fixed seeds; needs dataset-fashion-mnist). Not run by serve/test
 weights: $(SETUP_STAMP)
 	@test -d $(FASHION_MNIST_DIR) || { echo "error: Fashion-MNIST not found in $(FASHION_MNIST_DIR): apt-get install -y dataset-fashion-mnist (or set FASHION_MNIST_DIR)" >&2; exit 1; }
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-train.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-train.txt -c constraints.txt
 	MARFORGE_FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(PY) -m marforge train --all
 	MARFORGE_FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(PY) -m marforge samples
 
@@ -146,7 +146,7 @@ kserve: archive
 .PHONY: bench
 ## bench: ceiling, stock TorchServe, marforge (HTTP, gRPC, v2 JSON), Flask, every other format of BENCH_MODEL BENCH_VERSION; tables into docs/performance.md (BENCH_IMAGES=folder, BENCH_ARGS=--short)
 bench: $(BENCH_ARCHIVES)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt -c constraints.txt
 	$(PY) -m marforge bench $(BENCH_MODEL) $(BENCH_VERSION) --model-store $(MODEL_STORE) --verbose $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES)) $(BENCH_ARGS)
 
 .PHONY: bench-formats
@@ -171,15 +171,30 @@ explain: | $(SETUP_STAMP)
 token: | $(SETUP_STAMP)
 	@$(PY) -m marforge token --run-dir $(RUN_DIR)
 
+.PHONY: lint
+## lint: ruff and mypy, as configured in pyproject.toml (part of make test)
+lint: $(SETUP_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
 .PHONY: test
-## test: run every test (handler, archive, and integration tests against a real TorchServe)
-test: $(SETUP_STAMP) weights/chexnet-0.1.pt
+## test: lint, then every test (handler, archive, and integration tests against a real TorchServe)
+test: lint $(SETUP_STAMP) weights/chexnet-0.1.pt
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-integration
 ## test-integration: only the tests that start a real TorchServe
 test-integration: $(SETUP_STAMP) weights/chexnet-0.1.pt
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+.PHONY: constraints
+## constraints: re-resolve every requirements*.txt and pin the whole set (direct and transitive) in constraints.txt
+constraints: $(SETUP_STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --dry-run --ignore-installed --report $(VENV)/resolved.json \
+	  -r requirements.txt -r requirements-bench.txt -r requirements-train.txt
+	{ sed -n '1,3p' constraints.txt; $(PY) -c 'import json, sys; r = json.load(open(sys.argv[1])); \
+	  print(*sorted("%s==%s" % (i["metadata"]["name"].lower(), i["metadata"]["version"]) for i in r["install"]), sep="\n")' \
+	  $(VENV)/resolved.json; } > constraints.new && mv constraints.new constraints.txt
 
 .PHONY: clean
 ## clean: remove built archives and server state (not the venv)
