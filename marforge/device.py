@@ -10,13 +10,14 @@ honouring CUDA_VISIBLE_DEVICES.
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 DEVICES = ("cpu", "gpu")
 DRIVER = Path("/proc/driver/nvidia/gpus")
 
 
-def gpu_count(environ=None):
+def gpu_count(environ: Mapping[str, str] | None = None) -> int:
     """GPUs this process may use (0 on a CPU machine)."""
     environ = os.environ if environ is None else environ
     count = len(list(DRIVER.iterdir())) if DRIVER.is_dir() else 0
@@ -32,7 +33,7 @@ def gpu_count(environ=None):
     return count
 
 
-def detect(environ=None):
+def detect(environ: Mapping[str, str] | None = None) -> str:
     """"gpu" or "cpu": MARFORGE_DEVICE when set, else whether a GPU is visible."""
     environ = os.environ if environ is None else environ
     chosen = environ.get("MARFORGE_DEVICE")

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 
-def sha256(path):
+def sha256(path: str | Path) -> str:
     """The hex sha256 of a file's bytes (weights, checkpoints, archives)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -15,7 +15,7 @@ def sha256(path):
     return digest.hexdigest()
 
 
-def write_atomic(path, data):
+def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write `data` (str or bytes) to `path` so that a reader sees the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,7 +24,7 @@ def write_atomic(path, data):
     os.replace(partial, path)
 
 
-def copy_atomic(source, target):
+def copy_atomic(source: str | Path, target: str | Path) -> None:
     """Copy `source` to `target` atomically (an archive into the model store, say)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -7,13 +7,14 @@ example all read them through `read`; training writes them with `write`.
 
 import json
 from pathlib import Path
+from typing import Any
 
 from marforge.errors import DataError
 
 LABELS_FILE = "labels.json"
 
 
-def read(folder, what, hint=None):
+def read(folder: str | Path, what: str, hint: str | None = None) -> list[tuple[Path, Any]]:
     """[(image path, label)] of a labelled folder, in labels.json's order; DataError naming `what` if absent."""
     folder = Path(folder)
     labels_file = folder / LABELS_FILE
@@ -32,11 +33,12 @@ def read(folder, what, hint=None):
     return [(folder / name, label) for name, label in mapping.items()]
 
 
-def exists(folder):
+def exists(folder: str | Path) -> bool:
+    """Whether `folder` is a labelled folder (it has a labels.json)."""
     return (Path(folder) / LABELS_FILE).is_file()
 
 
-def write(folder, mapping):
+def write(folder: str | Path, mapping: dict[str, Any]) -> None:
     """Write labels.json (file name -> label) for the images already written to `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,15 @@
 """How good a set of answers is against true labels: accuracy (one label per image) and mean AUROC
 (several labels per image). Verification and the rollout gate both score answers with these."""
 
+from collections.abc import Sequence
 
-def accuracy(predicted, truth):
+
+def accuracy(predicted: Sequence[object], truth: Sequence[object]) -> float | None:
     """Share of images whose predicted label is the true one (`predicted`, `truth`: equal-length lists)."""
     return sum(p == t for p, t in zip(predicted, truth)) / len(truth) if truth else None
 
 
-def auroc(scores, positive):
+def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
     """Area under the ROC curve of `scores` for the binary truths `positive` (ties count half), or
     None when only one class is present."""
     pairs = sorted(zip(scores, positive))
@@ -26,11 +28,12 @@ def auroc(scores, positive):
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def mean_auroc(probabilities, truth, labels):
+def mean_auroc(probabilities: Sequence[Sequence[float]], truth: Sequence[Sequence[str]],
+               labels: Sequence[str]) -> tuple[float | None, dict[str, float]]:
     """Mean AUROC over the labels that have both a positive and a negative image; `probabilities`: one
     list per image in label order, `truth`: one list of positive label names per image. Returns
     (mean or None, {label: auroc} of the labels that could be scored)."""
-    per_label = {}
+    per_label: dict[str, float] = {}
     for index, label in enumerate(labels):
         value = auroc([p[index] for p in probabilities], [label in t for t in truth])
         if value is not None:

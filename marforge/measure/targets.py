@@ -16,9 +16,9 @@ class Target:
     row: str  # the row whose figure is checked, e.g. "(c)"
     at: int  # the concurrency
     over: object = None  # a ratio target: row's throughput / this row's (or the best of these rows') ...
-    minimum: float = None  # ... must be at least this
-    field: str = None  # a value target: this field of the row ...
-    maximum: float = None  # ... must be at most this
+    minimum: float | None = None  # ... must be at least this
+    field: str | None = None  # a value target: this field of the row ...
+    maximum: float | None = None  # ... must be at most this
 
     @property
     def name(self):
