@@ -75,3 +75,15 @@ def test_every_subpackage_says_what_its_modules_are_for():
             doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text())) or ""
             for module in package.glob("*.py"):
                 assert module.name == "__init__.py" or module.name in doc, f"{package.name}/__init__.py lacks {module.name}"
+
+
+# Folders that GitHub's standard Python .gitignore ignores wherever they are: a module added in one is
+# silently left out of a contributor's commits (black and pytest skip some of them too).
+COMMONLY_IGNORED = {"build", "dist", "develop-eggs", "downloads", "eggs", "lib", "lib64", "parts", "sdist", "var",
+                    "wheels", "env", "venv", "ENV", "htmlcov", "target", "instance", "site"}
+
+
+def test_no_source_folder_has_a_name_that_common_gitignores_drop():
+    folders = {part for path in ROOT.joinpath("marforge").rglob("*.py") for part in path.relative_to(ROOT).parts[:-1]}
+    folders |= {p.name for top in ("handlers", "model_defs", "tests") for p in ROOT.joinpath(top).rglob("*") if p.is_dir()}
+    assert folders & COMMONLY_IGNORED == set()
