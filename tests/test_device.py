@@ -5,14 +5,14 @@ CUDA itself is tested where it is present (test_gpu.py), never mocked into a res
 
 import io
 
+import contract
+import image_io
 import numpy as np
+import placement
 import pytest
 import torch
 from PIL import Image
 
-import contract
-import image_io
-import placement
 from marforge import device
 from marforge.errors import RegistryError
 from marforge.project import Project

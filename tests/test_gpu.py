@@ -5,8 +5,8 @@ where it is not (CI's machines have no GPU); the figures each measures are print
 
 import pytest
 import torch
-
 from conftest import ROOT
+
 from marforge.archiving import archive
 from marforge.archiving.worker import LoadedArchive
 
@@ -51,8 +51,9 @@ def test_gpu_jpeg_decoding_answers_as_pillow_does(registry, tmp_path, measuremen
         jpegs.append(buffer.getvalue())
     results = {}
     for decode in (False, True):
-        import yaml
         import zipfile
+
+        import yaml
 
         staged = tmp_path / f"decode-{decode}"
         with zipfile.ZipFile(mar) as z:

@@ -10,10 +10,8 @@ handlers/ (shipped inside archives) imports nothing of marforge.
 """
 
 import ast
-from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 LAYERS = {"errors": 0, "files": 0, "project": 0, "registry": 0, "labelled": 0, "shipped": 0, "scores": 0, "device": 0, "__init__": 0,

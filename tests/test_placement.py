@@ -8,16 +8,16 @@ it can really run here, on the CPU. Nothing here measures speed or runs a kernel
 import json
 import logging
 
-import pytest
-import torch
-import yaml
-from ts.context import Context
-
 import contract
 import image_handler
 import image_io
 import placement
+import pytest
+import torch
+import yaml
 from conftest import stage_model_dir
+from ts.context import Context
+
 from marforge import registry as registry_module
 from marforge.archiving import archive, variants, verify
 from marforge.archiving.weights import read_metadata

@@ -5,7 +5,6 @@ import signal
 import time
 
 import pytest
-
 from loadgen import Load
 
 pytestmark = pytest.mark.integration

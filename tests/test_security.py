@@ -5,8 +5,8 @@ import time
 
 import pytest
 import requests
-
 from conftest import ROOT, project_at, start_server
+
 from marforge.serve import process
 from marforge.serve.rundir import RunDir
 

@@ -7,14 +7,14 @@ import json
 import shutil
 import struct
 
+import contract
+import image_io
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
 
-import contract
-import image_io
-from conftest import ROOT
 from marforge import files
 from marforge.errors import MarforgeError
 from marforge.project import Project

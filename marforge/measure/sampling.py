@@ -79,7 +79,7 @@ class ProcessWatch:
 class GpuWatch:
     """Samples every GPU's utilisation and memory in use (nvidia-smi) while a run goes on."""
 
-    QUERY = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
+    QUERY = ("nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits")
 
     @staticmethod
     def available():

@@ -28,7 +28,7 @@ def colour(values):
 
 def panel(image, heatmap, box, caption):
     """One labelled panel: `image` (RGB) with `heatmap` blended over `box`."""
-    left, top, right, bottom = (int(round(v)) for v in box)
+    left, top, right, bottom = (round(v) for v in box)
     width, height = max(1, right - left), max(1, bottom - top)
     values = np.asarray(Image.fromarray(np.asarray(heatmap, dtype=np.float32), "F").resize((width, height), Image.BILINEAR))
     region = image.crop((left, top, left + width, top + height))
