@@ -18,12 +18,12 @@ class MarforgeError(Exception):
 
     exit_code = USER_ERROR
 
-    def __init__(self, message, hint=None):
+    def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  next: {self.hint}"
 
 
@@ -56,7 +56,7 @@ class ServerError(MarforgeError):
 class ApiError(ServerError):
     """TorchServe answered an HTTP request with an error status."""
 
-    def __init__(self, status, url, body, hint=None):
+    def __init__(self, status: int, url: str, body: str, hint: str | None = None) -> None:
         super().__init__(f"HTTP {status} from {url}: {body.strip()[:500]}", hint)
         self.status = status
         self.url = url
