@@ -174,3 +174,4 @@ def test_readiness_needs_the_inference_port_and_every_worker():
         assert _ready({"inference": unhealthy.server_port, "management": management.server_port}).returncode != 0
     finally:
         management.shutdown()
+

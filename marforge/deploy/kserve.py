@@ -43,7 +43,6 @@ from marforge.serve.config import model_snapshot, properties_text, read_properti
 
 OWN_PORTS = {"inference": 8080, "management": 8081, "metrics": 8082, "grpc_inference": 7070, "grpc_management": 7071}
 STOCK_PORTS = {**OWN_PORTS, "inference": 8085, "management": 8085}  # the stock proxy owns 8080 (and 8081: its gRPC)
-RUNTIME_PORTS = STOCK_PORTS  # the stock runtime's layout (kept for callers of the stock bundle)
 PORTS = {"own": OWN_PORTS, "stock": STOCK_PORTS}
 PROXY_PORT = 8080  # the stock runtime's kserve_wrapper
 MOUNT = runtime.MOUNT
