@@ -2,10 +2,8 @@
 
 No-server tests check the generated runtime, config and InferenceService (against KServe's
 ServingRuntime, ClusterServingRuntime and InferenceService CRDs in ../shared/data/kserve/, skipped
-with the reason where absent) and the readiness program against stand-in servers. The integration
-tests start TorchServe exactly as the runtime's container says (its command, args and the pod's
-environment; only the ports are moved to free ones, and the process gets its own TMPDIR as a pod
-has its own /tmp) and reach it through a non-loopback address of this machine, as another pod would.
+with the reason where absent) and the readiness program against stand-in servers. The runtime
+run as a pod runs it, against a real TorchServe: tests/test_kserve_pod.py.
 """
 
 import http.server
