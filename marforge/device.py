@@ -33,6 +33,26 @@ def gpu_count(environ: Mapping[str, str] | None = None) -> int:
     return count
 
 
+def cpu_count() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+def auto_workers(cpus: int, gpus: int = 0) -> int:
+    """Workers for `workers = "auto"` on a machine of `cpus` cores and `gpus` GPUs: one per GPU, else
+    one per core (the defaults sweep, docs/performance.md, chose one single-threaded worker per core)."""
+    return max(1, gpus or cpus)
+
+
+def threads_per_worker(total_workers: int, cpus: int | None = None) -> int:
+    """Intra-op threads for each worker: the cores (default: this machine's) shared out, at least one.
+
+    PyTorch's default (every core in every worker) makes workers fight over the same cores; the
+    benchmark's (b) row measures what that costs (docs/performance.md).
+    """
+    return max(1, (cpus or cpu_count()) // max(1, total_workers))
+
+
 def detect(environ: Mapping[str, str] | None = None) -> str:
     """"gpu" or "cpu": MARFORGE_DEVICE when set, else whether a GPU is visible."""
     environ = os.environ if environ is None else environ

@@ -10,12 +10,11 @@ Unknown keys are errors. Only the standard library is used (and handlers/contrac
 stdlib-only at import), so the Makefile can ask for the archive list before the virtualenv exists.
 """
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from marforge import shipped
-from marforge.device import DEVICES, gpu_count
+from marforge.device import DEVICES, auto_workers, cpu_count, gpu_count
 from marforge.errors import RegistryError
 
 SERVING_KEYS = {"workers", "batch_size", "max_batch_delay_ms", "response_timeout_s"}
@@ -165,11 +164,10 @@ def _require(table, key, where, path):
 
 
 def _workers(value, where, path, device="cpu"):
-    """Workers per version: a positive number, or "auto": on a CPU machine one per available core (the
-    defaults sweep, docs/performance.md, chose one single-threaded worker per core), on a GPU
-    machine one per GPU."""
+    """Workers per version: a positive number, or "auto": device.auto_workers for this machine (one
+    per GPU on a GPU machine, else one per available core)."""
     if value == "auto":
-        return max(1, gpu_count()) if device == "gpu" else len(os.sched_getaffinity(0))
+        return auto_workers(cpu_count(), max(1, gpu_count()) if device == "gpu" else 0)
     if not isinstance(value, int) or value < 1:
         raise RegistryError(f"{path}: {where} serving.workers must be a positive number or \"auto\", not {value!r}")
     return value

@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 import yaml
-
 from conftest import ROOT
+
 from marforge.deploy import kserve, schema
 from marforge.serve import process
 from marforge.serve.rundir import RunDir
@@ -35,6 +35,18 @@ def bundles(registry, store, tmp_path_factory):
 
     project = Project.at(ROOT / "models.toml", model_store=store)
     out = tmp_path_factory.mktemp("kserve")
+    return {mv.key: kserve.bundle(project, mv, out, "s3://bucket/marforge", kserve.Target(cpus=4, memory="6Gi"),
+                                  runtime_name="stock")
+            for mv in registry.all_versions()}
+
+
+@pytest.fixture(scope="module")
+def own_bundles(registry, store, tmp_path_factory):
+    """The default bundles: marforge's own ServingRuntime."""
+    from marforge.project import Project
+
+    project = Project.at(ROOT / "models.toml", model_store=store)
+    out = tmp_path_factory.mktemp("kserve_own")
     return {mv.key: kserve.bundle(project, mv, out, "s3://bucket/marforge", kserve.Target(cpus=4, memory="6Gi"))
             for mv in registry.all_versions()}
 
@@ -52,7 +64,8 @@ def test_a_bundle_is_what_the_runtime_mounts(bundles):
 
     props = read_properties(folder / "config" / "config.properties")
     assert props["disable_token_authorization"] == "true" and props["enable_envvars_config"] == "false"
-    assert props["inference_address"] == props["management_address"] == "http://0.0.0.0:8085"
+    # the stock proxy runs in the same container: TorchServe's both APIs on loopback (issue 22: not 0.0.0.0)
+    assert props["inference_address"] == props["management_address"] == "http://127.0.0.1:8085"
     assert props["metrics_mode"] == "prometheus" and props["grpc_inference_address"] == "127.0.0.1"
     snapshot = json.loads(props["model_snapshot"])
     assert snapshot["models"] == {"fashion": {"2.0": {"defaultVersion": True, "marName": "fashion.mar", "minWorkers": 4,
@@ -115,7 +128,7 @@ def runtime_server(registry, store, tmp_path_factory):
     ports["management"] = ports["inference"]  # the runtime's layout: management on the inference port
     project = Project.at(ROOT / "models.toml", model_store=store)
     folder = kserve.bundle(project, registry.get("fashion", "2.0"), tmp_path_factory.mktemp("bundle"), "s3://b/m",
-                           kserve.Target(cpus=2), ports=ports)
+                           kserve.Target(cpus=2), ports=ports, runtime_name="stock")
     args = yaml.safe_load(RUNTIME.read_text())["spec"]["containers"][0]["args"]
     command = [str(ROOT / ".venv" / "bin" / args[0])] + [a.replace(kserve.MOUNT, str(folder)) for a in args[1:]]
     env_of_pod = {e["name"]: e["value"] for e in documents(folder)["inferenceservice.yaml"]["spec"]["predictor"]["model"]["env"]}

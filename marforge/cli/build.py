@@ -136,8 +136,9 @@ def cmd_kserve(args):
     target = kserve.Target(cpus=args.cpus, gpus=args.gpus, memory=args.memory)
     out = Path(args.out_dir).resolve() if args.out_dir else project.root / "kserve"
     written = [kserve.bundle(project, mv, out, args.storage_uri, target, protocol=args.protocol, image=args.image,
-                             canary_percent=args.canary_percent) for mv in versions]
-    lines = [f"wrote {folder}/ (config/, model-store/, inferenceservice.yaml, inferenceservice-gpu.yaml, "
+                             canary_percent=args.canary_percent, runtime_name=args.runtime) for mv in versions]
+    runtimes = "servingruntime.yaml, clusterservingruntime.yaml, " if args.runtime == "own" else ""
+    lines = [f"wrote {folder}/ (config/, model-store/, {runtimes}inferenceservice.yaml, inferenceservice-gpu.yaml, "
              "canary-knative.yaml, canary-standard.yaml)" for folder in written]
     lines.append("token authorization is OFF in these bundles (KServe's probes send no token): read the comment in "
                  "config/config.properties")
@@ -208,17 +209,27 @@ def add_commands(command):
                 "DenseNet121 in CheXNet's checkpoint format, imported like a real one",
                 "python -m marforge demo                  # make archive runs it")
 
-    p = command("kserve", cmd_kserve, "write a storage location per version for KServe's TorchServe runtime and "
-                "its InferenceService YAML", "python -m marforge kserve fashion 2.0 --storage-uri s3://bucket/marforge")
+    from marforge.deploy import defaults as kserve_defaults
+
+    p = command("kserve", cmd_kserve, "write a storage location per version for KServe, marforge's own "
+                "ServingRuntime and the InferenceService YAML",
+                "python -m marforge kserve fashion 2.0 --storage-uri s3://bucket/marforge")
     p.add_argument("name", nargs="?", help="model name (default: every model)")
     p.add_argument("version", nargs="?", help="version (default: every version of the model)")
     p.add_argument("--storage-uri", required=True, help="where the bundles will be copied; each version's is <uri>/<key>")
-    p.add_argument("--cpus", type=int, default=2, help="CPU cores per pod (workers and threads are sized for them)")
-    p.add_argument("--gpus", type=int, default=0, help="GPUs per pod for inferenceservice.yaml (the -gpu file has 1 at least)")
-    p.add_argument("--memory", default="4Gi", help="memory per pod, a Kubernetes quantity")
-    p.add_argument("--protocol", choices=("v1", "v2"), default="v1", help="the InferenceService's protocolVersion")
-    p.add_argument("--image", default="marforge-torchserve:0.12.0", help="the serving image (docker/Dockerfile.kserve)")
-    p.add_argument("--canary-percent", type=int, default=10, help="traffic the canary step sends to this version")
+    p.add_argument("--cpus", type=int, default=kserve_defaults.CPUS,
+                   help="CPU cores per pod (workers and threads are sized for them)")
+    p.add_argument("--gpus", type=int, default=kserve_defaults.GPUS,
+                   help="GPUs per pod for inferenceservice.yaml (the -gpu file has 1 at least)")
+    p.add_argument("--memory", default=kserve_defaults.MEMORY, help="memory per pod, a Kubernetes quantity")
+    p.add_argument("--protocol", choices=("v1", "v2"), default=kserve_defaults.PROTOCOL,
+                   help="the InferenceService's protocolVersion")
+    p.add_argument("--image", default=kserve_defaults.IMAGE, help="the serving image (docker/Dockerfile.kserve)")
+    p.add_argument("--canary-percent", type=int, default=kserve_defaults.CANARY_PERCENT,
+                   help="traffic the canary step sends to this version")
+    p.add_argument("--runtime", choices=kserve_defaults.RUNTIMES, default=kserve_defaults.RUNTIMES[0],
+                   help="own: marforge's ServingRuntime, TorchServe alone on 8080 (default); stock: KServe's "
+                   "kserve-torchserve, behind its proxy")
     p.add_argument("--out-dir", help="where to write the bundles (default: kserve/ in the project)")
     add_paths(p, "model_store")
 

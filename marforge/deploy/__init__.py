@@ -1,6 +1,8 @@
 """Deploying beyond one machine: what a cluster runs marforge's archives with.
 
-    kserve.py   `make kserve`: a version's storage location for KServe's TorchServe runtime
-                (config.properties, model-store/) and its InferenceService YAML (CPU, GPU, canary)
-    schema.py   checks an InferenceService against KServe's CRD and Kubernetes' own schemas
+    kserve.py    `make kserve`: a version's storage location (config.properties, model-store/), the
+                 runtime that serves it and its InferenceService YAML (CPU, GPU, canary)
+    runtime.py   marforge's own ServingRuntime: TorchServe alone on 8080, its probes and preStop drain
+    defaults.py  `make kserve`'s defaults (image, pod size, protocol, runtime), standard library only
+    schema.py    checks KServe documents against KServe's CRDs and Kubernetes' own schemas
 """

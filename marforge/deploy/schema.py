@@ -1,5 +1,6 @@
-"""Check an InferenceService without a cluster: its spec against KServe's CRD, its metadata against
-Kubernetes' own ObjectMeta schema, both strict about unknown fields.
+"""Check an InferenceService, ServingRuntime or ClusterServingRuntime without a cluster: its spec
+against KServe's CRD, its metadata against Kubernetes' own ObjectMeta schema, both strict about
+unknown fields.
 
 The CRD's `openAPIV3Schema` is what the API server validates an InferenceService against; it leaves
 objects open where it does not say otherwise (the server prunes unknown fields silently), so every
@@ -24,7 +25,7 @@ def crd_schema(crd_path, version="v1beta1"):
     try:
         crd = yaml.safe_load(Path(crd_path).read_text())
     except FileNotFoundError:
-        raise DataError(f"{crd_path}: no InferenceService CRD to validate against") from None
+        raise DataError(f"{crd_path}: no KServe CRD to validate against") from None
     [schema] = [v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"] if v["name"] == version]
     return _closed(schema)
 
@@ -53,11 +54,13 @@ def object_meta_validator():
 
 
 def problems(document, crd_path):
-    """Every schema error of an InferenceService (a dict), as 'path: message' lines; [] when it is valid."""
+    """Every schema error of a KServe document (a dict) against the CRD at `crd_path`, at the version
+    its apiVersion names, as 'path: message' lines; [] when it is valid."""
     from jsonschema import Draft7Validator
 
+    version = str(document.get("apiVersion", "serving.kserve.io/v1beta1")).rsplit("/", 1)[-1]
     found = [f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
-             for e in Draft7Validator(crd_schema(crd_path)).iter_errors(document)]
+             for e in Draft7Validator(crd_schema(crd_path, version)).iter_errors(document)]
     found += [f"{'.'.join(['metadata', *map(str, e.absolute_path)])}: {e.message}"
               for e in object_meta_validator().iter_errors(document.get("metadata", {}))]
     return sorted(found)

@@ -32,9 +32,25 @@ def read_properties(path):
     return props
 
 
-def write_properties(path, props):
-    """Write `props` as read_properties reads them: a `key=value` line each (a None value leaves the key out)."""
-    Path(path).write_text("".join(f"{k}={v}\n" for k, v in props.items() if v is not None))
+def properties_text(props: dict, comments: dict | None = None) -> str:
+    """`props` as read_properties reads them: a `key=value` line each (a None value leaves the key out).
+
+    `comments` maps a key to the comment lines written above it (the key "" to the file's header).
+    """
+    comments = comments or {}
+    out = [f"# {line}".rstrip() + "\n" for line in comments.get("", [])]
+    for key, value in props.items():
+        if value is None:
+            continue
+        if key in comments:
+            out += ["\n"] + [f"# {line}".rstrip() + "\n" for line in comments[key]]
+        out.append(f"{key}={value}\n")
+    return "".join(out)
+
+
+def write_properties(path, props: dict, comments: dict | None = None) -> None:
+    """Write `props` (and `comments`) as properties_text renders them."""
+    Path(path).write_text(properties_text(props, comments))
 
 
 def model_snapshot(versions, model_store, defaults):

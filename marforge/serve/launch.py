@@ -6,28 +6,16 @@ model's default taken from the run dir's state (the last promotion) or, failing 
 registry. The frontend logs with the project's log4j2.xml when there is one.
 """
 
-import os
-
 from marforge import files
+from marforge.device import threads_per_worker as threads_per_worker  # re-exported: bench tuning imports it here
 from marforge.errors import ServerError
 from marforge.serve import process, state
 from marforge.serve.config import read_properties, render
 from marforge.serve.rundir import RunDir
 
-
 # The environment marforge's server runs in, where it is the only lever (docs/operations.md): glibc's
 # malloc makes up to 8 arenas per core for the frontend's threads, memory the JVM does not account.
 FRONTEND_ENV = {"MALLOC_ARENA_MAX": "2"}
-
-
-def threads_per_worker(total_workers, cpus=None):
-    """Intra-op threads for each worker: the cores shared out, at least one.
-
-    PyTorch's default (every core in every worker) makes workers fight over the same cores; the
-    benchmark's (b) row measures what that costs (docs/performance.md).
-    """
-    cpus = cpus or len(os.sched_getaffinity(0))
-    return max(1, cpus // max(1, total_workers))
 
 
 def defaults_for(registry, versions, saved, chosen, run_dir):
