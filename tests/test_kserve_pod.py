@@ -3,8 +3,8 @@
 TorchServe is started exactly as the ServingRuntime's container says: its command and args (the
 storage location KServe mounts at /mnt/models is the bundle's folder here), the pod's environment
 and the readiness command as written; only the ports are moved to free ones (the bundle is written
-with them), and the process gets its own TMPDIR as a pod has its own /tmp. It is reached through a
-non-loopback address of this machine, as another pod would reach it.
+with them), and the process gets its own TMPDIR as a pod has its own /tmp. It is reached through 127.0.0.2,
+not the address management binds (127.0.0.1), as another pod reaches a pod's IP.
 """
 
 import base64
@@ -36,13 +36,9 @@ def documents(folder):
     return {p.name: yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))}
 
 
-def _outside_address():
-    """A non-loopback IPv4 address of this machine (as another pod reaches this one), or None."""
-    try:
-        found = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10, check=False).stdout.split()
-    except OSError:
-        found = []
-    return next((a for a in found if "." in a and not a.startswith("127.")), None)
+# Another address of the loopback range: a socket bound to 127.0.0.1 (management, gRPC) refuses it, one bound
+# to 0.0.0.0 (inference, metrics) answers it, exactly as for a pod's IP, and no packet leaves this machine.
+OUTSIDE = "127.0.0.2"
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +46,7 @@ def pod(registry, project, tmp_path_factory):
     """TorchServe started exactly as the ServingRuntime's container says, from an own bundle of fashion 2.0."""
     from marforge.serve import process
 
-    address = _outside_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback IPv4 address (hostname -I): nothing to reach the pod through")
+    address = OUTSIDE
     ports = process.free_listeners()
     folder = kserve.bundle(project, registry.get("fashion", "2.0"), tmp_path_factory.mktemp("pod"), "s3://b/m",
                            kserve.Target(cpus=2), ports=ports)
@@ -65,7 +59,7 @@ def pod(registry, project, tmp_path_factory):
            "TMPDIR": str(run / "tmp"), "TEMP": str(run / "tmp"), "LOG_LOCATION": str(run / "logs")}  # a pod's own /tmp
     command = spec["command"] + [a.replace(runtime.MOUNT, str(folder)) for a in spec["args"]]
     ready = spec["readinessProbe"]["exec"]["command"]
-    log = open(run / "torchserve.log", "wb")  # noqa: SIM115 (the server writes to it until teardown)
+    log = open(run / "torchserve.log", "wb")
     server = subprocess.Popen(command, cwd=run, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     early = subprocess.run(ready, env=env, capture_output=True, timeout=30, check=False)
     deadline = time.monotonic() + 240
