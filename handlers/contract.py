@@ -17,8 +17,16 @@ this file before the virtualenv exists (the Makefile's archive list). torch, num
 imported by the functions that need them.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for the annotations only: nothing but the standard library loads at import
+    import torch
+    from PIL import Image
 
 CONFIG_FILE = "model-config.yaml"  # the archive's config; its `handler:` section is HandlerConfig
 FORMATS = ("eager", "torchscript", "onnx", "compile", "quantized", "cudagraphs")  # how an archive's model is made
@@ -29,47 +37,47 @@ PIL_MODES = {"grayscale": "L", "rgb": "RGB"}
 PREPROCESS_KEYS = ("image_size", "color", "mean", "std", "resize", "crop")  # the weights metadata's `preprocess`
 
 
-def format_stamp(fmt, eager=None):
+def format_stamp(fmt: str, eager: tuple[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """The model-config.yaml section that records an archive's format and, for a format that is not
     eager PyTorch, the eager model file and weights it also carries (explanations need gradients):
     `eager` is (model file name, weights file name) at the archive's root."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown archive format {fmt!r} (known: {', '.join(FORMATS)})")
-    stamp = {"format": fmt}
+    stamp: dict[str, Any] = {"format": fmt}
     if eager:
         stamp["eager"] = {"model_file": eager[0], "weights": eager[1]}
     return {STAMP_SECTION: stamp}
 
 
-def archive_format(model_yaml_config):
+def archive_format(model_yaml_config: Mapping[str, Any] | None) -> str:
     """The format an archive's model-config.yaml records; eager when it records none."""
-    return ((model_yaml_config or {}).get(STAMP_SECTION) or {}).get("format", DEFAULT_FORMAT)
+    return str(((model_yaml_config or {}).get(STAMP_SECTION) or {}).get("format", DEFAULT_FORMAT))
 
 
-def eager_files(model_yaml_config, manifest):
+def eager_files(model_yaml_config: Mapping[str, Any] | None, manifest: Mapping[str, Any]) -> tuple[str, str] | None:
     """(model file, weights file) of the eager model in an unpacked archive, or None: the archive's own
     for an eager or compile archive, else those its format stamp records."""
     stamp = (model_yaml_config or {}).get(STAMP_SECTION) or {}
     if stamp.get("eager"):
-        return stamp["eager"]["model_file"], stamp["eager"]["weights"]
+        return str(stamp["eager"]["model_file"]), str(stamp["eager"]["weights"])
     model = manifest["model"]
-    return (model["modelFile"], model["serializedFile"]) if model.get("modelFile") else None
+    return (str(model["modelFile"]), str(model["serializedFile"])) if model.get("modelFile") else None
 
 
 @dataclass(frozen=True)
 class HandlerConfig:
     """The `handler:` section of an archive's model-config.yaml, validated."""
 
-    image_size: tuple  # (height, width) the model expects
+    image_size: tuple[int, int]  # (height, width) the model expects
     color: str  # "grayscale" or "rgb"
-    mean: tuple  # one value per channel, applied after scaling pixels to [0, 1]
-    std: tuple
-    labels: tuple  # output index -> name
-    resize: int = None  # the shorter side is resized to this (aspect kept), then cropped; None: resized to image_size
+    mean: tuple[float, ...]  # one value per channel, applied after scaling pixels to [0, 1]
+    std: tuple[float, ...]
+    labels: tuple[str, ...]  # output index -> name
+    resize: int | None = None  # the shorter side is resized to this (aspect kept), then cropped; None: resized to image_size
     crop: str = "none"  # "none", "center" or "ten" (torchvision's TenCrop: four corners and the center, and their mirror)
     task: str = "multiclass"  # "multiclass": one label per image, top_k answered; "multilabel": every label judged
-    activation: str = None  # turns outputs into probabilities: "softmax", "sigmoid" or "none" (the default: by task)
-    thresholds: tuple = None  # multilabel: the probability at which each label is positive (default 0.5)
+    activation: str | None = None  # turns outputs into probabilities: "softmax", "sigmoid" or "none" (the default: by task)
+    thresholds: tuple[float, ...] | None = None  # multilabel: the probability at which each label is positive (default 0.5)
     top_k: int = 3  # multiclass: labels per answer
     max_pixels: int = 4096 * 4096  # refuse images that declare more pixels than this
     min_side: int = 8  # smaller images carry too little to classify (sklearn's digits are 8 x 8)
@@ -79,11 +87,11 @@ class HandlerConfig:
     gpu_decode: bool = False  # JPEG bodies decoded and resized on the worker's GPU (nvJPEG); CPU elsewhere
 
     @classmethod
-    def keys(cls):
+    def keys(cls) -> set[str]:
         return {f.name for f in fields(cls)}
 
     @classmethod
-    def from_dict(cls, section):
+    def from_dict(cls, section: object) -> HandlerConfig:
         if not isinstance(section, dict):
             raise ValueError("model-config.yaml needs a 'handler:' section (image_size, color, mean, std, labels)")
         unknown = sorted(set(section) - cls.keys())
@@ -100,7 +108,7 @@ class HandlerConfig:
                       activation=values["activation"] or ("softmax" if values["task"] == "multiclass" else "sigmoid"),
                       **{k: int(values[k]) for k in ("top_k", "max_pixels", "min_side")})
         for f in fields(cls):
-            if f.type is bool and not isinstance(values[f.name], bool):
+            if f.type in (bool, "bool") and not isinstance(values[f.name], bool):
                 raise ValueError(f"handler {f.name} must be true or false, not {values[f.name]!r}")
         config = cls(**values)
         config._check_input()
@@ -108,7 +116,7 @@ class HandlerConfig:
         config._check_geometry()
         return config
 
-    def _check_input(self):
+    def _check_input(self) -> None:
         if self.color not in CHANNELS:
             raise ValueError(f"handler color must be one of {sorted(CHANNELS)}, not {self.color!r}")
         if len(self.mean) != CHANNELS[self.color] or len(self.std) != CHANNELS[self.color]:
@@ -116,7 +124,7 @@ class HandlerConfig:
         if len(self.image_size) != 2 or min(self.image_size) < 1 or min(self.std) <= 0:
             raise ValueError("handler image_size needs two positive numbers and std must be positive")
 
-    def _check_outputs(self):
+    def _check_outputs(self) -> None:
         if not self.labels or self.top_k < 1:
             raise ValueError("handler labels must not be empty and top_k must be at least 1")
         if self.task not in TASKS:
@@ -130,7 +138,7 @@ class HandlerConfig:
             if len(self.thresholds) != len(self.labels) or not all(0 <= t <= 1 for t in self.thresholds):
                 raise ValueError(f"handler thresholds need one probability (0 to 1) per label ({len(self.labels)})")
 
-    def _check_geometry(self):
+    def _check_geometry(self) -> None:
         if self.crop not in CROPS:
             raise ValueError(f"handler crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
         if self.crop == "none" and self.resize is not None:
@@ -141,11 +149,12 @@ class HandlerConfig:
                              f"at least the crop's {max(self.image_size)}")
 
     @property
-    def crops(self):
+    def crops(self) -> int:
         """Model inputs per image: 10 for ten-crop, else 1."""
         return 10 if self.crop == "ten" else 1
 
-    def threshold_of(self, index):
+    def threshold_of(self, index: int) -> float:
+        """The probability at which label `index` counts as positive."""
         return DEFAULT_THRESHOLD if self.thresholds is None else self.thresholds[index]
 
 
@@ -155,21 +164,22 @@ DEFAULT_THRESHOLD = 0.5
 OUTPUT_KEYS = ("task", "activation")  # the weights metadata says how to read the model's outputs
 
 
-def option_keys():
+def option_keys() -> set[str]:
     """The handler settings a registry may give per version (the rest come from the weights' metadata)."""
     return HandlerConfig.keys() - set(PREPROCESS_KEYS) - set(OUTPUT_KEYS) - {"labels"} | {"crop"}
 
 
-def preprocess_metadata(image_size, color, mean, std, resize=None, crop="none"):
+def preprocess_metadata(image_size: Sequence[int], color: str, mean: Sequence[float], std: Sequence[float],
+                        resize: int | None = None, crop: str = "none") -> dict[str, Any]:
     """The `preprocess` entry of a version's weights metadata: how the model's inputs were made."""
-    entry = {"image_size": list(image_size), "color": color, "mean": list(mean), "std": list(std)}
+    entry: dict[str, Any] = {"image_size": list(image_size), "color": color, "mean": list(mean), "std": list(std)}
     if crop != "none":
         entry.update(resize=resize, crop=crop)
     HandlerConfig.from_dict({**entry, "labels": ["-"]})  # the same checks an archive's handler makes
     return entry
 
 
-def handler_section(metadata, options):
+def handler_section(metadata: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
     """The `handler:` section of model-config.yaml for a version: its weights metadata's preprocessing,
     labels and outputs, then the registry's handler options (which may also choose another crop, and
     give thresholds as one number or a {label: threshold} table)."""
@@ -186,7 +196,7 @@ def handler_section(metadata, options):
     return section
 
 
-def _thresholds(value, labels):
+def _thresholds(value: object, labels: Sequence[str]) -> list[float]:
     """One threshold per label from a number (all labels) or a {label: threshold} table (others 0.5)."""
     if isinstance(value, (int, float)):
         return [float(value)] * len(labels)
@@ -195,10 +205,10 @@ def _thresholds(value, labels):
         if unknown:
             raise ValueError(f"thresholds name labels the model does not have: {', '.join(unknown)}")
         return [float(value.get(label, DEFAULT_THRESHOLD)) for label in labels]
-    return list(value)
+    return [float(v) for v in value]  # type: ignore[attr-defined]  # a list; HandlerConfig checks it
 
 
-def fit(image, config):
+def fit(image: Image.Image, config: HandlerConfig) -> list[Image.Image]:
     """A decoded Pillow image (in the configured color mode) -> the model's views of it: a list of
     Pillow images of the input size. crop "none": the image resized to the input size (one view);
     "center" and "ten": the shorter side resized to `resize` (aspect kept), then the center crop, or
@@ -208,14 +218,15 @@ def fit(image, config):
 
     height, width = config.image_size
     if config.crop == "none":
-        return [image if image.size == (width, height) else image.resize((width, height), Image.BILINEAR)]
+        return [image if image.size == (width, height) else image.resize((width, height), Image.Resampling.BILINEAR)]
+    assert config.resize is not None  # HandlerConfig._check_geometry: a crop needs resize
     image = _resize_shorter(image, config.resize)
     if config.crop == "center":
         return [_center(image, height, width)]
-    return _five(image, height, width) + _five(image.transpose(Image.FLIP_LEFT_RIGHT), height, width)
+    return _five(image, height, width) + _five(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), height, width)
 
 
-def _resize_shorter(image, side):
+def _resize_shorter(image: Image.Image, side: int) -> Image.Image:
     from PIL import Image
 
     w, h = image.size
@@ -223,27 +234,28 @@ def _resize_shorter(image, side):
     if short == side:
         return image
     new_short, new_long = side, int(side * long / short)
-    return image.resize((new_short, new_long) if w <= h else (new_long, new_short), Image.BILINEAR)
+    return image.resize((new_short, new_long) if w <= h else (new_long, new_short), Image.Resampling.BILINEAR)
 
 
-def _center(image, height, width):
+def _center(image: Image.Image, height: int, width: int) -> Image.Image:
     w, h = image.size
     top, left = int(round((h - height) / 2.0)), int(round((w - width) / 2.0))
     return image.crop((left, top, left + width, top + height))
 
 
-def _five(image, height, width):
+def _five(image: Image.Image, height: int, width: int) -> list[Image.Image]:
     w, h = image.size
     corners = [(0, 0), (w - width, 0), (0, h - height), (w - width, h - height)]  # tl, tr, bl, br
     return [image.crop((x, y, x + width, y + height)) for x, y in corners] + [_center(image, height, width)]
 
 
-def crop_box(size, config):
+def crop_box(size: tuple[int, int], config: HandlerConfig) -> tuple[float, ...]:
     """Where the model's center view lies in an image of `size` (width, height), in that image's
     pixels: (left, top, right, bottom). What an explanation's heatmap covers."""
     w, h = size
     if config.crop == "none":
         return (0, 0, w, h)
+    assert config.resize is not None  # a crop needs resize
     scale = config.resize / min(w, h)
     rw, rh = (config.resize, int(config.resize * h / w)) if w <= h else (int(config.resize * w / h), config.resize)
     height, width = config.image_size
@@ -251,7 +263,7 @@ def crop_box(size, config):
     return tuple(round(v / scale, 1) for v in (left, top, left + width, top + height))
 
 
-def normalise(pixels, mean, std):
+def normalise(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """8-bit pixel values (..., H, W, C), channels last as image libraries give them -> (..., C, H, W)
     float32, scaled to [0, 1] and normalised per channel: (pixel / 255 - mean) / std.
 
@@ -267,16 +279,16 @@ def normalise(pixels, mean, std):
 
 
 @lru_cache(maxsize=32)
-def _affine(mean, std):
+def _affine(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift), each C x 1 x 1: normalised = pixel * scale + shift for 8-bit pixels."""
     import torch
 
-    std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    return 1.0 / (255.0 * std), -mean / std
+    stds = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    means = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    return 1.0 / (255.0 * stds), -means / stds
 
 
-def to_input(image, config):
+def to_input(image: Image.Image, config: HandlerConfig) -> torch.Tensor:
     """A decoded Pillow image in the configured color mode -> the model's input: C x H x W, or
     10 x C x H x W for ten-crop."""
     import numpy as np
@@ -289,7 +301,7 @@ def to_input(image, config):
     return views[0] if len(views) == 1 else torch.stack(views)
 
 
-def activate(outputs, config):
+def activate(outputs: torch.Tensor, config: HandlerConfig) -> torch.Tensor:
     """The model's outputs (N x labels) as float32 probabilities: softmax, sigmoid or as they are."""
     import torch
 
