@@ -35,6 +35,8 @@ MARFORGE := $(PYTHON) -m marforge --registry models.toml
 # The archive lists come from models.toml (read with the standard library only: no venv needed).
 ARCHIVES = $(shell $(MARFORGE) archives --model-store $(MODEL_STORE) $(if $(FORMAT),--formats $(FORMAT)))
 BENCH_ARCHIVES = $(shell $(MARFORGE) archives --model-store $(MODEL_STORE) --bench)
+# Every archive format, from handlers/contract.py's FORMATS (one rule each, below).
+FORMATS := $(shell $(MARFORGE) formats)
 # What an archive is built from. The code that builds it, and its weights, are file prerequisites;
 # the version's own registry entry, model definition, samples and eval images are in its stamp
 # $(MODEL_STORE)/.inputs/<key>.json, rewritten only when they change (marforge/archiving/inputs.py): so a
@@ -73,7 +75,7 @@ weights: $(SETUP_STAMP)
 	MARFORGE_FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(PY) -m marforge samples
 
 .PHONY: archive
-## archive: build and verify model_store/<name>-<version>.mar for every version (make -j safe; FORMAT=torchscript|onnx|compile|quantized|cudagraphs builds <name>-<version>-<format>.mar)
+## archive: build and verify model_store/<name>-<version>.mar for every version (make -j safe; FORMAT=<one of `python3 -m marforge formats`> builds <name>-<version>-<format>.mar)
 archive: $(ARCHIVES)
 
 $(MODEL_STORE)/%.mar: weights/%.pt weights/%.json $(MODEL_STORE)/.inputs/%.json $(ARCHIVE_INPUTS) | $(SETUP_STAMP)
@@ -84,7 +86,7 @@ define VARIANT_RULE
 $(MODEL_STORE)/%-$(1).mar: weights/%.pt weights/%.json $(MODEL_STORE)/.inputs/%.json $(ARCHIVE_INPUTS) | $(SETUP_STAMP)
 	$(PY) -m marforge archive --key $$* --format $(1) --model-store $(MODEL_STORE)
 endef
-$(foreach format,eager torchscript onnx compile quantized,$(eval $(call VARIANT_RULE,$(format))))
+$(foreach format,$(FORMATS),$(eval $(call VARIANT_RULE,$(format))))
 
 # The CheXNet demo's synthetic weights: a seeded DenseNet121 saved in CheXNet's checkpoint format and
 # imported like a real one (marforge/archiving/synthetic.py). Never committed; every version's metadata

@@ -1,4 +1,4 @@
-"""Commands that build: archive, verify, archives, stamp, train, samples."""
+"""Commands that build: archive, verify, archives, formats, stamp, import, demo, kserve, stubs, train, samples."""
 
 import dataclasses
 from pathlib import Path
@@ -48,6 +48,14 @@ def cmd_archives(args):
     paths = dict.fromkeys(project.relative(mv.archive_path(project.model_store, f))
                           for f in formats for mv in project.registry.all_versions())
     return Output(" ".join(paths), list(paths))
+
+
+def cmd_formats(args):
+    """Standard library only, like `archives`: the Makefile defines one archive rule per format it prints."""
+    from marforge.archiving import variants
+
+    formats = list(variants.BENCH_FORMATS[project_of(args).device]) if args.bench else list(variants.formats())
+    return Output(" ".join(formats), formats)
 
 
 def cmd_stamp(args):
@@ -157,8 +165,8 @@ def add_commands(command):
     p.add_argument("name", nargs="?", help="model name (default: every model)")
     p.add_argument("version", nargs="?", help="version (default: every version of the model)")
     p.add_argument("--key", help="one version by its file stem, e.g. fashion-2.0 (the Makefile uses this)")
-    p.add_argument("--format", help="archive format: eager, torchscript, onnx, compile or quantized (default: the "
-                   "registry's, written to <key>.mar; others to <key>-<format>.mar)")
+    p.add_argument("--format", help="archive format, one of those `python3 -m marforge formats` prints (default: "
+                   "the registry's, written to <key>.mar; others to <key>-<format>.mar)")
     add_paths(p, "model_store")
 
     p = command("verify", cmd_verify, "load an archive as a worker does and compare it with its source model",
@@ -170,6 +178,10 @@ def add_commands(command):
     p.add_argument("--formats", help="comma-separated formats (default: each version's registry format)")
     p.add_argument("--bench", action="store_true", help="every format the benchmarks serve")
     add_paths(p, "model_store")
+
+    p = command("formats", cmd_formats, "list every archive format (for the Makefile; standard library only)",
+                "python3 -m marforge formats --bench")
+    p.add_argument("--bench", action="store_true", help="only the formats the benchmarks serve on this machine")
 
     p = command("stamp", cmd_stamp, "write <model_store>/.inputs/<key>.json if the version's archive inputs "
                 "changed (for the Makefile)", "python3 -m marforge stamp fashion-2.0")
