@@ -13,8 +13,8 @@ VERSION ?=
 RETIRE ?=
 SOAK_MINUTES ?= 5
 SOAK_ARGS ?=
-BENCH_MODEL ?= fashion
-BENCH_VERSION ?= 2.0
+BENCH_MODEL ?=
+BENCH_VERSION ?=
 BENCH_ARGS ?=
 BENCH_IMAGES ?=
 IMAGE ?=
@@ -146,10 +146,11 @@ kserve: archive
 	$(PY) -m marforge kserve $(if $(filter command line,$(origin MODEL)),$(MODEL) $(VERSION)) --storage-uri $(STORAGE_URI) --model-store $(MODEL_STORE) $(KSERVE_ARGS)
 
 .PHONY: bench
-## bench: ceiling, stock TorchServe, marforge (HTTP, gRPC, v2 JSON), Flask, every other format of BENCH_MODEL BENCH_VERSION; tables into docs/performance.md (BENCH_IMAGES=folder, BENCH_ARGS=--short)
+## bench: ceiling, stock TorchServe, marforge (HTTP, gRPC, v2 JSON), Flask, every other format of BENCH_MODEL BENCH_VERSION (default: python -m marforge bench --help's); tables into docs/performance.md (BENCH_IMAGES=folder, BENCH_ARGS=--short)
 bench: $(BENCH_ARCHIVES)
+	@test -n "$(BENCH_MODEL)" -o -z "$(BENCH_VERSION)" || { echo "error: BENCH_VERSION=$(BENCH_VERSION) needs its model: make bench BENCH_MODEL=fashion BENCH_VERSION=$(BENCH_VERSION)" >&2; exit 1; }
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt -c constraints.txt
-	$(PY) -m marforge bench $(BENCH_MODEL) $(BENCH_VERSION) --model-store $(MODEL_STORE) --verbose $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES)) $(BENCH_ARGS)
+	$(PY) -m marforge bench $(strip $(BENCH_MODEL) $(BENCH_VERSION)) --model-store $(MODEL_STORE) --verbose $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES)) $(BENCH_ARGS)
 
 .PHONY: bench-formats
 ## bench-formats: every version in every format at 16 and 64 clients: which format wins for each model

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from marforge.archiving import variants
 from marforge.project import Project
 

@@ -1,10 +1,11 @@
 """Commands that build: archive, verify, archives, formats, stamp, import, demo, kserve, stubs, train, samples."""
 
 import dataclasses
+import zipfile
 from pathlib import Path
 
-from marforge.cli import Output, add_paths, project_of
-from marforge.errors import MarforgeError
+from marforge.cli import Output, add_paths, existing, format_list, project_of
+from marforge.errors import ArchiveError, MarforgeError
 
 
 def cmd_archive(args):
@@ -25,7 +26,12 @@ def cmd_archive(args):
 def cmd_verify(args):
     from marforge.archiving import mar, verify
 
-    manifest = mar.manifest_of(args.mar)
+    hint = "pass a .mar file that make archive built, e.g. model_store/fashion-2.0.mar"
+    path = existing(args.mar, "the archive to verify", hint)
+    try:
+        manifest = mar.manifest_of(path)
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise ArchiveError(f"{args.mar}: not a .mar archive ({exc})", hint) from None
     mv = project_of(args).registry.get(manifest["modelName"], manifest["modelVersion"])
     verification = verify.check(args.mar, mv)
     lines = [f"{row['sample']}: {row['top1']['label']} ({row['top1']['probability']:.4f}) matches the source model"
@@ -39,12 +45,7 @@ def cmd_archives(args):
     from marforge.archiving import variants
 
     project = project_of(args)
-    formats = list(variants.BENCH_FORMATS[project.device]) if args.bench else (
-        args.formats.split(",") if args.formats else [None])
-    unknown = [f for f in formats if f is not None and f not in variants.formats()]
-    if unknown:
-        raise MarforgeError(f"unknown archive format(s): {', '.join(unknown)}",
-                            f"use some of: {', '.join(variants.formats())}")
+    formats = list(variants.BENCH_FORMATS[project.device]) if args.bench else (format_list(args.formats) or [None])
     paths = dict.fromkeys(project.relative(mv.archive_path(project.model_store, f))
                           for f in formats for mv in project.registry.all_versions())
     return Output(" ".join(paths), list(paths))
