@@ -244,3 +244,22 @@ def test_bench_refuses_archives_that_are_missing_or_older_than_their_inputs(caps
     assert (code, err) == (1, "error: refusing to measure archives that are not what make builds now: "
                               + "; ".join(f"{store}/{name}: {why}" for name in archives)
                               + "\n  next: make archive FORMAT=onnx,eager,torchscript,quantized\n")
+
+
+def test_serve_names_a_missing_base_config(capsys, tmp_path):
+    code, _, err = run(capsys, "serve", "--config", str(tmp_path / "none.properties"), "--run-dir", str(tmp_path))
+    assert (code, err) == (1, f"error: {tmp_path}/none.properties: no such file (the base TorchServe config)\n"
+                              "  next: pass one with --config, e.g. --config config.properties\n")
+
+
+def test_a_bad_import_flag_names_itself_and_a_good_value(capsys, tmp_path):
+    base = ("import", "xraycheck", "7.0", "--checkpoint", str(tmp_path / "model.pth.tar"))
+    for flags, message in (
+            (("--labels-file", "/nope.txt"), "error: /nope.txt: no such file (--labels-file)\n"
+                                             "  next: pass a file with one label name per line, in output order\n"),
+            (("--image-size", "big"), "error: --image-size 'big': not a comma-separated list of whole numbers above 0\n"
+                                      "  next: e.g. --image-size 224,224 (or 224)\n"),
+            (("--std", "0.2,wide"), "error: --std '0.2,wide': not a comma-separated list of numbers\n"
+                                    "  next: e.g. --std 0.485,0.456,0.406\n"),
+            (("--handler", "crop"), "error: --handler 'crop': not KEY=VALUE\n  next: e.g. --handler crop=center\n")):
+        assert run(capsys, *base, *flags)[::2] == (1, message)

@@ -4,7 +4,7 @@ import dataclasses
 import zipfile
 from pathlib import Path
 
-from marforge.cli import Output, add_paths, existing, format_list, project_of
+from marforge.cli import Output, add_paths, existing, format_list, numbers, project_of
 from marforge.errors import ArchiveError, MarforgeError
 
 
@@ -96,8 +96,8 @@ def cmd_samples(args):
     return Output("", {name: {"samples": s, "eval": e} for name, (s, e) in written.items()})
 
 
-def _floats(text):
-    return [float(v) for v in text.split(",")] if text else None
+def _floats(text, flag):
+    return numbers(text, flag, "0.485,0.456,0.406", kind=float) if text else None
 
 
 def cmd_import(args):
@@ -106,10 +106,16 @@ def cmd_import(args):
     project = project_of(args)
     labels = args.labels.split(",") if args.labels else None
     if args.labels_file:
-        labels = [line.strip() for line in open(args.labels_file) if line.strip()]
-    size = [int(v) for v in args.image_size.split(",")] if args.image_size else None
+        hint = "pass a file with one label name per line, in output order"
+        text = existing(args.labels_file, "--labels-file", hint).read_text()
+        labels = [line.strip() for line in text.splitlines() if line.strip()]
+    size = numbers(args.image_size, "--image-size", "224,224 (or 224)") if args.image_size else None
     preprocess = {"image_size": size if size is None or len(size) == 2 else size * 2, "color": args.color,
-                  "mean": _floats(args.mean), "std": _floats(args.std), "resize": args.resize, "crop": args.crop}
+                  "mean": _floats(args.mean, "--mean"), "std": _floats(args.std, "--std"), "resize": args.resize,
+                  "crop": args.crop}
+    bad = [item for item in args.handler or () if "=" not in item]
+    if bad:
+        raise MarforgeError(f"--handler {bad[0]!r}: not KEY=VALUE", "e.g. --handler crop=center")
     handler = dict(item.split("=", 1) for item in args.handler) if args.handler else None
     metadata, report = importer.import_checkpoint(
         project, args.name, args.version, args.checkpoint, preset=args.preset, fmt=args.format,

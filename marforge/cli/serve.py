@@ -19,6 +19,7 @@ def cmd_serve(args):
     from marforge.serve import launch, status
 
     project = project_of(args)
+    existing(project.config, "the base TorchServe config", "pass one with --config, e.g. --config config.properties")
     started = launch.serve(project, timeout=args.timeout)
     rows = status.annotate(status.collect(started.client), project.registry)
     return Output(serve_summary(project, started, rows),
