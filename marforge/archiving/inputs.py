@@ -77,3 +77,15 @@ def stale(model_store, mv, archive):
     if stamp.stat().st_mtime > built:
         return f"{stamp} changed after it was built"
     return None
+
+
+def unfit(model_store, archives):
+    """(version, format, path, why) for each (version, format) of `archives` whose archive in
+    `model_store` is missing or stale (`stale`), in order."""
+    found = []
+    for mv, fmt in archives:
+        path = mv.archive_path(model_store, fmt)
+        why = "not built" if not path.is_file() else stale(model_store, mv, path)
+        if why:
+            found.append((mv, fmt, path, why))
+    return found

@@ -58,17 +58,12 @@ def refuse_stale(project, archives):
     from marforge.archiving import inputs
     from marforge.errors import ArchiveError
 
-    bad = []
-    for mv, fmt in archives:
-        path = mv.archive_path(project.model_store, fmt)
-        why = "not built" if not path.is_file() else inputs.stale(project.model_store, mv, path)
-        if why:
-            bad.append((mv, fmt, f"{project.relative(path)}: {why}"))
+    bad = inputs.unfit(project.model_store, archives)
     if bad:
-        formats = dict.fromkeys(fmt for _, fmt, _ in bad)
-        own = all(fmt == mv.format for mv, fmt, _ in bad)
+        formats = dict.fromkeys(fmt for _, fmt, _, _ in bad)
+        own = all(fmt == mv.format for mv, fmt, _, _ in bad)
         raise ArchiveError("refusing to measure archives that are not what make builds now: "
-                           + "; ".join(problem for _, _, problem in bad),
+                           + "; ".join(f"{project.relative(path)}: {why}" for _, _, path, why in bad),
                            "make archive" if own else f"make archive FORMAT={','.join(formats)}")
 
 
