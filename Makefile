@@ -13,8 +13,8 @@ VERSION ?=
 RETIRE ?=
 SOAK_MINUTES ?= 5
 SOAK_ARGS ?=
-BENCH_MODEL ?= fashion
-BENCH_VERSION ?= 2.0
+BENCH_MODEL ?=
+BENCH_VERSION ?=
 BENCH_ARGS ?=
 BENCH_IMAGES ?=
 IMAGE ?=
@@ -35,6 +35,8 @@ MARFORGE := $(PYTHON) -m marforge --registry models.toml
 # The archive lists come from models.toml (read with the standard library only: no venv needed).
 ARCHIVES = $(shell $(MARFORGE) archives --model-store $(MODEL_STORE) $(if $(FORMAT),--formats $(FORMAT)))
 BENCH_ARCHIVES = $(shell $(MARFORGE) archives --model-store $(MODEL_STORE) --bench)
+# Every archive format, from handlers/contract.py's FORMATS (one rule each, below).
+FORMATS := $(shell $(MARFORGE) formats)
 # What an archive is built from. The code that builds it, and its weights, are file prerequisites;
 # the version's own registry entry, model definition, samples and eval images are in its stamp
 # $(MODEL_STORE)/.inputs/<key>.json, rewritten only when they change (marforge/archiving/inputs.py): so a
@@ -73,7 +75,7 @@ weights: $(SETUP_STAMP)
 	MARFORGE_FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(PY) -m marforge samples
 
 .PHONY: archive
-## archive: build and verify model_store/<name>-<version>.mar for every version (make -j safe; FORMAT=torchscript|onnx|compile|quantized|cudagraphs builds <name>-<version>-<format>.mar)
+## archive: build and verify model_store/<name>-<version>.mar for every version (make -j safe; FORMAT=<one of `python3 -m marforge formats`> builds <name>-<version>-<format>.mar)
 archive: $(ARCHIVES)
 
 $(MODEL_STORE)/%.mar: weights/%.pt weights/%.json $(MODEL_STORE)/.inputs/%.json $(ARCHIVE_INPUTS) | $(SETUP_STAMP)
@@ -84,7 +86,7 @@ define VARIANT_RULE
 $(MODEL_STORE)/%-$(1).mar: weights/%.pt weights/%.json $(MODEL_STORE)/.inputs/%.json $(ARCHIVE_INPUTS) | $(SETUP_STAMP)
 	$(PY) -m marforge archive --key $$* --format $(1) --model-store $(MODEL_STORE)
 endef
-$(foreach format,eager torchscript onnx compile quantized,$(eval $(call VARIANT_RULE,$(format))))
+$(foreach format,$(FORMATS),$(eval $(call VARIANT_RULE,$(format))))
 
 # The CheXNet demo's synthetic weights: a seeded DenseNet121 saved in CheXNet's checkpoint format and
 # imported like a real one (marforge/archiving/synthetic.py). Never committed; every version's metadata
@@ -144,10 +146,11 @@ kserve: archive
 	$(PY) -m marforge kserve $(if $(filter command line,$(origin MODEL)),$(MODEL) $(VERSION)) --storage-uri $(STORAGE_URI) --model-store $(MODEL_STORE) $(KSERVE_ARGS)
 
 .PHONY: bench
-## bench: ceiling, stock TorchServe, marforge (HTTP, gRPC, v2 JSON), Flask, every other format of BENCH_MODEL BENCH_VERSION; tables into docs/performance.md (BENCH_IMAGES=folder, BENCH_ARGS=--short)
+## bench: ceiling, stock TorchServe, marforge (HTTP, gRPC, v2 JSON), Flask, every other format of BENCH_MODEL BENCH_VERSION (default: python -m marforge bench --help's); tables into docs/performance.md (BENCH_IMAGES=folder, BENCH_ARGS=--short)
 bench: $(BENCH_ARCHIVES)
+	@test -n "$(BENCH_MODEL)" -o -z "$(BENCH_VERSION)" || { echo "error: BENCH_VERSION=$(BENCH_VERSION) needs its model: make bench BENCH_MODEL=fashion BENCH_VERSION=$(BENCH_VERSION)" >&2; exit 1; }
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt -c constraints.txt
-	$(PY) -m marforge bench $(BENCH_MODEL) $(BENCH_VERSION) --model-store $(MODEL_STORE) --verbose $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES)) $(BENCH_ARGS)
+	$(PY) -m marforge bench $(strip $(BENCH_MODEL) $(BENCH_VERSION)) --model-store $(MODEL_STORE) --verbose $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES)) $(BENCH_ARGS)
 
 .PHONY: bench-formats
 ## bench-formats: every version in every format at 16 and 64 clients: which format wins for each model

@@ -6,12 +6,13 @@ torch, numpy, Pillow, yaml or requests.
 """
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from marforge.cli import main
 
 REGISTRY = ROOT / "models.toml"
@@ -164,3 +165,101 @@ def test_status_predict_and_a_refused_rollout_against_the_live_server(live_serve
     error = json.loads(out)
     assert error["error"] == "fashion 1.0 is already the default" and error["next"] == "marforge status"
     assert error["report"]["steps"][0]["step"] == "preflight" and error["report"]["steps"][0]["ok"] is False
+
+
+def test_a_path_that_does_not_exist_is_the_users_mistake_not_a_bug(capsys, tmp_path):
+    example = "python -m marforge {} fashion samples/fashion/00000-ankle-boot.png"
+    for command in ("predict", "explain"):
+        code, out, err = run(capsys, command, "fashion", "/nope.png", "--run-dir", str(tmp_path))
+        assert (code, out) == (1, "")
+        assert err == ("error: /nope.png: no such file (the image to send)\n"
+                       f"  next: pass an image file that exists, e.g. {example.format(command)}\n")
+    code, _, err = run(capsys, "predict", "fashion", str(tmp_path))
+    assert (code, err) == (1, f"error: {tmp_path}: not a file (the image to send)\n"
+                              f"  next: pass an image file that exists, e.g. {example.format('predict')}\n")
+    image = ROOT / "samples" / "fashion" / "00000-ankle-boot.png"
+    code, _, err = run(capsys, "explain", "fashion", str(image), "--out", "/nope/boot.png", "--run-dir", str(tmp_path))
+    assert (code, err) == (1, "error: /nope/boot.png: folder /nope does not exist (--out)\n"
+                              "  next: create it (mkdir -p /nope) or pass --out in a folder that exists\n")
+    hint = "  next: pass a .mar file that make archive built, e.g. model_store/fashion-2.0.mar\n"
+    code, _, err = run(capsys, "verify", "/nope.mar")
+    assert (code, err) == (1, "error: /nope.mar: no such file (the archive to verify)\n" + hint)
+    code, _, err = run(capsys, "verify", str(REGISTRY))
+    assert (code, err) == (1, f"error: {REGISTRY}: not a .mar archive (File is not a zip file)\n" + hint)
+
+
+def test_a_name_not_in_the_registry_is_refused_before_any_server_is_asked(capsys, tmp_path):
+    image = str(ROOT / "samples" / "fashion" / "00000-ankle-boot.png")
+    no_model = (f"error: {REGISTRY}: no model named 'shoes' (known: fashion, digits, chexnet)\n"
+                "  next: add a [models.shoes] table to models.toml\n")
+    no_version = (f"error: {REGISTRY}: model 'fashion' has no version '7.0' (known: 1.0, 2.0)\n"
+                  '  next: add a [models.fashion.versions."7.0"] table to models.toml\n')
+    for argv, message in ((("predict", "shoes", image), no_model), (("explain", "fashion", image, "--version", "7.0"),
+                          no_version), (("rollout", "fashion", "7.0"), no_version), (("rollback", "shoes"), no_model)):
+        assert run(capsys, *argv, "--run-dir", str(tmp_path))[::2] == (1, message)
+
+
+def test_a_bad_bench_flag_names_itself_and_a_good_value(capsys, tmp_path):
+    code, _, err = run(capsys, "bench", "--sweep", "--queue")
+    assert code == 1 and "error: argument --queue: not allowed with argument --sweep\n" in err
+    code, _, err = run(capsys, "bench", "--compare-formats", "--protocols")
+    assert code == 1 and "error: argument --protocols: not allowed with argument --compare-formats\n" in err
+    for value in ("a,b", "16,0"):
+        assert run(capsys, "bench", "--concurrency", value)[::2] == (
+            1, f"error: --concurrency '{value}': not a comma-separated list of whole numbers above 0\n"
+               "  next: e.g. --concurrency 1,16,64\n")
+    assert run(capsys, "bench", "--formats", "eager,tensorrt")[::2] == (
+        1, "error: unknown archive format(s): tensorrt\n"
+           "  next: use some of: eager, torchscript, onnx, compile, quantized, cudagraphs\n")
+    assert run(capsys, "bench", "--images", str(tmp_path / "none"))[::2] == (
+        1, f"error: {tmp_path}/none: no such folder (--images)\n  next: pass a folder of images, e.g. --images eval/fashion\n")
+
+
+def test_bench_refuses_archives_that_are_missing_or_older_than_their_inputs(capsys, tmp_path):
+    store = tmp_path / "store"
+    code, _, err = run(capsys, "bench", "fashion", "2.0", "--model-store", str(store))
+    assert (code, err) == (1, "error: refusing to measure archives that are not what make builds now: "
+                              f"{store}/fashion-2.0.mar: not built; {store}/fashion-2.0-eager.mar: not built; "
+                              f"{store}/fashion-2.0-torchscript.mar: not built; {store}/fashion-2.0-quantized.mar: "
+                              "not built\n  next: make archive FORMAT=onnx,eager,torchscript,quantized\n")
+    store.mkdir()
+    archives = ("fashion-2.0.mar", "fashion-2.0-eager.mar", "fashion-2.0-torchscript.mar", "fashion-2.0-quantized.mar")
+    for name in archives:
+        (store / name).write_bytes(b"built before its stamp")
+    after_weights = max((ROOT / "weights" / f"fashion-2.0.{suffix}").stat().st_mtime for suffix in ("pt", "json")) + 1
+    os.utime(store / "fashion-2.0.mar", (after_weights, after_weights))  # built after its weights, before the stamp
+    run(capsys, "stamp", "fashion-2.0", "--model-store", str(store))
+    for name in archives[1:]:
+        os.utime(store / name)  # built after the stamp: current
+    stamp = store / ".inputs" / "fashion-2.0.json"
+    code, _, err = run(capsys, "bench", "fashion", "2.0", "--model-store", str(store))
+    assert (code, err) == (1, "error: refusing to measure archives that are not what make builds now: "
+                              f"{store}/fashion-2.0.mar: {stamp} changed after it was built\n  next: make archive\n")
+    stamp.write_text(stamp.read_text().replace('"format": "onnx"', '"format": "eager"'))  # the inputs moved on
+    os.utime(stamp, (after_weights, after_weights))
+    for name in archives:
+        os.utime(store / name)
+    code, _, err = run(capsys, "bench", "fashion", "2.0", "--model-store", str(store))
+    why = "fashion-2.0's registry entry, model definition, samples or eval images changed after it was built"
+    assert (code, err) == (1, "error: refusing to measure archives that are not what make builds now: "
+                              + "; ".join(f"{store}/{name}: {why}" for name in archives)
+                              + "\n  next: make archive FORMAT=onnx,eager,torchscript,quantized\n")
+
+
+def test_serve_names_a_missing_base_config(capsys, tmp_path):
+    code, _, err = run(capsys, "serve", "--config", str(tmp_path / "none.properties"), "--run-dir", str(tmp_path))
+    assert (code, err) == (1, f"error: {tmp_path}/none.properties: no such file (the base TorchServe config)\n"
+                              "  next: pass one with --config, e.g. --config config.properties\n")
+
+
+def test_a_bad_import_flag_names_itself_and_a_good_value(capsys, tmp_path):
+    base = ("import", "xraycheck", "7.0", "--checkpoint", str(tmp_path / "model.pth.tar"))
+    for flags, message in (
+            (("--labels-file", "/nope.txt"), "error: /nope.txt: no such file (--labels-file)\n"
+                                             "  next: pass a file with one label name per line, in output order\n"),
+            (("--image-size", "big"), "error: --image-size 'big': not a comma-separated list of whole numbers above 0\n"
+                                      "  next: e.g. --image-size 224,224 (or 224)\n"),
+            (("--std", "0.2,wide"), "error: --std '0.2,wide': not a comma-separated list of numbers\n"
+                                    "  next: e.g. --std 0.485,0.456,0.406\n"),
+            (("--handler", "crop"), "error: --handler 'crop': not KEY=VALUE\n  next: e.g. --handler crop=center\n")):
+        assert run(capsys, *base, *flags)[::2] == (1, message)

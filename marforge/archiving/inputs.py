@@ -45,11 +45,47 @@ def inputs_of(mv):
     }
 
 
+def _stamp_text(mv):
+    return json.dumps(inputs_of(mv), indent=2, sort_keys=True) + "\n"
+
+
 def write_stamp(model_store, mv):
     """Write the version's stamp if its content changed; True when it was (re)written."""
     path = stamp_path(model_store, mv)
-    text = json.dumps(inputs_of(mv), indent=2, sort_keys=True) + "\n"
+    text = _stamp_text(mv)
     if path.is_file() and path.read_text() == text:
         return False
     files.write_atomic(path, text)
     return True
+
+
+def stale(model_store, mv, archive):
+    """Why `archive` (one of `mv`'s, in `model_store`) is older than what make builds it from, or None
+    when it is not: its weights or metadata changed since, or the version's inputs no longer match the
+    stamp (or the stamp was rewritten since). An archive built without a stamp (`python -m marforge
+    archive`) is judged by its weights alone."""
+    archive = Path(archive)
+    built = archive.stat().st_mtime
+    for source in (mv.weights, mv.metadata):
+        if Path(source).is_file() and Path(source).stat().st_mtime > built:
+            return f"{source} changed after it was built"
+    stamp = stamp_path(model_store, mv)
+    if not stamp.is_file():
+        return None
+    if stamp.read_text() != _stamp_text(mv):
+        return f"{mv.key}'s registry entry, model definition, samples or eval images changed after it was built"
+    if stamp.stat().st_mtime > built:
+        return f"{stamp} changed after it was built"
+    return None
+
+
+def unfit(model_store, archives):
+    """(version, format, path, why) for each (version, format) of `archives` whose archive in
+    `model_store` is missing or stale (`stale`), in order."""
+    found = []
+    for mv, fmt in archives:
+        path = mv.archive_path(model_store, fmt)
+        why = "not built" if not path.is_file() else stale(model_store, mv, path)
+        if why:
+            found.append((mv, fmt, path, why))
+    return found

@@ -1,6 +1,6 @@
 """The marforge command line: `python -m marforge COMMAND ...`. It parses, calls the library, formats.
 
-    build    archive, verify, archives, stamp, import, demo, kserve, stubs   marforge/cli/build.py
+    build    archive, verify, archives, formats, stamp, import, demo, kserve, stubs   marforge/cli/build.py
     train    train, samples                                          marforge/cli/build.py
     serve    serve, stop, status, predict, explain, token            marforge/cli/serve.py
     rollout  rollout, rollback                                       marforge/cli/serve.py
@@ -18,6 +18,7 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from marforge.errors import INFRA_ERROR, USER_ERROR, MarforgeError
 
@@ -46,6 +47,44 @@ def project_of(args):
     return Project.locate(registry=args.registry, device=args.device, model_store=getattr(args, "model_store", None),
                           run_dir=getattr(args, "run_dir", None), config=getattr(args, "config", None),
                           bench_results=getattr(args, "out", None))
+
+
+def existing(path: str, what: str, hint: str, folder: bool = False) -> Path:
+    """`path` as a Path when it is an existing file (a folder when `folder`), else a user error that
+    names it, says `what` it was given as and the fix (`hint`)."""
+    found = Path(path)
+    if found.is_dir() if folder else found.is_file():
+        return found
+    kind = "folder" if folder else "file"
+    problem = f"not a {kind}" if found.exists() else f"no such {kind}"
+    raise MarforgeError(f"{path}: {problem} ({what})", hint)
+
+
+def numbers(text: str, flag: str, example: str, kind: type = int) -> list:
+    """A flag's comma-separated numbers (whole and above 0 when `kind` is int), else a user error
+    naming the flag and an example of a good value."""
+    try:
+        values = [kind(item) for item in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or (kind is int and min(values) < 1):
+        noun = "whole numbers above 0" if kind is int else "numbers"
+        raise MarforgeError(f"{flag} {text!r}: not a comma-separated list of {noun}", f"e.g. {flag} {example}")
+    return values
+
+
+def format_list(text: str | None) -> list | None:
+    """The archive formats of a --formats flag (None when it is not given), every one a known format."""
+    from marforge.archiving import variants
+
+    if not text:
+        return None
+    formats = text.split(",")
+    unknown = [f for f in formats if f not in variants.formats()]
+    if unknown:
+        raise MarforgeError(f"unknown archive format(s): {', '.join(unknown)}",
+                            f"use some of: {', '.join(variants.formats())}")
+    return formats
 
 
 def add_paths(parser, *names):

@@ -1,10 +1,11 @@
-"""Commands that build: archive, verify, archives, stamp, train, samples."""
+"""Commands that build: archive, verify, archives, formats, stamp, import, demo, kserve, stubs, train, samples."""
 
 import dataclasses
+import zipfile
 from pathlib import Path
 
-from marforge.cli import Output, add_paths, project_of
-from marforge.errors import MarforgeError
+from marforge.cli import Output, add_paths, existing, format_list, numbers, project_of
+from marforge.errors import ArchiveError, MarforgeError
 
 
 def cmd_archive(args):
@@ -25,7 +26,12 @@ def cmd_archive(args):
 def cmd_verify(args):
     from marforge.archiving import mar, verify
 
-    manifest = mar.manifest_of(args.mar)
+    hint = "pass a .mar file that make archive built, e.g. model_store/fashion-2.0.mar"
+    path = existing(args.mar, "the archive to verify", hint)
+    try:
+        manifest = mar.manifest_of(path)
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise ArchiveError(f"{args.mar}: not a .mar archive ({exc})", hint) from None
     mv = project_of(args).registry.get(manifest["modelName"], manifest["modelVersion"])
     verification = verify.check(args.mar, mv)
     lines = [f"{row['sample']}: {row['top1']['label']} ({row['top1']['probability']:.4f}) matches the source model"
@@ -39,15 +45,18 @@ def cmd_archives(args):
     from marforge.archiving import variants
 
     project = project_of(args)
-    formats = list(variants.BENCH_FORMATS[project.device]) if args.bench else (
-        args.formats.split(",") if args.formats else [None])
-    unknown = [f for f in formats if f is not None and f not in variants.formats()]
-    if unknown:
-        raise MarforgeError(f"unknown archive format(s): {', '.join(unknown)}",
-                            f"use some of: {', '.join(variants.formats())}")
+    formats = list(variants.BENCH_FORMATS[project.device]) if args.bench else (format_list(args.formats) or [None])
     paths = dict.fromkeys(project.relative(mv.archive_path(project.model_store, f))
                           for f in formats for mv in project.registry.all_versions())
     return Output(" ".join(paths), list(paths))
+
+
+def cmd_formats(args):
+    """Standard library only, like `archives`: the Makefile defines one archive rule per format it prints."""
+    from marforge.archiving import variants
+
+    formats = list(variants.BENCH_FORMATS[project_of(args).device]) if args.bench else list(variants.formats())
+    return Output(" ".join(formats), formats)
 
 
 def cmd_stamp(args):
@@ -87,8 +96,8 @@ def cmd_samples(args):
     return Output("", {name: {"samples": s, "eval": e} for name, (s, e) in written.items()})
 
 
-def _floats(text):
-    return [float(v) for v in text.split(",")] if text else None
+def _floats(text, flag):
+    return numbers(text, flag, "0.485,0.456,0.406", kind=float) if text else None
 
 
 def cmd_import(args):
@@ -97,10 +106,16 @@ def cmd_import(args):
     project = project_of(args)
     labels = args.labels.split(",") if args.labels else None
     if args.labels_file:
-        labels = [line.strip() for line in open(args.labels_file) if line.strip()]
-    size = [int(v) for v in args.image_size.split(",")] if args.image_size else None
+        hint = "pass a file with one label name per line, in output order"
+        text = existing(args.labels_file, "--labels-file", hint).read_text()
+        labels = [line.strip() for line in text.splitlines() if line.strip()]
+    size = numbers(args.image_size, "--image-size", "224,224 (or 224)") if args.image_size else None
     preprocess = {"image_size": size if size is None or len(size) == 2 else size * 2, "color": args.color,
-                  "mean": _floats(args.mean), "std": _floats(args.std), "resize": args.resize, "crop": args.crop}
+                  "mean": _floats(args.mean, "--mean"), "std": _floats(args.std, "--std"), "resize": args.resize,
+                  "crop": args.crop}
+    bad = [item for item in args.handler or () if "=" not in item]
+    if bad:
+        raise MarforgeError(f"--handler {bad[0]!r}: not KEY=VALUE", "e.g. --handler crop=center")
     handler = dict(item.split("=", 1) for item in args.handler) if args.handler else None
     metadata, report = importer.import_checkpoint(
         project, args.name, args.version, args.checkpoint, preset=args.preset, fmt=args.format,
@@ -158,8 +173,8 @@ def add_commands(command):
     p.add_argument("name", nargs="?", help="model name (default: every model)")
     p.add_argument("version", nargs="?", help="version (default: every version of the model)")
     p.add_argument("--key", help="one version by its file stem, e.g. fashion-2.0 (the Makefile uses this)")
-    p.add_argument("--format", help="archive format: eager, torchscript, onnx, compile or quantized (default: the "
-                   "registry's, written to <key>.mar; others to <key>-<format>.mar)")
+    p.add_argument("--format", help="archive format, one of those `python3 -m marforge formats` prints (default: "
+                   "the registry's, written to <key>.mar; others to <key>-<format>.mar)")
     add_paths(p, "model_store")
 
     p = command("verify", cmd_verify, "load an archive as a worker does and compare it with its source model",
@@ -171,6 +186,10 @@ def add_commands(command):
     p.add_argument("--formats", help="comma-separated formats (default: each version's registry format)")
     p.add_argument("--bench", action="store_true", help="every format the benchmarks serve")
     add_paths(p, "model_store")
+
+    p = command("formats", cmd_formats, "list every archive format (for the Makefile; standard library only)",
+                "python3 -m marforge formats --bench")
+    p.add_argument("--bench", action="store_true", help="only the formats the benchmarks serve on this machine")
 
     p = command("stamp", cmd_stamp, "write <model_store>/.inputs/<key>.json if the version's archive inputs "
                 "changed (for the Makefile)", "python3 -m marforge stamp fashion-2.0")

@@ -1,6 +1,6 @@
 """Commands that measure: bench (with --compare-formats, --sweep, --queue, --jvm and --protocols) and soak."""
 
-from marforge.cli import Output, add_paths, project_of
+from marforge.cli import Output, add_paths, existing, format_list, numbers, project_of
 from marforge.errors import MeasurementFailed
 
 
@@ -14,18 +14,24 @@ def cmd_bench(args):
 
     project = project_of(args)
     seconds = experiments.SHORT_ROW_S if args.short else args.seconds
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
-    formats = args.formats.split(",") if args.formats else None
+    concurrencies = numbers(args.concurrency, "--concurrency", "1,16,64")
+    formats = format_list(args.formats)
+    if args.images:
+        existing(args.images, "--images", "pass a folder of images, e.g. --images eval/fashion", folder=True)
     # A short run understates a warm server: it goes to the results folder, never into the docs.
     doc_dir = None if args.short or args.no_docs else project.docs_dir
     if args.compare_formats:
-        results = experiments.compare_formats(project, project.registry.all_versions(),
-                                              formats or list(variants.BENCH_FORMATS[project.device]), seconds=seconds,
+        formats = formats or list(variants.BENCH_FORMATS[project.device])
+        refuse_stale(project, [(mv, f) for mv in project.registry.all_versions() for f in formats])
+        results = experiments.compare_formats(project, project.registry.all_versions(), formats, seconds=seconds,
                                               concurrencies=[c for c in concurrencies if c > 1] or concurrencies,
                                               log=_log(args))
         kind = "formats"
     else:
         mv = project.registry.get(args.name, args.version)
+        others = [] if args.sweep or args.queue or args.protocols or args.jvm else \
+            experiments.bench_formats(mv, formats, project.device)
+        refuse_stale(project, [(mv, mv.format)] + [(mv, f) for f in others])
         if args.sweep:
             results, kind = tuning.sweep(project, mv, seconds=seconds, concurrencies=concurrencies,
                                          log=_log(args)), "sweep"
@@ -44,6 +50,21 @@ def cmd_bench(args):
     out_dir, table = report.write(kind, results, project.bench_results, doc_dir, block)
     where = f"written to {out_dir}/" + (f" and {doc_dir / report.DOCS.get(kind, report.DOC)}" if doc_dir else "")
     return Output(f"{table}{where}", results)
+
+
+def refuse_stale(project, archives):
+    """A user error naming every (version, format) archive of `archives` that is missing or older than
+    what make builds it from (marforge/archiving/inputs.py), and the make command that rebuilds them."""
+    from marforge.archiving import inputs
+    from marforge.errors import ArchiveError
+
+    bad = inputs.unfit(project.model_store, archives)
+    if bad:
+        formats = dict.fromkeys(fmt for _, fmt, _, _ in bad)
+        own = all(fmt == mv.format for mv, fmt, _, _ in bad)
+        raise ArchiveError("refusing to measure archives that are not what make builds now: "
+                           + "; ".join(f"{project.relative(path)}: {why}" for _, _, path, why in bad),
+                           "make archive" if own else f"make archive FORMAT={','.join(formats)}")
 
 
 def cmd_soak(args):
@@ -71,8 +92,9 @@ def cmd_soak(args):
 def add_commands(command):
     p = command("bench", cmd_bench, "throughput and latency: in-process ceiling, stock TorchServe, marforge, Flask",
                 "python -m marforge bench fashion 2.0 --short")
-    p.add_argument("name", nargs="?", default="fashion")
-    p.add_argument("version", nargs="?", default="2.0")
+    # The one place the benchmarked version's default is written (make bench passes BENCH_MODEL only when set).
+    p.add_argument("name", nargs="?", default="fashion", help="the model to measure (default: %(default)s)")
+    p.add_argument("version", nargs="?", default="2.0", help="its version (default: %(default)s)")
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each row at each concurrency")
     p.add_argument("--short", action="store_true", help="3 s per row: a quick look (not written to docs/)")
     p.add_argument("--concurrency", default="1,16,64", help="comma-separated client counts")
@@ -81,18 +103,19 @@ def add_commands(command):
     p.add_argument("--images", help="a folder of images to send (default: the model's eval set, else its samples)")
     p.add_argument("--verbose", action="store_true", help="print each row as it is measured")
     p.add_argument("--no-docs", action="store_true", help="do not write the tables into docs/performance.md")
-    p.add_argument("--sweep", action="store_true", help="instead: marforge's server at each concurrency for "
-                   "each workers/batch/delay setting of tuning.SWEEP_GRID (how the shipped defaults were chosen)")
-    p.add_argument("--queue", action="store_true", help="instead: marforge's server with each job_queue_size of "
-                   "tuning.QUEUE_SIZES under bursts of tuning.QUEUE_CLIENTS clients (how many are refused)")
-    p.add_argument("--jvm", action="store_true", help="instead: marforge's server with the frontend's shipped memory "
-                   "bounds and with TorchServe's JVM defaults, alternating, at the concurrencies above 1 (into "
-                   "docs/operations.md)")
-    p.add_argument("--protocols", action="store_true", help="instead: marforge's server sent the images as bytes, over "
-                   "gRPC and as v2 JSON in turn, three rounds (what each protocol costs, into docs/kserve.md)")
-    p.add_argument("--compare-formats", action="store_true", help="instead: every registry version in every "
-                   "format of --formats (build them first: make archive FORMAT=...) at the concurrencies above 1; "
-                   "names the fastest format per version")
+    mode = p.add_mutually_exclusive_group()  # one experiment per run: two of these flags are a usage error
+    mode.add_argument("--sweep", action="store_true", help="instead: marforge's server at each concurrency for "
+                      "each workers/batch/delay setting of tuning.SWEEP_GRID (how the shipped defaults were chosen)")
+    mode.add_argument("--queue", action="store_true", help="instead: marforge's server with each job_queue_size of "
+                      "tuning.QUEUE_SIZES under bursts of tuning.QUEUE_CLIENTS clients (how many are refused)")
+    mode.add_argument("--jvm", action="store_true", help="instead: marforge's server with the frontend's shipped memory "
+                      "bounds and with TorchServe's JVM defaults, alternating, at the concurrencies above 1 (into "
+                      "docs/operations.md)")
+    mode.add_argument("--protocols", action="store_true", help="instead: marforge's server sent the images as bytes, over "
+                      "gRPC and as v2 JSON in turn, three rounds (what each protocol costs, into docs/kserve.md)")
+    mode.add_argument("--compare-formats", action="store_true", help="instead: every registry version in every "
+                      "format of --formats (build them first: make archive FORMAT=...) at the concurrencies above 1; "
+                      "names the fastest format per version")
     add_paths(p, "model_store", "out")
 
     p = command("soak", cmd_soak, "minutes of moderate load on the running server: errors, p99 drift, RSS growth",

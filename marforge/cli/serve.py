@@ -4,7 +4,7 @@ import json
 import os
 from pathlib import Path
 
-from marforge.cli import Output, add_paths, project_of
+from marforge.cli import Output, add_paths, existing, project_of
 from marforge.errors import MarforgeError
 
 
@@ -19,6 +19,7 @@ def cmd_serve(args):
     from marforge.serve import launch, status
 
     project = project_of(args)
+    existing(project.config, "the base TorchServe config", "pass one with --config, e.g. --config config.properties")
     started = launch.serve(project, timeout=args.timeout)
     rows = status.annotate(status.collect(started.client), project.registry)
     return Output(serve_summary(project, started, rows),
@@ -64,9 +65,17 @@ def cmd_status(args):
     return Output(status.format_table(rows), rows)
 
 
+def _image_of(args, project):
+    """The bytes of the image a predict or explain sends, once its model and version are known."""
+    project.registry.get(args.name, args.version)
+    example = f"python -m marforge {args.command} fashion samples/fashion/00000-ankle-boot.png"
+    return existing(args.image, "the image to send", f"pass an image file that exists, e.g. {example}").read_bytes()
+
+
 def cmd_predict(args):
-    run_dir = _run_dir(args)
-    image = Path(args.image).read_bytes()
+    project = project_of(args)
+    image = _image_of(args, project)
+    run_dir = _run_dir(args, project)
     if args.protocol in ("grpc", "grpc-v2"):
         from marforge.serve.grpc_client import GrpcClient
 
@@ -87,9 +96,13 @@ def cmd_predict(args):
 def cmd_explain(args):
     from marforge.serve import overlay
 
-    image = Path(args.image).read_bytes()
-    answer = _run_dir(args).client().explain(args.name, image, version=args.version)
+    project = project_of(args)
+    image = _image_of(args, project)
     out = Path(args.out or Path(args.image).with_suffix("").name + ".explained.png")
+    if not out.parent.is_dir():
+        raise MarforgeError(f"{out}: folder {out.parent} does not exist (--out)",
+                            f"create it (mkdir -p {out.parent}) or pass --out in a folder that exists")
+    answer = _run_dir(args, project).client().explain(args.name, image, version=args.version)
     out.write_bytes(overlay.render(image, answer))
     maps = ", ".join(f"{m['label']} ({m['probability']:.3f})" for m in answer["explanation"]["maps"])
     return Output(f"{answer['model']} {answer['version']}: {answer['explanation']['method']} on "
@@ -109,6 +122,7 @@ def cmd_rollout(args):
     from marforge.serve import rollout
 
     project = project_of(args)
+    project.registry.get(args.name, args.version)  # a name or version not in the registry: before any server
     return _report(args, lambda log: rollout.rollout(_run_dir(args, project).client(), project, args.name, args.version,
                                                      retire=args.retire, watch_s=args.watch_seconds, log=log))
 
@@ -117,6 +131,7 @@ def cmd_rollback(args):
     from marforge.serve import rollout
 
     project = project_of(args)
+    project.registry.get(args.name)
     return _report(args, lambda log: rollout.rollback(_run_dir(args, project).client(), project, args.name, log=log))
 
 
