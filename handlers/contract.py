@@ -239,7 +239,7 @@ def _resize_shorter(image: Image.Image, side: int) -> Image.Image:
 
 def _center(image: Image.Image, height: int, width: int) -> Image.Image:
     w, h = image.size
-    top, left = int(round((h - height) / 2.0)), int(round((w - width) / 2.0))
+    top, left = round((h - height) / 2.0), round((w - width) / 2.0)
     return image.crop((left, top, left + width, top + height))
 
 
@@ -259,7 +259,7 @@ def crop_box(size: tuple[int, int], config: HandlerConfig) -> tuple[float, ...]:
     scale = config.resize / min(w, h)
     rw, rh = (config.resize, int(config.resize * h / w)) if w <= h else (int(config.resize * w / h), config.resize)
     height, width = config.image_size
-    left, top = int(round((rw - width) / 2.0)), int(round((rh - height) / 2.0))
+    left, top = round((rw - width) / 2.0), round((rh - height) / 2.0)
     return tuple(round(v / scale, 1) for v in (left, top, left + width, top + height))
 
 

@@ -23,15 +23,14 @@ import json
 import logging
 import sys
 
-import torch
-from ts.torch_handler import base_handler
-from ts.torch_handler.base_handler import BaseHandler
-
 import contract
 import explain
 import image_io
 import placement
 import protocols
+import torch
+from ts.torch_handler import base_handler
+from ts.torch_handler.base_handler import BaseHandler
 
 logger = logging.getLogger(__name__)
 # TorchServe's worker logs this line for every batch (ts/protocol/otf_message_handler.py, through the

@@ -15,11 +15,10 @@ import io
 import json
 import warnings
 
+import contract
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-
-import contract
 
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
@@ -212,7 +211,7 @@ def _tensor_views(pixels, config):
 
     def five(image):  # torchvision's FiveCrop: the four corners, then the center
         h, w = image.shape[-2:]
-        top, left = int(round((h - height) / 2.0)), int(round((w - width) / 2.0))
+        top, left = round((h - height) / 2.0), round((w - width) / 2.0)
         return [image[:, y:y + height, x:x + width]
                 for y, x in ((0, 0), (0, w - width), (h - height, 0), (h - height, w - width), (top, left))]
 

@@ -39,8 +39,8 @@ class Parsed:
 
     protocol: str
     items: list
-    id: str = None
-    outputs: list = field(default=None)  # v2: the output names asked for (None: all)
+    id: str | None = None
+    outputs: list | None = field(default=None)  # v2: the output names asked for (None: all)
 
 
 def body_of(row):
@@ -122,8 +122,8 @@ def _raw_tensor(kind, data, shape, config):
 
     expected = [contract.CHANNELS[config.color], *config.image_size]
     if not isinstance(shape, list) or len(shape) != 4 or list(shape[1:]) != expected:
-        raise image_io.BadInput("InvalidInput", f"a {kind} input must have the model's input shape [N, {', '.join(map(str, expected))}], "
-                                f"not {shape}")
+        dims = ", ".join(map(str, expected))
+        raise image_io.BadInput("InvalidInput", f"a {kind} input must have the model's input shape [N, {dims}], not {shape}")
     if config.crops > 1:
         raise image_io.BadInput("InvalidInput", f"this model answers {config.crops} crops of an image: send the image (BYTES), "
                                 "not a tensor of one view")

@@ -8,10 +8,10 @@ import zipfile
 import pytest
 import torch
 
-from marforge import files, registry as registry_module, shipped
+from marforge import files, shipped
+from marforge import registry as registry_module
 from marforge.archiving import archive, mar, verify
 from marforge.errors import ArchiveError, RegistryError, WeightsError
-
 
 NEEDS_MODEL_FILE = {"eager", "compile"}  # the other formats are archived without the model definition
 

@@ -15,11 +15,11 @@ import shutil
 import pytest
 import torch
 import torchvision
+from conftest import ROOT, start_server
 from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from conftest import ROOT, start_server
 from marforge.archiving import archive, synthetic
 from marforge.cli import main
 from marforge.project import Project

@@ -110,7 +110,8 @@ def test_the_entry_point_runs_as_python_dash_m(tmp_path):
     assert done.stderr.startswith(f"error: {tmp_path}/endpoints.json not found")
 
 
-BLOCKED = "import os, sys\nos.environ['MARFORGE_DEVICE'] = 'cpu'\nfor m in ('torch', 'numpy', 'PIL', 'yaml', 'requests', 'psutil'):\n    sys.modules[m] = None\n"
+BLOCKED = ("import os, sys\nos.environ['MARFORGE_DEVICE'] = 'cpu'\n"
+           "for m in ('torch', 'numpy', 'PIL', 'yaml', 'requests', 'psutil'):\n    sys.modules[m] = None\n")
 
 
 def test_the_makefiles_commands_need_only_the_standard_library(tmp_path):

@@ -5,8 +5,8 @@ import json
 import pytest
 import requests
 
-from marforge.serve.client import Client, Endpoints, prometheus_total, version_ready
 from marforge.errors import ApiError, ServerError
+from marforge.serve.client import Client, Endpoints, prometheus_total, version_ready
 
 ENDPOINTS = Endpoints("http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3")
 

@@ -6,12 +6,12 @@ model they carry), a multi-label model explains its positive labels, and a batch
 explanations, predictions and bad input answers each request as it asked.
 """
 
+import explain
 import pytest
 import torch
+from conftest import ROOT
 from torch import nn
 
-import explain
-from conftest import ROOT
 from marforge.archiving import archive
 from marforge.archiving.worker import LoadedArchive
 

@@ -8,13 +8,13 @@ import io
 import math
 from pathlib import Path
 
-import numpy as np
-import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-from PIL import Image
-
 import contract
 import image_io
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 CONFIG = contract.HandlerConfig.from_dict({

@@ -8,8 +8,8 @@ import base64
 
 import pytest
 import torch
-
 from conftest import stage_model_dir
+
 from marforge.archiving import verify
 from marforge.archiving.worker import LoadedArchive
 
@@ -110,6 +110,5 @@ def test_torchserves_per_batch_log_line_is_dropped_from_the_workers_output_only(
 def test_missing_handler_section_fails_loading_with_a_clear_error(registry, tmp_path):
     model_dir = stage_model_dir(registry.by_key("digits-1.0"), tmp_path)
     (model_dir / "model-config.yaml").write_text("minWorkers: 1\n")
-    with pytest.raises(ValueError, match="needs a 'handler:' section"):
-        with LoadedArchive(model_dir):
-            pass
+    with pytest.raises(ValueError, match="needs a 'handler:' section"), LoadedArchive(model_dir):
+        pass

@@ -6,9 +6,8 @@ import os
 
 import pytest
 import requests
-from PIL import Image
-
 from images import encode, gradient, multi_frame, png_declaring, sixteen_bit_png, truncated
+from PIL import Image
 
 pytestmark = pytest.mark.integration
 

@@ -4,14 +4,13 @@ import base64
 import io
 import json
 
+import contract
+import image_io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-import contract
-import image_io
 from images import encode, gradient, multi_frame, png_declaring, sixteen_bit_png, truncated
+from PIL import Image
 
 CONFIG = contract.HandlerConfig.from_dict({
     "image_size": [28, 28], "color": "grayscale", "mean": [0.5], "std": [0.25],

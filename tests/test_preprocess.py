@@ -3,14 +3,13 @@ handler settings for models trained elsewhere: resize, crops, multi-label output
 
 import io
 
+import contract
+import image_io
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torchvision import transforms
-
-import contract
-import image_io
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 SECTION = {"image_size": [224, 224], "color": "rgb", **IMAGENET, "labels": [f"l{i}" for i in range(14)]}

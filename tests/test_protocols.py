@@ -5,8 +5,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import ROOT
+
 from marforge.archiving import archive
 from marforge.archiving.worker import LoadedArchive
 

@@ -19,14 +19,14 @@ import zipfile
 
 import pytest
 import torch
-
-from conftest import ROOT, start_server
+from conftest import ROOT
 from loadgen import Load
+
 from marforge import files
 from marforge.archiving import archive
 from marforge.errors import ApiError, Rejected, RolledBack, ServerError
 from marforge.project import Project
-from marforge.serve import gate, launch, process, rollout, state, status
+from marforge.serve import launch, process, rollout, state, status
 from marforge.serve.rundir import RunDir
 
 pytestmark = pytest.mark.integration

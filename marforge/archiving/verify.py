@@ -37,9 +37,9 @@ class Verification:
     tolerance: variants.Tolerance
     serialized_bytes: int  # size of the archive's serialized model file
     verify_s: float
-    compiled_graphs: int = None  # compile format: graphs inductor compiled for the batches run
-    build_s: float = None  # set by archive.build
-    mean_auroc: float = None  # of a multilabel archive on a labelled eval set
+    compiled_graphs: int | None = None  # compile format: graphs inductor compiled for the batches run
+    build_s: float | None = None  # set by archive.build
+    mean_auroc: float | None = None  # of a multilabel archive on a labelled eval set
     notes: tuple = ()  # what could not be checked, and why
 
     def with_build_time(self, seconds):

@@ -114,7 +114,7 @@ async def run_load(url, bodies, concurrency, seconds, headers=None, timeout=30.0
             t0 = time.monotonic()
             try:
                 status = await connection.request(head, body, timeout)
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, IndexError):
                 connection.close()
                 status = 0
             result.samples.append(Sample(t0, (time.monotonic() - t0) * 1000, status))

@@ -38,11 +38,11 @@ from marforge.serve.rundir import RunDir
 class RolloutReport:
     model: str
     candidate: str  # the version that should end up the default
-    previous: str = None  # the default before
+    previous: str | None = None  # the default before
     kind: str = "rollout"
     outcome: str = "running"
     steps: list = field(default_factory=list)
-    gate: dict = None
+    gate: dict | None = None
 
     def to_dict(self):
         return asdict(self)
