@@ -33,8 +33,8 @@ class Preset:
     labels: tuple
     preprocess: dict  # the contract's preprocess entry
     task: str = "multiclass"
-    activation: str = None  # None: the task's default
-    key: str = None  # the checkpoint entry that holds the tensors (None: found by the importer)
+    activation: str | None = None  # None: the task's default
+    key: str | None = None  # the checkpoint entry that holds the tensors (None: found by the importer)
     source: dict = field(default_factory=dict)  # where such checkpoints come from, for the metadata
     samples: Callable[[Path], dict[str, Any]] | None = None  # writes generated sample images into a folder
 
