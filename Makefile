@@ -25,6 +25,7 @@ OUT ?=
 NAME ?=
 CHECKPOINT ?=
 PRESET ?=
+SAMPLES ?=
 IMPORT_ARGS ?=
 PYTEST_ARGS ?=
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
@@ -106,7 +107,7 @@ FORCE:
 ## import: a checkpoint trained elsewhere as NAME VERSION: make import NAME=chexnet VERSION=1.0 CHECKPOINT=model.pth.tar PRESET=chexnet
 import: | $(SETUP_STAMP)
 	@test -n "$(NAME)" -a -n "$(VERSION)" -a -n "$(CHECKPOINT)" || { echo "error: set NAME, VERSION and CHECKPOINT, e.g. make import NAME=chexnet VERSION=1.0 CHECKPOINT=model.pth.tar PRESET=chexnet" >&2; exit 1; }
-	$(PY) -m marforge import $(NAME) $(VERSION) --checkpoint $(CHECKPOINT) $(if $(PRESET),--preset $(PRESET)) $(IMPORT_ARGS)
+	$(PY) -m marforge import $(NAME) $(VERSION) --checkpoint $(CHECKPOINT) $(if $(PRESET),--preset $(PRESET)) $(if $(SAMPLES),--samples $(SAMPLES)) $(IMPORT_ARGS)
 
 .PHONY: serve
 ## serve: build what is missing, start TorchServe, wait until every version is READY, print URLs and a curl

@@ -12,6 +12,7 @@ from typing import Any
 from marforge.errors import DataError
 
 LABELS_FILE = "labels.json"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def read(folder: str | Path, what: str, hint: str | None = None) -> list[tuple[Path, Any]]:

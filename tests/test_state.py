@@ -54,3 +54,28 @@ def test_state_is_written_whole_or_not_at_all(tmp_path):
     assert json.loads(run_dir.state_file.read_text())["defaults"] == {"fashion": "2.0"}
     (tmp_path / "state.json.partial").write_text("{half a fi")  # what a crash mid-write leaves
     assert state.load(run_dir)["defaults"] == {"fashion": "2.0"}
+
+
+def _promote_many(run_dir_path, name, count):
+    run_dir = RunDir(run_dir_path)
+    for i in range(count):
+        state.record_promotion(run_dir, name, f"{i}.0", f"{i + 1}.0")
+        state.record_archive(run_dir, f"{name}-{i + 1}.0", str(i))
+
+
+def test_two_processes_updating_two_models_at_once_lose_nothing(tmp_path):
+    import multiprocessing
+
+    count = 60
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_promote_many, args=(tmp_path, name, count)) for name in ("fashion", "digits")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    saved = state.load(RunDir(tmp_path))
+    assert saved["defaults"] == {"fashion": f"{count}.0", "digits": f"{count}.0"}
+    for name in ("fashion", "digits"):
+        assert saved["history"][name] == [f"{i}.0" for i in range(count + 1)]
+        assert all(saved["archives"][f"{name}-{i + 1}.0"] == str(i) for i in range(count))

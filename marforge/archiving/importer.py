@@ -8,18 +8,20 @@ kind of weights: `weights/<name>-<version>.pt`, a plain state_dict under the mod
 `weights/<name>-<version>.json` recording the preprocessing, labels and outputs the handler needs
 and, instead of a training recipe, the checkpoint's source (file name, sha256, size, serialization,
 container key, every remap applied, key counts). The version is added to models.toml (comments
-kept) when it is not there yet; `make archive` and `make serve` take it from there, and `make
-weights` leaves it alone (it has no train table).
+kept) when it is not there yet, and `samples/<name>/` gets sample images (`provide_samples`: the
+user's --samples folder, or the preset's generated ones); `make archive` and `make serve` take it
+from there, and `make weights` leaves it alone (it has no train table).
 """
 
 import json
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from marforge import files, registry, shipped
+from marforge import files, labelled, registry, shipped
 from marforge.archiving import checkpoints, presets
 from marforge.archiving.weights import model_class, read_metadata
-from marforge.errors import CheckpointError, MarforgeError, RegistryError
+from marforge.errors import CheckpointError, DataError, MarforgeError, RegistryError
 
 
 def settings(preset=None, **given):
@@ -138,3 +140,52 @@ def _kept(project, known, name, version, model_def):
                             f"{known.versions[version].model_def}, not {model_def}",
                             f"fix the version's model_def in {project.registry_file.name}, or import as another version")
     return f"{name} {version} is already in {project.registry_file.name}: left as it is"
+
+
+def provide_samples(project, name: str, samples: str | Path | None = None, preset: str | None = None) -> tuple[bool, str]:
+    """Give `name` the sample images `make archive` verifies with, in samples/<name>/: the images of
+    the folder `samples` (labels from its labels.json where it has one, else null), or else the
+    preset's generated ones. Returns (whether the folder is ready, a line saying what was done or,
+    when neither was there, exactly what is missing and the flag that supplies it)."""
+    target = project.samples_dir / name
+    shown = project.relative(target)
+    if samples is not None:
+        return True, f"copied {_copy_samples(Path(samples), target)} sample image(s) from {samples} to {shown}/"
+    if labelled.exists(target):
+        return True, f"{shown}/ has sample images already: left as they are"
+    chosen = presets.PRESETS.get(preset) if preset else None
+    if chosen and chosen.samples:
+        written = chosen.samples(target)
+        return True, f"wrote {len(written)} generated sample image(s) (the {preset} preset's, unlabelled) to {shown}/"
+    return False, (f"missing: sample images in {shown}/ (make archive verifies the archive with them); "
+                   f"re-run with --samples DIR (make import ... SAMPLES=DIR), DIR holding images and, "
+                   f"if known, a labels.json mapping each file name to its label")
+
+
+def _copy_samples(source: Path, target: Path) -> int:
+    if not source.is_dir():
+        raise DataError(f"--samples {source}: not a folder", "pass a folder of images, e.g. --samples my_images/")
+    images = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in labelled.IMAGE_SUFFIXES)
+    if not images:
+        raise DataError(f"--samples {source}: no images (looked for {', '.join(labelled.IMAGE_SUFFIXES)})",
+                        "pass a folder that holds the images to verify with")
+    known = _labels_of(source)
+    target.mkdir(parents=True, exist_ok=True)
+    for image in images:
+        shutil.copyfile(image, target / image.name)
+    labelled.write(target, {image.name: known.get(image.name) for image in images})
+    return len(images)
+
+
+def _labels_of(source: Path) -> dict:
+    """The labels of `source`'s labels.json ({} when it has none)."""
+    labels_file = source / labelled.LABELS_FILE
+    if not labels_file.is_file():
+        return {}
+    try:
+        mapping = json.loads(labels_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{labels_file}: not valid JSON ({exc})", f"fix {labels_file}") from None
+    if not isinstance(mapping, dict):
+        raise DataError(f"{labels_file}: must map each image file name to its label", f"fix {labels_file}")
+    return mapping

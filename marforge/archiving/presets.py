@@ -8,9 +8,16 @@ definition, labels, preprocessing and outputs, so that its checkpoint imports wi
 
 The key remaps it needs (DataParallel's `module.`, the DenseNet legacy names, num_batches_tracked)
 are found by the importer's rules (checkpoints.match) and recorded; a preset does not name them.
+A preset may also write generated sample images (chexnet's: synthetic.write_demo_samples) for an
+import given no --samples, so that `make archive` has images to verify with.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from marforge.archiving import synthetic
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,9 +33,10 @@ class Preset:
     labels: tuple
     preprocess: dict  # the contract's preprocess entry
     task: str = "multiclass"
-    activation: str = None  # None: the task's default
-    key: str = None  # the checkpoint entry that holds the tensors (None: found by the importer)
+    activation: str | None = None  # None: the task's default
+    key: str | None = None  # the checkpoint entry that holds the tensors (None: found by the importer)
     source: dict = field(default_factory=dict)  # where such checkpoints come from, for the metadata
+    samples: Callable[[Path], dict[str, Any]] | None = None  # writes generated sample images into a folder
 
 
 PRESETS = {
@@ -43,5 +51,6 @@ PRESETS = {
         activation="none",  # the model ends in nn.Sigmoid: its outputs are probabilities already
         key="state_dict",
         source={"project": "https://github.com/arnoweng/CheXNet", "file": "model.pth.tar"},
+        samples=synthetic.write_demo_samples,  # generated radiograph-like images, labelled as generated
     ),
 }

@@ -67,7 +67,8 @@ def radiograph_like(width, height, seed):
 
 
 def write_demo_samples(folder):
-    """samples/chexnet/: two generated radiograph-like PNGs (one square, one not), unlabelled."""
+    """samples/chexnet/ (or the samples folder of any model imported with the chexnet preset): two
+    generated radiograph-like PNGs (one square, one not), unlabelled (null), with a README saying so."""
     from marforge import labelled
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -122,7 +122,10 @@ def cmd_import(args):
         handler=handler and {k: _number(v) for k, v in handler.items()}, strip_prefix=args.strip_prefix,
         add_prefix=args.add_prefix, force=args.force, model_def=args.model_def, labels=labels, key=args.key,
         task=args.task, activation=args.activation, preprocess=preprocess)
-    report.append(f"next: make archive && make serve (or python -m marforge archive {args.name} {args.version})")
+    ready, line = importer.provide_samples(project, args.name, args.samples, args.preset)
+    report.append(line)
+    if ready:
+        report.append(f"next: make archive && make serve (or python -m marforge archive {args.name} {args.version})")
     return Output("\n".join(report), metadata)
 
 
@@ -203,6 +206,8 @@ def add_commands(command):
     p.add_argument("version")
     p.add_argument("--checkpoint", required=True, help="the file: torch.save (zip or legacy) or safetensors")
     p.add_argument("--preset", help="what the checkpoint is: chexnet (model, labels, preprocessing, outputs)")
+    p.add_argument("--samples", help="a folder of sample images (with a labels.json where labels are known), "
+                   "copied to samples/<name>/ for make archive to verify with (default: the preset's, if any)")
     p.add_argument("--model-def", help="the model definition file (one nn.Module built with no arguments)")
     p.add_argument("--key", help="the checkpoint entry holding the tensors (default: the whole file, or its "
                    "state_dict, model_state_dict or model entry)")

@@ -9,28 +9,42 @@ runs `serve` in a process of its own:
 """
 
 
-def create_app(mv, metadata):
+def labels_of(model, body: bytes, config) -> tuple[dict, int]:
+    """(the labels part of the answer, 200) for one image `body`, or (the error, its code): decoded,
+    preprocessed, activated and judged by the handler's own code (handlers/contract.py and image_io),
+    so a multilabel model gets its sigmoid and thresholds here as it does from TorchServe."""
     import torch
+
+    from marforge import shipped
+
+    image_io, contract = shipped.module("image_io"), shipped.contract()
+    try:
+        inputs = image_io.prepare({"body": body}, config)
+    except image_io.BadInput as error:
+        return error.as_dict(), error.code
+    with torch.inference_mode():
+        outputs = model(inputs.unsqueeze(0) if config.crops == 1 else inputs)
+    probabilities = contract.activate(outputs, config).mean(dim=0)  # one view, or an image's crops averaged
+    return image_io.answer(probabilities, config), 200
+
+
+def create_app(mv, metadata):
     from flask import Flask, jsonify, request
 
     from marforge import shipped
     from marforge.archiving.archive import handler_section
     from marforge.archiving.weights import build_model
 
-    image_io = shipped.module("image_io")
     config = shipped.contract().HandlerConfig.from_dict(handler_section(mv, metadata))
     model = build_model(mv.model_def, mv.weights)
     app = Flask(__name__)
 
     @app.post("/predict")
     def predict():
-        try:
-            inputs = image_io.prepare({"body": request.get_data()}, config).unsqueeze(0)
-        except image_io.BadInput as error:
-            return jsonify(error.as_dict()), error.code
-        with torch.inference_mode():
-            probabilities = torch.softmax(model(inputs), dim=1)[0]
-        return jsonify({"model": mv.name, "version": mv.version, "predictions": image_io.top_k(probabilities, config)})
+        labels, code = labels_of(model, request.get_data(), config)
+        if code != 200:
+            return jsonify(labels), code
+        return jsonify({"model": mv.name, "version": mv.version, **labels})
 
     return app
 
