@@ -8,8 +8,8 @@ and compute these facts the same way:
   `handler_section` writes it from a version's weights metadata and its registry options;
 - the weights metadata's `preprocess` entry, which training writes with `preprocess_metadata`;
 - the format stamp, `marforge: {format: ...}`, that says how the archive's model file was made;
-- the preprocessing itself: the image's geometry (`fit`: resize, center or ten crops) and the
-  normalisation of its pixels (`normalise`), which `to_input` applies in that order;
+- the preprocessing itself: the image's geometry (`fit`: resize, center or ten crops, from geometry.py) and
+  the normalisation of its pixels (`normalise`), which `to_input` applies in that order;
 - how the model's outputs become probabilities (`activate`).
 
 Only the standard library is imported at module level: the registry checks format names against
@@ -24,9 +24,13 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from geometry import crop_box, fit  # the image's geometry, re-exported: contract.fit is what every caller uses
+
 if TYPE_CHECKING:  # for the annotations only: nothing but the standard library loads at import
     import torch
     from PIL import Image
+
+__all__ = ["crop_box", "fit"]  # and everything defined below
 
 CONFIG_FILE = "model-config.yaml"  # the archive's config; its `handler:` section is HandlerConfig
 FORMATS = ("eager", "torchscript", "onnx", "compile", "quantized", "cudagraphs")  # how an archive's model is made
@@ -153,8 +157,7 @@ class HandlerConfig:
         """Model inputs per image: 10 for ten-crop, else 1."""
         return 10 if self.crop == "ten" else 1
 
-    def threshold_of(self, index: int) -> float:
-        """The probability at which label `index` counts as positive."""
+    def threshold_of(self, index: int) -> float:  # the probability at which label `index` counts as positive
         return DEFAULT_THRESHOLD if self.thresholds is None else self.thresholds[index]
 
 
@@ -169,8 +172,8 @@ def option_keys() -> set[str]:
     return HandlerConfig.keys() - set(PREPROCESS_KEYS) - set(OUTPUT_KEYS) - {"labels"} | {"crop"}
 
 
-def preprocess_metadata(image_size: Sequence[int], color: str, mean: Sequence[float], std: Sequence[float],
-                        resize: int | None = None, crop: str = "none") -> dict[str, Any]:
+def preprocess_metadata(image_size: Sequence[int], color: str, mean: Sequence[float], std: Sequence[float], resize: int | None = None,
+                        crop: str = "none") -> dict[str, Any]:
     """The `preprocess` entry of a version's weights metadata: how the model's inputs were made."""
     entry: dict[str, Any] = {"image_size": list(image_size), "color": color, "mean": list(mean), "std": list(std)}
     if crop != "none":
@@ -206,61 +209,6 @@ def _thresholds(value: object, labels: Sequence[str]) -> list[float]:
             raise ValueError(f"thresholds name labels the model does not have: {', '.join(unknown)}")
         return [float(value.get(label, DEFAULT_THRESHOLD)) for label in labels]
     return [float(v) for v in value]  # type: ignore[attr-defined]  # a list; HandlerConfig checks it
-
-
-def fit(image: Image.Image, config: HandlerConfig) -> list[Image.Image]:
-    """A decoded Pillow image (in the configured color mode) -> the model's views of it: a list of
-    Pillow images of the input size. crop "none": the image resized to the input size (one view);
-    "center" and "ten": the shorter side resized to `resize` (aspect kept), then the center crop, or
-    torchvision's TenCrop (the four corners and the center, then the same five of the mirrored image).
-    Sizes, rounding and filter are torchvision's (Resize, CenterCrop, FiveCrop, TenCrop on a Pillow image)."""
-    from PIL import Image
-
-    height, width = config.image_size
-    if config.crop == "none":
-        return [image if image.size == (width, height) else image.resize((width, height), Image.Resampling.BILINEAR)]
-    assert config.resize is not None  # HandlerConfig._check_geometry: a crop needs resize
-    image = _resize_shorter(image, config.resize)
-    if config.crop == "center":
-        return [_center(image, height, width)]
-    return _five(image, height, width) + _five(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), height, width)
-
-
-def _resize_shorter(image: Image.Image, side: int) -> Image.Image:
-    from PIL import Image
-
-    w, h = image.size
-    short, long = (w, h) if w <= h else (h, w)
-    if short == side:
-        return image
-    new_short, new_long = side, int(side * long / short)
-    return image.resize((new_short, new_long) if w <= h else (new_long, new_short), Image.Resampling.BILINEAR)
-
-
-def _center(image: Image.Image, height: int, width: int) -> Image.Image:
-    w, h = image.size
-    top, left = round((h - height) / 2.0), round((w - width) / 2.0)
-    return image.crop((left, top, left + width, top + height))
-
-
-def _five(image: Image.Image, height: int, width: int) -> list[Image.Image]:
-    w, h = image.size
-    corners = [(0, 0), (w - width, 0), (0, h - height), (w - width, h - height)]  # tl, tr, bl, br
-    return [image.crop((x, y, x + width, y + height)) for x, y in corners] + [_center(image, height, width)]
-
-
-def crop_box(size: tuple[int, int], config: HandlerConfig) -> tuple[float, ...]:
-    """Where the model's center view lies in an image of `size` (width, height), in that image's
-    pixels: (left, top, right, bottom). What an explanation's heatmap covers."""
-    w, h = size
-    if config.crop == "none":
-        return (0, 0, w, h)
-    assert config.resize is not None  # a crop needs resize
-    scale = config.resize / min(w, h)
-    rw, rh = (config.resize, int(config.resize * h / w)) if w <= h else (int(config.resize * w / h), config.resize)
-    height, width = config.image_size
-    left, top = round((rw - width) / 2.0), round((rh - height) / 2.0)
-    return tuple(round(v / scale, 1) for v in (left, top, left + width, top + height))
 
 
 def normalise(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
