@@ -24,11 +24,13 @@ from marforge import files, shipped
 from marforge.archiving import variants, verify
 from marforge.archiving.weights import read_metadata
 from marforge.errors import ArchiveError
+from marforge.registry import handler_defaults
 
 
-def handler_section(mv, metadata):
-    """The `handler:` section of model-config.yaml for one version (the contract writes it)."""
-    return shipped.contract().handler_section(metadata, mv.handler)
+def handler_section(mv, metadata: dict) -> dict:
+    """The `handler:` section of model-config.yaml for one version (the contract writes it): the
+    registry's handler options over the contract's defaults for them (registry.handler_defaults)."""
+    return shipped.contract().handler_section(metadata, {**handler_defaults(), **mv.handler})
 
 
 def build(mv, model_store, handlers_dir=shipped.HANDLERS_DIR, fmt=None):
