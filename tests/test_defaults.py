@@ -70,3 +70,9 @@ def test_an_archives_handler_section_carries_the_contracts_defaults(tmp_path):
     section = archive.handler_section(mv, metadata)
     assert (section["top_k"], section["max_pixels"], section["min_side"]) == (5, 4096 * 4096, 8)
     assert mv.handler == {"top_k": 5}
+
+
+def test_imagenet_statistics_are_written_once_in_the_package():
+    written = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "marforge").rglob("*.py"))
+               for literal in ("0.485, 0.456, 0.406", "0.229, 0.224, 0.225") if literal in p.read_text()]
+    assert written == ["marforge/archiving/presets.py"] * 2
