@@ -22,7 +22,7 @@ import yaml
 
 from marforge import files, shipped
 from marforge.archiving import variants, verify
-from marforge.archiving.weights import read_metadata
+from marforge.archiving.weights import verified_metadata
 from marforge.errors import ArchiveError
 from marforge.registry import handler_defaults
 
@@ -41,7 +41,7 @@ def build(mv, model_store, handlers_dir=shipped.HANDLERS_DIR, fmt=None):
     fmt = fmt or mv.format
     if fmt not in variants.formats():
         raise ArchiveError(f"unknown archive format {fmt!r} for {mv.key}", f"use one of: {', '.join(variants.formats())}")
-    metadata = read_metadata(mv)
+    metadata = verified_metadata(mv)
     target = mv.archive_path(model_store, fmt)
     with tempfile.TemporaryDirectory(prefix=f"marforge-{mv.key}-{fmt}-") as work:
         work = Path(work)
