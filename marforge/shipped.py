@@ -20,13 +20,13 @@ HANDLERS_DIR = Path(__file__).resolve().parent.parent / "handlers"
 HANDLER_FILE = "image_handler.py"  # the BaseHandler subclass; every other .py beside it ships too
 
 
-def files(handlers_dir=HANDLERS_DIR):
+def files(handlers_dir: Path | str = HANDLERS_DIR) -> tuple[Path, list[Path]]:
     """(the handler file, the modules shipped beside it) of a handlers folder."""
     handlers_dir = Path(handlers_dir)
     return handlers_dir / HANDLER_FILE, sorted(p for p in handlers_dir.glob("*.py") if p.name != HANDLER_FILE)
 
 
-def module(name):
+def module(name: str) -> ModuleType:
     """handlers/<name>.py as a worker imports it (a top-level module, from the handlers folder), loaded
     once into marforge's own copy: an archive that a LoadedArchive holds open, whose modules have the
     same names, neither replaces it nor is replaced by it."""
@@ -35,7 +35,7 @@ def module(name):
     return _loaded[name]
 
 
-_loaded = {}  # name -> marforge's copy of handlers/<name>.py (and of the modules it imported)
+_loaded: dict[str, ModuleType] = {}  # name -> marforge's copy of handlers/<name>.py (and of the modules it imported)
 
 
 @contextmanager
@@ -44,17 +44,17 @@ def isolated(folder: Path) -> Iterator[None]:
     (modules already loaded under those names are set aside); on leaving, the modules loaded from it
     are dropped and sys.path and sys.modules are as they were. The one way marforge imports shipped
     code: its own copy of handlers/ (`module`) and an archive a LoadedArchive holds open."""
-    folder = str(folder)
+    where = str(folder)
     aside = {p.stem: sys.modules.pop(p.stem) for p in Path(folder).glob("*.py") if p.stem in sys.modules}
     before = set(sys.modules)
-    sys.path.insert(0, folder)
+    sys.path.insert(0, where)
     try:
         yield
     finally:
-        if folder in sys.path:
-            sys.path.remove(folder)
+        if where in sys.path:
+            sys.path.remove(where)
         for name in set(sys.modules) - before:
-            if (getattr(sys.modules[name], "__file__", None) or "").startswith(folder):
+            if (getattr(sys.modules[name], "__file__", None) or "").startswith(where):
                 del sys.modules[name]
         sys.modules.update(aside)
 
@@ -69,6 +69,6 @@ def _import_isolated(name: str) -> dict[str, ModuleType]:
                 if n in names and Path(getattr(m, "__file__", None) or "/").resolve().parent == HANDLERS_DIR}
 
 
-def contract():
+def contract() -> ModuleType:
     """handlers/contract.py: the handler config schema, the format stamp and the preprocessing."""
     return module("contract")
