@@ -6,18 +6,22 @@ folders (marforge/project.py): weights/<key>.pt with its provenance in weights/<
 samples/<name>/ for the sample images, eval/<name>/ for the held-out images, and in the model store
 <key>.mar for the archive the server loads (built in the version's `format`, eager unless the
 registry says otherwise) and <key>-<format>.mar for any other format built on request.
-Unknown keys are errors. Only the standard library is used (and handlers/contract.py, which is
-stdlib-only at import), so the Makefile can ask for the archive list before the virtualenv exists.
+Every default is written once: here (SERVING_DEFAULTS, ROLLOUT_DEFAULTS) or in handlers/contract.py
+(HandlerConfig); models.toml only overrides them. Unknown keys are errors. Only the standard library
+is used (and handlers/contract.py, stdlib-only at import): the Makefile asks it before the venv exists.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from marforge import shipped
 from marforge.device import DEVICES, auto_workers, cpu_count, gpu_count
 from marforge.errors import RegistryError
 
-SERVING_KEYS = {"workers", "batch_size", "max_batch_delay_ms", "response_timeout_s"}
+# workers "auto": see _workers; batch_size and max_batch_delay_ms: the sweep (docs/performance.md)
+SERVING_DEFAULTS = {"workers": "auto", "batch_size": 16, "max_batch_delay_ms": 1, "response_timeout_s": 30}
+SERVING_KEYS = set(SERVING_DEFAULTS)
+HANDLER_DEFAULTED = ("top_k", "max_pixels", "min_side")  # filled from handlers/contract.py's HandlerConfig
 TRAIN_KEYS = {"dataset", "epochs", "batch_size", "lr", "seed", "min_accuracy"}
 ROLLOUT_DEFAULTS = {
     "min_accuracy": 0.0,  # the candidate's accuracy on the eval set must reach this floor ...
@@ -36,6 +40,19 @@ TOP_KEYS = {"paths", "serving", "handler", "rollout", "models"}
 PER_DEVICE = {"serving", "handler"}  # sections that may hold a `cpu` and a `gpu` table of overrides
 
 
+def handler_defaults() -> dict[str, object]:
+    """The handler options every archive gets unless models.toml overrides them: HandlerConfig's own
+    field defaults (handlers/contract.py), written nowhere else."""
+    return {f.name: f.default for f in fields(shipped.contract().HandlerConfig) if f.name in HANDLER_DEFAULTED}
+
+
+class HandlerOptions(dict[str, object]):
+    """A version's handler options as models.toml sets them; an unset HANDLER_DEFAULTED key reads as its default."""
+
+    def __missing__(self, key: str) -> object:  # KeyError for any other key, as a dict's
+        return handler_defaults()[key]
+
+
 def handler_keys():
     """The registry's handler options (the contract says which; the rest come from the weights' metadata)."""
     return shipped.contract().option_keys()
@@ -51,7 +68,7 @@ class ModelVersion:
     weights: Path
     samples: Path
     serving: dict
-    handler: dict
+    handler: dict  # a HandlerOptions: unset defaulted keys read as the contract's defaults
     eval_dir: Path  # the model's labelled held-out images (eval/<name>/)
     format: str  # the archive format the server loads (one of contract.FORMATS)
     train: dict = field(default_factory=dict)
@@ -92,17 +109,13 @@ class Registry:
         """The ModelVersion for name/version (the model's default version when version is None)."""
         model = self.models.get(name)
         if model is None:
-            raise RegistryError(
-                f"{self.path}: no model named {name!r} (known: {', '.join(self.models)})",
-                f"add a [models.{name}] table to {self.path.name}",
-            )
+            raise RegistryError(f"{self.path}: no model named {name!r} (known: {', '.join(self.models)})",
+                                f"add a [models.{name}] table to {self.path.name}")
         version = version or model.default_version
         if version not in model.versions:
-            raise RegistryError(
-                f"{self.path}: model {name!r} has no version {version!r} "
-                f"(known: {', '.join(model.versions)})",
-                f'add a [models.{name}.versions."{version}"] table to {self.path.name}',
-            )
+            raise RegistryError(f"{self.path}: model {name!r} has no version {version!r} "
+                                f"(known: {', '.join(model.versions)})",
+                                f'add a [models.{name}.versions."{version}"] table to {self.path.name}')
         return model.versions[version]
 
     def all_versions(self):
@@ -128,9 +141,8 @@ class Registry:
 def _check_keys(table, allowed, where, path):
     unknown = sorted(set(table) - allowed)
     if unknown:
-        raise RegistryError(
-            f"{path}: unknown key(s) {', '.join(unknown)} in {where} (allowed: {', '.join(sorted(allowed))})"
-        )
+        raise RegistryError(f"{path}: unknown key(s) {', '.join(unknown)} in {where} "
+                            f"(allowed: {', '.join(sorted(allowed))})")
 
 
 def _layered(base, table, section, where, path, allowed):
@@ -199,7 +211,7 @@ def from_project(project):
                "train": TRAIN_KEYS}
     _check_keys(data, TOP_KEYS, "the top level", path)
     top = {section: _layered(defaults, data, section, "", path, allowed)
-           for section, defaults in (("serving", {}), ("handler", {}), ("rollout", ROLLOUT_DEFAULTS))}
+           for section, defaults in (("serving", SERVING_DEFAULTS), ("handler", {}), ("rollout", ROLLOUT_DEFAULTS))}
     default_format, device = shipped.contract().DEFAULT_FORMAT, project.device
     models = {}
     for name, mtable in data.get("models", {}).items():
@@ -224,7 +236,7 @@ def from_project(project):
                 samples=project.samples_dir / name,
                 eval_dir=eval_dir,
                 serving=serving,
-                handler=handler,
+                handler=HandlerOptions(handler),
                 format=_format(vtable, model_format, vwhere, path, device),
                 train=_layered({}, vtable, "train", vwhere, path, allowed),
                 auto_workers=auto,

@@ -11,19 +11,22 @@ contract (handlers/contract.py) and preprocess images with exactly the code a wo
 
 import importlib
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 HANDLERS_DIR = Path(__file__).resolve().parent.parent / "handlers"
 HANDLER_FILE = "image_handler.py"  # the BaseHandler subclass; every other .py beside it ships too
 
 
-def files(handlers_dir=HANDLERS_DIR):
+def files(handlers_dir: Path | str = HANDLERS_DIR) -> tuple[Path, list[Path]]:
     """(the handler file, the modules shipped beside it) of a handlers folder."""
     handlers_dir = Path(handlers_dir)
     return handlers_dir / HANDLER_FILE, sorted(p for p in handlers_dir.glob("*.py") if p.name != HANDLER_FILE)
 
 
-def module(name):
+def module(name: str) -> ModuleType:
     """handlers/<name>.py as a worker imports it (a top-level module, from the handlers folder), loaded
     once into marforge's own copy: an archive that a LoadedArchive holds open, whose modules have the
     same names, neither replaces it nor is replaced by it."""
@@ -32,27 +35,40 @@ def module(name):
     return _loaded[name]
 
 
-_loaded = {}  # name -> marforge's copy of handlers/<name>.py (and of the modules it imported)
+_loaded: dict[str, ModuleType] = {}  # name -> marforge's copy of handlers/<name>.py (and of the modules it imported)
 
 
-def _import_isolated(name):
-    """Import handlers/<name>.py with the handlers folder first on sys.path and none of its module
-    names taken, then put sys.modules and sys.path back as they were."""
-    names = [p.stem for p in HANDLERS_DIR.glob("*.py")]
-    aside = {n: sys.modules.pop(n) for n in names if n in sys.modules}
-    sys.modules.update(_loaded)  # modules loaded before are shared, not loaded twice
-    sys.path.insert(0, str(HANDLERS_DIR))
+@contextmanager
+def isolated(folder: Path) -> Iterator[None]:
+    """Import from `folder` as a worker does: first on sys.path, with none of its module names taken
+    (modules already loaded under those names are set aside); on leaving, the modules loaded from it
+    are dropped and sys.path and sys.modules are as they were. The one way marforge imports shipped
+    code: its own copy of handlers/ (`module`) and an archive a LoadedArchive holds open."""
+    where = str(folder)
+    aside = {p.stem: sys.modules.pop(p.stem) for p in Path(folder).glob("*.py") if p.stem in sys.modules}
+    before = set(sys.modules)
+    sys.path.insert(0, where)
     try:
-        importlib.import_module(name)
-        return {n: sys.modules[n] for n in names
-                if n in sys.modules and Path(sys.modules[n].__file__).resolve().parent == HANDLERS_DIR}
+        yield
     finally:
-        sys.path.remove(str(HANDLERS_DIR))
-        for n in names:
-            sys.modules.pop(n, None)
+        if where in sys.path:
+            sys.path.remove(where)
+        for name in set(sys.modules) - before:
+            if (getattr(sys.modules[name], "__file__", None) or "").startswith(where):
+                del sys.modules[name]
         sys.modules.update(aside)
 
 
-def contract():
+def _import_isolated(name: str) -> dict[str, ModuleType]:
+    """Import handlers/<name>.py isolated; the handlers' modules it loaded (shared with those loaded before)."""
+    with isolated(HANDLERS_DIR):
+        sys.modules.update(_loaded)  # modules loaded before are shared, not loaded twice
+        importlib.import_module(name)
+        names = {p.stem for p in HANDLERS_DIR.glob("*.py")}
+        return {n: m for n, m in sys.modules.items()
+                if n in names and Path(getattr(m, "__file__", None) or "/").resolve().parent == HANDLERS_DIR}
+
+
+def contract() -> ModuleType:
     """handlers/contract.py: the handler config schema, the format stamp and the preprocessing."""
     return module("contract")

@@ -134,3 +134,31 @@ def test_a_key_that_stays_invalid_is_reported_not_retried_forever(key_file):
     with pytest.raises(ApiError, match="InvalidKeyException"):
         Client(ENDPOINTS, key_file=key_file, session=session).describe("m")
     assert len(session.sent) == 3
+
+
+def test_both_clients_read_the_key_file_one_way_and_name_a_broken_one(tmp_path):
+    from marforge.serve.client import read_key
+    from marforge.serve.grpc_client import GrpcClient
+
+    broken = tmp_path / "key_file.json"
+    broken.write_text('{"inference": {}}')
+    grpc_client = GrpcClient.__new__(GrpcClient)  # no channel needed to read a key
+    grpc_client.key_file = broken
+    for read in (lambda: read_key(broken, "inference"), lambda: grpc_client.key("inference"),
+                 lambda: Client(ENDPOINTS, key_file=broken).key("inference")):
+        with pytest.raises(ServerError) as caught:
+            read()
+        assert caught.value.message.startswith(f"{broken}: unreadable TorchServe key file")
+        assert caught.value.hint == "make stop && make serve"
+    assert read_key(tmp_path / "absent.json", "inference") is None and read_key(None, "API") is None
+
+
+def test_stock_serving_settings_are_the_clients_register_defaults():
+    import inspect
+
+    from marforge.measure import fixtures
+    from marforge.serve import client
+
+    defaults = inspect.signature(client.Client.register).parameters
+    assert fixtures.STOCK_SERVING is client.STOCK_SERVING
+    assert {k: defaults[k].default for k in client.STOCK_SERVING} == client.STOCK_SERVING

@@ -22,13 +22,15 @@ import yaml
 
 from marforge import files, shipped
 from marforge.archiving import variants, verify
-from marforge.archiving.weights import read_metadata
+from marforge.archiving.weights import verified_metadata
 from marforge.errors import ArchiveError
+from marforge.registry import handler_defaults
 
 
-def handler_section(mv, metadata):
-    """The `handler:` section of model-config.yaml for one version (the contract writes it)."""
-    return shipped.contract().handler_section(metadata, mv.handler)
+def handler_section(mv, metadata: dict) -> dict:
+    """The `handler:` section of model-config.yaml for one version (the contract writes it): the
+    registry's handler options over the contract's defaults for them (registry.handler_defaults)."""
+    return shipped.contract().handler_section(metadata, {**handler_defaults(), **mv.handler})
 
 
 def build(mv, model_store, handlers_dir=shipped.HANDLERS_DIR, fmt=None):
@@ -39,7 +41,7 @@ def build(mv, model_store, handlers_dir=shipped.HANDLERS_DIR, fmt=None):
     fmt = fmt or mv.format
     if fmt not in variants.formats():
         raise ArchiveError(f"unknown archive format {fmt!r} for {mv.key}", f"use one of: {', '.join(variants.formats())}")
-    metadata = read_metadata(mv)
+    metadata = verified_metadata(mv)
     target = mv.archive_path(model_store, fmt)
     with tempfile.TemporaryDirectory(prefix=f"marforge-{mv.key}-{fmt}-") as work:
         work = Path(work)

@@ -38,8 +38,8 @@ class Checkpoint:
 
 
 def sniff(path):
-    """What the file is, from its first bytes: (kind, detail), kind one of zip, legacy, safetensors,
-    or a reason it is not a checkpoint (raised as CheckpointError)."""
+    """What the file is, from its first bytes: "zip", "legacy" or "safetensors"; anything else
+    raises a CheckpointError saying what the file is instead."""
     path = Path(path)
     try:
         size = path.stat().st_size

@@ -1,6 +1,6 @@
 """Archive formats: what each one serializes, what the archiver gets, and how closely it must agree.
 
-One version's weights can be archived in five formats (`formats()`, the contract's list); the
+One version's weights can be archived in six formats (`formats()`, the contract's list); the
 handler, its `handler:` config and the verification are the same for all of them (archive.py,
 verify.py). `prepare` writes the serialized file of one format into a work dir and says how to
 archive it:

@@ -8,8 +8,9 @@ implementation independent of the handler's): the probabilities the answer carri
 multiclass model, every label of a multilabel one) within 1e-5 for an eager archive and each other
 format's own tolerance (variants.TOLERANCES), and the same decision (top-1 label, or set of positive
 labels) on at least the tolerance's share of images. Labelled eval images are also scored:
-accuracy for one label per image, mean AUROC for several. For a `compile` archive it also checks
-that inductor really compiled the model (TorchServe falls back to eager with a warning).
+accuracy for one label per image, mean AUROC for several. For a `compile` or `cudagraphs` archive
+(variants.COMPILED) it also checks that inductor really compiled the model (TorchServe falls back to
+eager with a warning).
 """
 
 import dataclasses

@@ -16,12 +16,20 @@ from marforge.errors import WeightsError
 from marforge.files import sha256
 
 
-def read_metadata(mv):
-    """The weights' provenance metadata, after checking that the weights file matches it."""
+def read_metadata(mv) -> dict:
+    """The weights' provenance metadata (weights/<key>.json) as it is: JSON only, the weights file is
+    neither hashed nor loaded. For callers that want a field of it (labels, task, synthetic); what
+    builds an archive from the weights calls verified_metadata."""
     if not mv.metadata.is_file():
         raise WeightsError(f"{mv.metadata}: weights metadata not found",
                            f"make weights (or python -m marforge train {mv.name} {mv.version})")
-    metadata = json.loads(mv.metadata.read_text())
+    return json.loads(mv.metadata.read_text())
+
+
+def verified_metadata(mv) -> dict:
+    """The weights' provenance metadata, after checking that the weights file matches its sha256 and
+    is a plain state_dict (what an archive is built from)."""
+    metadata = read_metadata(mv)
     if not mv.weights.is_file():
         raise WeightsError(f"{mv.weights}: weights file not found", "git checkout weights/ or make weights")
     actual = sha256(mv.weights)

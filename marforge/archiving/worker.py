@@ -10,17 +10,19 @@ tests use it; it is the closest thing to a worker that needs no Java frontend.
         answer.status, answer.json()
 """
 
+import contextlib
 import importlib
 import json
 import logging
 import os
 import shutil
 import struct
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from marforge import shipped
 
 
 @dataclass
@@ -48,8 +50,7 @@ class LoadedArchive:
         self.unpacked = self.mar_path.is_dir()
         self.model_dir = None
         self.service = None
-        self._modules_before = None
-        self._shadowed = {}
+        self._isolation = contextlib.ExitStack()
 
     def __enter__(self):
         from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
@@ -64,10 +65,7 @@ class LoadedArchive:
         manifest = json.loads(Path(self.model_dir, "MAR-INF", "MANIFEST.json").read_text())
         # The archive's own modules must be imported from it, even if a module of the same name
         # (e.g. the repo's handlers/image_io.py) is already loaded: set those aside until exit.
-        self._shadowed = {p.stem: sys.modules.pop(p.stem) for p in Path(self.model_dir).glob("*.py")
-                          if p.stem in sys.modules}
-        self._modules_before = set(sys.modules)
-        sys.path.insert(0, self.model_dir)
+        self._isolation.enter_context(shipped.isolated(Path(self.model_dir)))
         ts_logger = logging.getLogger("ts")
         level = ts_logger.level
         ts_logger.setLevel(logging.ERROR)  # BaseHandler warns about every optional backend it lacks
@@ -114,13 +112,7 @@ class LoadedArchive:
         return decode_predict_response(self.service.predict(batch))
 
     def __exit__(self, *exc):
-        if self.model_dir in sys.path:
-            sys.path.remove(self.model_dir)
-        for name in set(sys.modules) - (self._modules_before or set()):
-            origin = getattr(sys.modules[name], "__file__", None) or ""
-            if origin.startswith(self.model_dir):
-                del sys.modules[name]
-        sys.modules.update(self._shadowed)
+        self._isolation.close()
         if not self.unpacked:
             shutil.rmtree(self.model_dir, ignore_errors=True)
         return False

@@ -1,4 +1,4 @@
-"""Commands that operate a server: serve, stop, status, predict, token, rollout, rollback."""
+"""Commands that operate a server: serve, stop, status, predict, explain, token, rollout, rollback."""
 
 import json
 import os

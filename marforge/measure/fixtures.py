@@ -21,11 +21,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from marforge.archiving.presets import IMAGENET_MEAN, IMAGENET_STD
 from marforge.errors import ServerError
 from marforge.serve import launch, process
+from marforge.serve.client import STOCK_SERVING
 from marforge.serve.rundir import RunDir
-
-STOCK_SERVING = {"batch_size": 1, "max_batch_delay_ms": 100, "response_timeout_s": 120}  # TorchServe's own
 
 
 @dataclass
@@ -75,15 +75,12 @@ def format_server(project, mv, fmt, stock=False):
         shutil.rmtree(store, ignore_errors=True)
 
 
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-
-
 def fits_stock_classifier(mv, metadata):
     """TorchServe's own image_classifier makes 3 x 224 x 224 inputs with ImageNet's mean and std
     (Resize(256), CenterCrop(224)): a model trained on those can be served by it as it is."""
     pre = metadata["preprocess"]
     return (pre["color"], list(pre["image_size"]), tuple(pre["mean"]), tuple(pre["std"])) == (
-        "rgb", [224, 224], *IMAGENET)
+        "rgb", [224, 224], IMAGENET_MEAN, IMAGENET_STD)
 
 
 @contextmanager

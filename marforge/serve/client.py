@@ -19,6 +19,9 @@ import requests
 
 from marforge.errors import ApiError, ServerError
 
+# TorchServe's own per-version settings when a register call names none (the management API's
+# defaults): what `register` sends unless told otherwise, and what a stock server is measured with.
+STOCK_SERVING = {"batch_size": 1, "max_batch_delay_ms": 100, "response_timeout_s": 120}
 
 @dataclass(frozen=True)
 class Endpoints:
@@ -28,6 +31,17 @@ class Endpoints:
     management: str
     metrics: str
     grpc: str = None
+
+
+def read_key(key_file: Path | None, kind: str) -> str | None:
+    """The `kind` key (`inference`, `management` or `API`) in TorchServe's key_file.json, or None when
+    token auth is off (no key file). The one reader of that file, for the HTTP and the gRPC client."""
+    if key_file is None or not key_file.exists():
+        return None
+    try:
+        return json.loads(key_file.read_text())[kind]["key"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ServerError(f"{key_file}: unreadable TorchServe key file ({exc})", "make stop && make serve") from None
 
 
 class Client:
@@ -40,12 +54,7 @@ class Client:
     # -- tokens ---------------------------------------------------------------------------------
     def key(self, kind):
         """The current `inference`, `management` or `API` key, or None when token auth is off (no key file)."""
-        if self.key_file is None or not self.key_file.exists():
-            return None
-        try:
-            return json.loads(self.key_file.read_text())[kind]["key"]
-        except (KeyError, ValueError) as exc:
-            raise ServerError(f"{self.key_file}: unreadable TorchServe key file ({exc})", "make stop && make serve") from None
+        return read_key(self.key_file, kind)
 
     # -- plumbing ---------------------------------------------------------------------------------
     def refresh_key(self, kind):
@@ -130,8 +139,9 @@ class Client:
                 return False
             raise
 
-    def register(self, mar_name, workers, batch_size=1, max_batch_delay_ms=100, response_timeout_s=120,
-                 timeout=300.0, synchronous=True):
+    def register(self, mar_name, workers, batch_size=STOCK_SERVING["batch_size"],
+                 max_batch_delay_ms=STOCK_SERVING["max_batch_delay_ms"],
+                 response_timeout_s=STOCK_SERVING["response_timeout_s"], timeout=300.0, synchronous=True):
         """Register an archive from the model store. Synchronous: answers once the workers started
         (HTTP 500 if they cannot; TorchServe may or may not leave the version registered then)."""
         params = {"url": mar_name, "initial_workers": workers, "synchronous": str(synchronous).lower(),

@@ -84,7 +84,8 @@ def _summarise(r, images, task):
 
 
 def judge(candidate, baseline, rules, is_labelled, task="multiclass"):
-    """(reasons to reject, checks): every check with whether it ran, and why not where it did not."""
+    """(reasons to reject, checks): every check with whether it ran and passed, and its detail (why it
+    failed, or why it did not run). With no labelled eval set it also sets candidate["agreement"]."""
     checks, reasons = [], []
 
     def check(name, ran, failed=None, why=""):

@@ -31,6 +31,7 @@ import zipfile
 from pathlib import Path
 
 from marforge.errors import ApiError, ServerError
+from marforge.serve.client import read_key
 
 PROTOS = ("inference.proto", "open_inference_grpc.proto", "google/rpc/status.proto")
 # Where each v2 datatype's values travel in InferTensorContents.
@@ -97,9 +98,7 @@ class GrpcClient:
         self.channel.close()
 
     def key(self, kind="inference"):
-        if self.key_file is None or not self.key_file.exists():
-            return None
-        return json.loads(self.key_file.read_text())[kind]["key"]
+        return read_key(self.key_file, kind)
 
     def predict(self, name, data, version=None, refresh=None):
         """Send one image (bytes) to inference.proto's Predictions; returns the decoded JSON answer,

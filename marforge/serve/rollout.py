@@ -22,7 +22,6 @@ the watch has been rolled back (errors.RolledBack, exit 4); errors.ServerError (
 infrastructure failure. Each of them carries the report so far as `report`.
 """
 
-import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -46,9 +45,6 @@ class RolloutReport:
 
     def to_dict(self):
         return asdict(self)
-
-    def to_json(self):
-        return json.dumps(self.to_dict(), indent=2)
 
     def headline(self):
         if self.kind == "rollback":
