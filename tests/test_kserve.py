@@ -134,7 +134,7 @@ def runtime_server(registry, store, tmp_path_factory):
     env_of_pod = {e["name"]: e["value"] for e in documents(folder)["inferenceservice.yaml"]["spec"]["predictor"]["model"]["env"]}
     run_dir = RunDir(tmp_path_factory.mktemp("runtime_run"))
     run_dir.tmp.mkdir()
-    env = {**os.environ, **env_of_pod, "TMPDIR": str(run_dir.tmp), "TEMP": str(run_dir.tmp), "LOG_LOCATION": str(run_dir / "logs")}
+    env = {**os.environ, **env_of_pod, "TMPDIR": str(run_dir.tmp), "TEMP": str(run_dir.tmp), "LOG_LOCATION": str(run_dir.logs)}
     run_dir.logs.mkdir()
     with open(run_dir.log("launcher"), "wb") as out:  # the frontend inherits it: a pipe would never close
         subprocess.run(command, cwd=run_dir.path, env=env, check=True, stdout=out, stderr=subprocess.STDOUT, timeout=60)

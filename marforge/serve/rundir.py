@@ -28,9 +28,6 @@ class RunDir:
     def __repr__(self):
         return f"RunDir({str(self.path)!r})"
 
-    def __truediv__(self, name):
-        return self.path / name
-
     # -- files ------------------------------------------------------------------------------------
     @property
     def config(self):
