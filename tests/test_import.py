@@ -10,8 +10,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT
+
 from marforge import registry as registry_module
 from marforge.archiving import checkpoints, importer, presets, synthetic
 from marforge.archiving.weights import build_model, model_class

@@ -15,7 +15,7 @@ from there, and `make weights` leaves it alone (it has no train table).
 
 import json
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from marforge import files, labelled, registry, shipped
@@ -80,7 +80,7 @@ def import_checkpoint(project, name, version, checkpoint, preset=None, fmt=None,
         "command": command or f"python -m marforge import {name} {version} --checkpoint {checkpoint}"
                               + (f" --preset {preset}" if preset else ""),
         "torch_version": torch.__version__,
-        "imported": datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "imported": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
     }
     if synthetic:
         metadata["synthetic"] = synthetic

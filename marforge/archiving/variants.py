@@ -76,7 +76,7 @@ class Variant:
 
     fmt: str
     serialized_file: Path
-    model_file: Path = None  # None: the serialized file is self-contained (TorchScript, ONNX)
+    model_file: Path | None = None  # None: the serialized file is self-contained (TorchScript, ONNX)
     config: dict = field(default_factory=dict)  # extra model-config.yaml sections
     extra_files: tuple = ()  # carried at the archive's root beside the handler's modules
 

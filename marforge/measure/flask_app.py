@@ -60,6 +60,6 @@ def serve(registry_file, name, version, port):
     from marforge.archiving.weights import read_metadata
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    sys.stdout = sys.stderr = open(os.devnull, "w")
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the life of the server process)
     mv = registry.load(registry_file).get(name, version)
     create_app(mv, read_metadata(mv)).run(host="127.0.0.1", port=port, threaded=True)

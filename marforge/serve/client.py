@@ -30,7 +30,7 @@ class Endpoints:
     inference: str
     management: str
     metrics: str
-    grpc: str = None
+    grpc: str | None = None
 
 
 def read_key(key_file: Path | None, kind: str) -> str | None:
