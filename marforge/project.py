@@ -16,13 +16,20 @@ named after the registry's keys are fixed beside models.toml: weights/, samples/
 Nothing else in marforge spells these names.
 """
 
+from __future__ import annotations
+
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from marforge.errors import RegistryError
+
+if TYPE_CHECKING:
+    from marforge.registry import Registry
 
 REGISTRY_FILE = "models.toml"
 LOG_CONFIG = "log4j2.xml"  # the frontend's logging, read from beside the base config when it is there
@@ -42,19 +49,19 @@ class Project:
     run_dir: Path
     config: Path  # the base TorchServe config.properties
     bench_results: Path
-    data: dict = field(repr=False)  # models.toml, parsed
+    data: dict[str, Any] = field(repr=False)  # models.toml, parsed
     device: str = "cpu"  # "cpu" or "gpu": the machine the registry's per-device settings are resolved for
 
     @classmethod
-    def locate(cls, registry=None, environ=None, cwd=None, device=None, **flags):
+    def locate(cls, registry: str | Path | None = None, environ: Mapping[str, str] | None = None,
+               cwd: str | Path | None = None, device: str | None = None, **flags: str | Path | None) -> Project:
         """The project for these flags (`model_store=`, `run_dir=`, `config=`, `bench_results=`; None
         means not given), the environment (default: os.environ) and the current folder. `device`
         (cpu or gpu) is the flag for marforge/device.py's choice."""
         environ = os.environ if environ is None else environ
         cwd = Path(cwd or os.getcwd())
-        unknown = set(flags) - set(SETTINGS)
-        if unknown:
-            raise TypeError(f"unknown project setting(s): {', '.join(sorted(unknown))}")
+        if set(flags) - set(SETTINGS):
+            raise TypeError(f"unknown project setting(s): {', '.join(sorted(set(flags) - set(SETTINGS)))}")
         if registry is None and environ.get("MARFORGE_REGISTRY"):
             registry = Path(environ["MARFORGE_REGISTRY"])
             registry = registry if registry.is_absolute() else cwd / registry
@@ -66,10 +73,10 @@ class Project:
             raise RegistryError(f"{registry_file}: unknown key(s) {', '.join(unknown)} in [paths] "
                                 f"(allowed: {', '.join(sorted(SETTINGS))})")
         root = registry_file.parent
-        paths = {}
+        paths: dict[str, Path] = {}
         for key, (variable, default) in SETTINGS.items():
             if flags.get(key) is not None:
-                paths[key] = (cwd / flags[key]).resolve()
+                paths[key] = (cwd / str(flags[key])).resolve()
             else:
                 paths[key] = (root / (environ.get(variable) or table.get(key) or default)).resolve()
         from marforge.device import detect
@@ -77,7 +84,7 @@ class Project:
         return cls(root=root, registry_file=registry_file, data=data, device=device or detect(environ), **paths)
 
     @classmethod
-    def at(cls, registry_file, **flags):
+    def at(cls, registry_file: str | Path, **flags: Any) -> Project:
         """The project of a given models.toml, ignoring the paths' environment variables (tests,
         library callers); the device is this machine's, as marforge/device.py finds it."""
         from marforge.device import detect
@@ -87,41 +94,41 @@ class Project:
 
     # -- fixed folders -------------------------------------------------------------------------------
     @property
-    def weights_dir(self):
+    def weights_dir(self) -> Path:
         return self.root / "weights"
 
     @property
-    def samples_dir(self):
+    def samples_dir(self) -> Path:
         return self.root / "samples"
 
     @property
-    def eval_root(self):
+    def eval_root(self) -> Path:
         return self.root / "eval"
 
     @property
-    def docs_dir(self):
+    def docs_dir(self) -> Path:
         return self.root / "docs"
 
     @property
-    def log_config(self):
+    def log_config(self) -> Path | None:
         """log4j2.xml beside the base config, or None to keep TorchServe's own."""
         path = self.config.with_name(LOG_CONFIG)
         return path if path.is_file() else None
 
-    def relative(self, path):
+    def relative(self, path: str | Path) -> str:
         """`path` relative to the project root when it is inside it (for messages and metadata)."""
         path = Path(path).resolve()
         return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
 
     @cached_property
-    def registry(self):
+    def registry(self) -> Registry:
         """The validated registry (marforge.registry.Registry) of this project."""
         from marforge import registry
 
         return registry.from_project(self)
 
 
-def _nearest_registry(cwd):
+def _nearest_registry(cwd: Path) -> Path:
     for folder in (cwd, *cwd.parents):
         if (folder / REGISTRY_FILE).is_file():
             return (folder / REGISTRY_FILE).resolve()
@@ -129,7 +136,7 @@ def _nearest_registry(cwd):
                         f"run marforge inside a project, or pass --registry path/to/{REGISTRY_FILE}")
 
 
-def _read(path):
+def _read(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:

@@ -11,19 +11,27 @@ Every default is written once: here (SERVING_DEFAULTS, ROLLOUT_DEFAULTS) or in h
 is used (and handlers/contract.py, stdlib-only at import): the Makefile asks it before the venv exists.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from marforge import shipped
 from marforge.device import DEVICES, auto_workers, cpu_count, gpu_count
 from marforge.errors import RegistryError
 
+if TYPE_CHECKING:
+    from marforge.project import Project
+
+Table = dict[str, Any]  # a models.toml table, parsed
+
 # workers "auto": see _workers; batch_size and max_batch_delay_ms: the sweep (docs/performance.md)
-SERVING_DEFAULTS = {"workers": "auto", "batch_size": 16, "max_batch_delay_ms": 1, "response_timeout_s": 30}
+SERVING_DEFAULTS: Table = {"workers": "auto", "batch_size": 16, "max_batch_delay_ms": 1, "response_timeout_s": 30}
 SERVING_KEYS = set(SERVING_DEFAULTS)
 HANDLER_DEFAULTED = ("top_k", "max_pixels", "min_side")  # filled from handlers/contract.py's HandlerConfig
 TRAIN_KEYS = {"dataset", "epochs", "batch_size", "lr", "seed", "min_accuracy"}
-ROLLOUT_DEFAULTS = {
+ROLLOUT_DEFAULTS: dict[str, float] = {
     "min_accuracy": 0.0,  # the candidate's accuracy on the eval set must reach this floor ...
     "max_accuracy_drop": 0.02,  # ... and be at most this far below the current default's
     "min_auroc": 0.0,  # several labels per image: the same for the mean AUROC on a labelled eval set
@@ -53,9 +61,10 @@ class HandlerOptions(dict[str, object]):
         return handler_defaults()[key]
 
 
-def handler_keys():
+def handler_keys() -> set[str]:
     """The registry's handler options (the contract says which; the rest come from the weights' metadata)."""
-    return shipped.contract().option_keys()
+    keys: set[str] = shipped.contract().option_keys()
+    return keys
 
 
 @dataclass(frozen=True)
@@ -67,24 +76,24 @@ class ModelVersion:
     model_def: Path
     weights: Path
     samples: Path
-    serving: dict
-    handler: dict  # a HandlerOptions: unset defaulted keys read as the contract's defaults
+    serving: Table
+    handler: HandlerOptions  # a HandlerOptions: unset defaulted keys read as the contract's defaults
     eval_dir: Path  # the model's labelled held-out images (eval/<name>/)
     format: str  # the archive format the server loads (one of contract.FORMATS)
-    train: dict = field(default_factory=dict)
+    train: Table = field(default_factory=dict)
     auto_workers: bool = True  # serving.workers is "auto": one per core of the machine that serves it
 
     @property
-    def key(self):
+    def key(self) -> str:
         """`<name>-<version>`: the stem of the weights, metadata and archive files."""
         return f"{self.name}-{self.version}"
 
     @property
-    def metadata(self):
+    def metadata(self) -> Path:
         """The provenance file that sits beside the weights (same stem, `.json`)."""
         return self.weights.with_suffix(".json")
 
-    def archive_path(self, model_store, fmt=None):
+    def archive_path(self, model_store: str | Path, fmt: str | None = None) -> Path:
         """`<key>.mar` for the registry's own format (what the server loads), `<key>-<fmt>.mar` otherwise."""
         fmt = fmt or self.format
         return Path(model_store) / (f"{self.key}.mar" if fmt == self.format else f"{self.key}-{fmt}.mar")
@@ -94,18 +103,18 @@ class ModelVersion:
 class Model:
     name: str
     default_version: str
-    versions: dict  # version string -> ModelVersion, in registry order
-    rollout: dict  # gate and watch thresholds (ROLLOUT_DEFAULTS, overridden by the registry)
+    versions: dict[str, ModelVersion]  # version string -> ModelVersion, in registry order
+    rollout: Table  # gate and watch thresholds (ROLLOUT_DEFAULTS, overridden by the registry)
     eval_dir: Path  # labelled held-out images for the rollout gate
 
 
 @dataclass(frozen=True)
 class Registry:
     path: Path  # models.toml
-    models: dict  # name -> Model, in registry order
+    models: dict[str, Model]  # name -> Model, in registry order
     device: str = "cpu"  # the machine the settings were resolved for (marforge/device.py)
 
-    def get(self, name, version=None):
+    def get(self, name: str, version: str | None = None) -> ModelVersion:
         """The ModelVersion for name/version (the model's default version when version is None)."""
         model = self.models.get(name)
         if model is None:
@@ -113,23 +122,22 @@ class Registry:
                                 f"add a [models.{name}] table to {self.path.name}")
         version = version or model.default_version
         if version not in model.versions:
-            raise RegistryError(f"{self.path}: model {name!r} has no version {version!r} "
-                                f"(known: {', '.join(model.versions)})",
+            raise RegistryError(f"{self.path}: model {name!r} has no version {version!r} (known: {', '.join(model.versions)})",
                                 f'add a [models.{name}.versions."{version}"] table to {self.path.name}')
         return model.versions[version]
 
-    def all_versions(self):
+    def all_versions(self) -> list[ModelVersion]:
+        """Every version of every model, in registry order."""
         return [v for m in self.models.values() for v in m.versions.values()]
 
-    def by_key(self, key):
+    def by_key(self, key: str) -> ModelVersion:
         """The version whose files are named `key` (`<name>-<version>`), as the Makefile names them."""
         for mv in self.all_versions():
             if mv.key == key:
                 return mv
-        raise RegistryError(f"{self.path}: no version is named {key!r} (known: "
-                            f"{', '.join(v.key for v in self.all_versions())})")
+        raise RegistryError(f"{self.path}: no version is named {key!r} (known: {', '.join(v.key for v in self.all_versions())})")
 
-    def select(self, name=None, version=None):
+    def select(self, name: str | None = None, version: str | None = None) -> list[ModelVersion]:
         """The versions to act on: all of them, every version of one model, or one version."""
         if name is None:
             return self.all_versions()
@@ -138,17 +146,16 @@ class Registry:
         return [self.get(name, version)]
 
 
-def _check_keys(table, allowed, where, path):
+def _check_keys(table: Table, allowed: set[str], where: str, path: Path) -> None:
     unknown = sorted(set(table) - allowed)
     if unknown:
-        raise RegistryError(f"{path}: unknown key(s) {', '.join(unknown)} in {where} "
-                            f"(allowed: {', '.join(sorted(allowed))})")
+        raise RegistryError(f"{path}: unknown key(s) {', '.join(unknown)} in {where} (allowed: {', '.join(sorted(allowed))})")
 
 
-def _layered(base, table, section, where, path, allowed):
+def _layered(base: Table, table: Table, section: str, where: str, path: Path, allowed: dict[str, set[str]]) -> Table:
     """`base` overridden by `table[section]`, with unknown keys refused; its per-device tables (`cpu`,
     `gpu`) are merged the same way, key by key."""
-    mine = table.get(section, {})
+    mine: Table = table.get(section, {})
     merged = {**base, **mine}
     label = f"{where}.{section}" if where else f"[{section}]"
     keys = allowed[section] | (set(DEVICES) if section in PER_DEVICE else set())
@@ -162,20 +169,20 @@ def _layered(base, table, section, where, path, allowed):
     return merged
 
 
-def _for_device(settings, device):
+def _for_device(settings: Table, device: str) -> Table:
     """Settings with the table of `device` applied and every per-device table removed."""
     chosen = {k: v for k, v in settings.items() if k not in DEVICES}
     chosen.update(settings.get(device, {}))
     return chosen
 
 
-def _require(table, key, where, path):
+def _require(table: Table, key: str, where: str, path: Path) -> Any:
     if key not in table:
         raise RegistryError(f"{path}: {where} needs a {key!r} key")
     return table[key]
 
 
-def _workers(value, where, path, device="cpu"):
+def _workers(value: object, where: str, path: Path, device: str = "cpu") -> int:
     """Workers per version: a positive number, or "auto": device.auto_workers for this machine (one
     per GPU on a GPU machine, else one per available core)."""
     if value == "auto":
@@ -185,42 +192,42 @@ def _workers(value, where, path, device="cpu"):
     return value
 
 
-def _format(table, default, where, path, device="cpu"):
+def _format(table: Table, default: str, where: str, path: Path, device: str = "cpu") -> str:
     """The archive format: one name, or a table with one per device ({cpu = "onnx", gpu = "eager"})."""
     fmt = table.get("format", default)
     if isinstance(fmt, dict):
         _check_keys(fmt, set(DEVICES), f"{where} format", path)
         fmt = fmt.get(device, shipped.contract().DEFAULT_FORMAT)
-    formats = shipped.contract().FORMATS
+    formats: tuple[str, ...] = shipped.contract().FORMATS
     if fmt not in formats:
         raise RegistryError(f"{path}: {where} format {fmt!r} is not one of {', '.join(formats)}")
-    return fmt
+    return str(fmt)
 
 
-def load(path):
+def load(path: str | Path) -> Registry:
     """The registry in the models.toml at `path` (its project's paths ignore the environment)."""
     from marforge.project import Project
 
     return Project.at(path).registry
 
 
-def from_project(project):
+def from_project(project: Project) -> Registry:
     """Validate the project's models.toml into a Registry; file paths come from the project's folders."""
     data, path = project.data, project.registry_file
-    allowed = {"serving": SERVING_KEYS, "handler": handler_keys(), "rollout": set(ROLLOUT_DEFAULTS),
-               "train": TRAIN_KEYS}
+    allowed = {"serving": SERVING_KEYS, "handler": handler_keys(), "rollout": set(ROLLOUT_DEFAULTS), "train": TRAIN_KEYS}
     _check_keys(data, TOP_KEYS, "the top level", path)
     top = {section: _layered(defaults, data, section, "", path, allowed)
            for section, defaults in (("serving", SERVING_DEFAULTS), ("handler", {}), ("rollout", ROLLOUT_DEFAULTS))}
-    default_format, device = shipped.contract().DEFAULT_FORMAT, project.device
-    models = {}
+    default_format: str = shipped.contract().DEFAULT_FORMAT
+    device = project.device
+    models: dict[str, Model] = {}
     for name, mtable in data.get("models", {}).items():
         where = f"[models.{name}]"
         _check_keys(mtable, MODEL_KEYS, where, path)
         layer = {section: _layered(top[section], mtable, section, where, path, allowed) for section in top}
         model_format = _format(mtable, default_format, where, path, device)
         eval_dir = project.eval_root / name
-        versions = {}
+        versions: dict[str, ModelVersion] = {}
         for version, vtable in _require(mtable, "versions", where, path).items():
             vwhere = f'[models.{name}.versions."{version}"]'
             _check_keys(vtable, VERSION_KEYS, vwhere, path)
@@ -229,27 +236,18 @@ def from_project(project):
             auto = serving.get("workers", "auto") == "auto"
             serving["workers"] = _workers(serving.get("workers", "auto"), vwhere, path, device)
             versions[version] = ModelVersion(
-                name=name,
-                version=version,
-                model_def=project.root / _require(vtable, "model_def", vwhere, path),
-                weights=project.weights_dir / f"{name}-{version}.pt",
-                samples=project.samples_dir / name,
-                eval_dir=eval_dir,
-                serving=serving,
-                handler=HandlerOptions(handler),
-                format=_format(vtable, model_format, vwhere, path, device),
-                train=_layered({}, vtable, "train", vwhere, path, allowed),
-                auto_workers=auto,
-            )
+                name=name, version=version, model_def=project.root / _require(vtable, "model_def", vwhere, path),
+                weights=project.weights_dir / f"{name}-{version}.pt", samples=project.samples_dir / name, eval_dir=eval_dir,
+                serving=serving, handler=HandlerOptions(handler), format=_format(vtable, model_format, vwhere, path, device),
+                train=_layered({}, vtable, "train", vwhere, path, allowed), auto_workers=auto)
         default = _require(mtable, "default_version", where, path)
         if default not in versions:
             raise RegistryError(f"{path}: {where} default_version {default!r} is not one of its versions")
-        models[name] = Model(name=name, default_version=default, versions=versions, rollout=layer["rollout"],
-                             eval_dir=eval_dir)
+        models[name] = Model(name=name, default_version=default, versions=versions, rollout=layer["rollout"], eval_dir=eval_dir)
     return Registry(path=path, models=models, device=device)
 
 
-def add_version(path, name, version, entries):
+def add_version(path: Path, name: str, version: str, entries: Table) -> None:
     """Add `name` `version` to the models.toml at `path` as text, keeping every comment: the version's
     table goes after the model's last table (a new model's tables at the end, with the version as its
     default). `entries` are the version's keys (strings, numbers, booleans and flat tables)."""
@@ -266,7 +264,7 @@ def add_version(path, name, version, entries):
     path.write_text("\n".join(lines) + "\n")
 
 
-def set_default_version(path, name, version):
+def set_default_version(path: Path, name: str, version: str) -> None:
     """Make `version` the default of `name` in the models.toml at `path`, changing only that line."""
     lines = path.read_text().splitlines()
     start = lines.index(f"[models.{name}]")
@@ -280,7 +278,7 @@ def set_default_version(path, name, version):
     raise RegistryError(f"{path}: [models.{name}] has no default_version line to change")
 
 
-def _toml(value):
+def _toml(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -294,5 +292,5 @@ def _toml(value):
     raise TypeError(f"cannot write {type(value).__name__} to models.toml")
 
 
-def _key(key):
+def _key(key: str) -> str:
     return key if key.replace("_", "").replace("-", "").isalnum() else _toml(key)
