@@ -1,4 +1,4 @@
-"""BadInput gets the request it answers (protocol, v2 id) at construction, never attached afterwards."""
+"""Exceptions and results get their fields at construction: BadInput its request, Verification its fields by name."""
 
 import image_io
 import protocols
@@ -23,3 +23,13 @@ def test_parse_raises_a_bad_input_built_with_its_protocol_and_id(body, protocol,
         protocols.parse({"body": body}, config=None)
     assert (caught.value.protocol, caught.value.request_id) == (protocol, request_id)
     assert set(vars(caught.value)) == {"kind", "message", "code", "protocol", "request_id"}
+
+
+def test_a_verification_is_built_by_field_name_only():
+    import dataclasses
+
+    from marforge.archiving.verify import Verification
+
+    with pytest.raises(TypeError):
+        Verification("eager", [], 1, 1.0, 0.0, None, None, 1, 0.1)
+    assert all(field.kw_only for field in dataclasses.fields(Verification))
