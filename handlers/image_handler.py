@@ -131,8 +131,8 @@ class ImageClassifier(BaseHandler):
             except image_io.BadInput as error:
                 del views[mark:], sizes[mark:]
                 if parsed is not None:  # an item of a well-formed request is bad
-                    error.protocol, error.request_id = parsed.protocol, parsed.id
-                requests.append((getattr(error, "protocol", protocols.PLAIN), error))
+                    error = error.located(parsed.protocol, parsed.id)
+                requests.append((error.protocol or protocols.PLAIN, error))
         if not views:
             return None, requests, sizes
         if self._decoder is not None:  # some views may be on the GPU already: all go there

@@ -24,13 +24,23 @@ SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
 class BadInput(Exception):
-    """A request that cannot be answered; `code` is the HTTP status, `kind` a short error name."""
+    """A request that cannot be answered; `code` is the HTTP status, `kind` a short error name.
 
-    def __init__(self, kind, message, code=400):
+    `protocol` and `request_id` say which request it answers once that is known (None before):
+    `located` builds the same error with them, so no field is attached after construction.
+    """
+
+    def __init__(self, kind, message, code=400, protocol=None, request_id=None):
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.code = code
+        self.protocol = protocol
+        self.request_id = request_id
+
+    def located(self, protocol, request_id):
+        """This error, built again for the request of `protocol` with id `request_id`."""
+        return BadInput(self.kind, self.message, self.code, protocol, request_id)
 
     def as_dict(self):
         return {"code": self.code, "type": self.kind, "message": self.message}

@@ -66,8 +66,7 @@ def parse(row, config):
             return _v2(body, config)
         return Parsed(PLAIN, [("image", image_io.extract_payload(row))])
     except image_io.BadInput as error:
-        error.protocol, error.request_id = protocol, body.get("id") if protocol == V2 else None
-        raise
+        raise error.located(protocol, body.get("id") if protocol == V2 else None) from error
 
 
 def _list(value, key):
@@ -196,7 +195,7 @@ def error(protocol, bad, identity):
         body["error"] = f"{bad.kind}: {bad.message}"
     if protocol == V2:
         body.update({"model_name": identity["model"], "model_version": identity["version"],
-                     "id": getattr(bad, "request_id", None) or "",
+                     "id": bad.request_id or "",
                      "outputs": [{"name": "error", "shape": [1], "datatype": "BYTES", "data": [body["error"]]},
                                  {"name": "code", "shape": [1], "datatype": "INT32", "data": [bad.code]}]})
     return body

@@ -25,9 +25,9 @@ from marforge.archiving.worker import LoadedArchive
 from marforge.errors import ArchiveError, DataError
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Verification:
-    """What verifying one archive measured."""
+    """What verifying one archive measured (built by field name: no positional arguments)."""
 
     fmt: str
     samples: list  # one {"sample": file name, "top1": the most likely label's prediction} per sample image
@@ -92,10 +92,12 @@ def check(mar_path, mv):
     expected = source_probabilities(mv, config, paths)
     agreement, max_diff = compare(mar_path, fmt, config, paths, bodies, expected)
     accuracy, auroc = quality(config, bodies[len(samples):], [label for _, label in evals])
-    return Verification(fmt, [{"sample": path.name, "top1": max(body["predictions"], key=lambda p: p["probability"])}
-                              for (path, _), body in zip(samples, bodies)],
-                        len(paths), agreement, max_diff, accuracy, variants.TOLERANCES[fmt],
-                        serialized_size(mar_path, manifest), time.monotonic() - started, graphs, None, auroc, notes)
+    tops = [{"sample": path.name, "top1": max(body["predictions"], key=lambda p: p["probability"])}
+            for (path, _), body in zip(samples, bodies)]
+    return Verification(fmt=fmt, samples=tops, images=len(paths), top1_agreement=agreement,
+                        max_probability_diff=max_diff, accuracy=accuracy, tolerance=variants.TOLERANCES[fmt],
+                        serialized_bytes=serialized_size(mar_path, manifest), verify_s=time.monotonic() - started,
+                        compiled_graphs=graphs, mean_auroc=auroc, notes=notes)
 
 
 def run_loaded(mar_path, mv, fmt, paths):
