@@ -5,6 +5,7 @@ files into a temp store; tests marked `integration` talk to one TorchServe per s
 free ports with its own TMPDIR/TEMP and log dir and stopped by its own pid.
 """
 
+import base64
 import json
 import shutil
 import sys
@@ -105,3 +106,23 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("measured")
         for name, value in MEASURED.items():
             terminalreporter.write_line(f"{name}: {value}")
+
+
+def temp_project(folder, registry_text):
+    """A project in `folder` with the repository's model definitions and a models.toml of `registry_text`."""
+    (folder / "models.toml").write_text(registry_text)
+    shutil.copytree(ROOT / "model_defs", folder / "model_defs")
+    return Project.at(folder / "models.toml")
+
+
+def assert_triton_gets_400_for_a_bad_image(client, model="fashion"):
+    """Triton's v2 client sends bytes that are not an image: the answer is our 400 InvalidImage, in v2's shape."""
+    import numpy as np
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    data = triton.InferInput("data", [1], "BYTES")
+    data.set_data_from_numpy(np.array([base64.b64encode(b"not an image")], dtype=object), binary_data=False)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer(model, [data])
+    assert caught.value.status() == "400" and caught.value.message().startswith("InvalidImage: ")

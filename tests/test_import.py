@@ -5,12 +5,11 @@ and Lightning, torch.compile and safetensors files from the small ConvNet.
 """
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, temp_project
 
 from marforge import registry as registry_module
 from marforge.archiving import checkpoints, importer, presets, synthetic
@@ -33,9 +32,7 @@ CONVNET = dict(model_def="model_defs/convnet.py", labels=[str(i) for i in range(
 
 @pytest.fixture
 def project(tmp_path):
-    (tmp_path / "models.toml").write_text(REGISTRY)
-    shutil.copytree(ROOT / "model_defs", tmp_path / "model_defs")
-    return Project.at(tmp_path / "models.toml")
+    return temp_project(tmp_path, REGISTRY)
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,9 @@
 leaves a version that `make archive` takes as it is (issue 18, defect 7)."""
 
 import json
-import shutil
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, temp_project
 from test_handmade import COLOURS, png
 
 from marforge.archiving import archive, importer, synthetic
@@ -18,9 +17,7 @@ REGISTRY = '[serving]\nworkers = 1\nbatch_size = 2\nmax_batch_delay_ms = 1\n'
 
 @pytest.fixture
 def project(tmp_path):
-    (tmp_path / "models.toml").write_text(REGISTRY)
-    shutil.copytree(ROOT / "model_defs", tmp_path / "model_defs")
-    return Project.at(tmp_path / "models.toml")
+    return temp_project(tmp_path, REGISTRY)
 
 
 @pytest.fixture(scope="module")

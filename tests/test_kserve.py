@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 import yaml
-from conftest import ROOT
+from conftest import ROOT, assert_triton_gets_400_for_a_bad_image
 
 from marforge.deploy import kserve, schema
 from marforge.serve import process
@@ -177,7 +177,6 @@ def test_v2_requests_built_by_tritons_client_are_answered_concurrently(runtime_s
     import numpy as np
 
     triton = pytest.importorskip("tritonclient.http", reason="tritonclient is not installed here (requirements.txt)")
-    from tritonclient.utils import InferenceServerException
 
     _, ports = runtime_server
     client = triton.InferenceServerClient(url=f"127.0.0.1:{ports['inference']}", concurrency=8)
@@ -194,9 +193,5 @@ def test_v2_requests_built_by_tritons_client_are_answered_concurrently(runtime_s
         assert result.get_response()["id"] == str(i)
         assert result.as_numpy("top_labels")[0][0] in (label, label.encode())
         assert result.as_numpy("probabilities").shape == (1, 10)
-    data = triton.InferInput("data", [1], "BYTES")
-    data.set_data_from_numpy(np.array([base64.b64encode(b"not an image")], dtype=object), binary_data=False)
-    with pytest.raises(InferenceServerException) as caught:
-        client.infer("fashion", [data])
-    assert caught.value.status() == "400" and caught.value.message().startswith("InvalidImage: ")
+    assert_triton_gets_400_for_a_bad_image(client)
     client.close()

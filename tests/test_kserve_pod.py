@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 import yaml
-from conftest import ROOT
+from conftest import ROOT, assert_triton_gets_400_for_a_bad_image
 
 from marforge.deploy import kserve, runtime
 from marforge.serve.config import read_properties
@@ -121,7 +121,6 @@ def test_v1_and_v2_from_clients_with_batching_on_and_bad_images_get_their_400(po
     import numpy as np
 
     triton = pytest.importorskip("tritonclient.http", reason="tritonclient is not installed here (requirements.txt)")
-    from tritonclient.utils import InferenceServerException
 
     props = read_properties(pod["folder"] / "config" / "config.properties")
     assert json.loads(props["model_snapshot"])["models"]["fashion"]["2.0"]["batchSize"] > 1
@@ -143,11 +142,7 @@ def test_v1_and_v2_from_clients_with_batching_on_and_bad_images_get_their_400(po
                                           outputs=[triton.InferRequestedOutput("top_labels", binary_data=False)]))
     for request, (_, label) in zip(pending, cases, strict=True):
         assert request.get_result().as_numpy("top_labels")[0][0] in (label, label.encode())
-    data = triton.InferInput("data", [1], "BYTES")
-    data.set_data_from_numpy(np.array([base64.b64encode(b"not an image")], dtype=object), binary_data=False)
-    with pytest.raises(InferenceServerException) as caught:
-        client.infer("fashion", [data])
-    assert caught.value.status() == "400" and caught.value.message().startswith("InvalidImage: ")
+    assert_triton_gets_400_for_a_bad_image(client)
     client.close()
 
 
