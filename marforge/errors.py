@@ -9,19 +9,31 @@ and is shown with a traceback (MARFORGE_DEBUG=1 shows one for these too).
     exit 4  RolledBack    a rollout promoted its candidate, the watch failed, the old default is back
 """
 
+from typing import Any
+
 USER_ERROR = 1
 INFRA_ERROR = 2
 
 
 class MarforgeError(Exception):
-    """Base class: `message` says what failed, `hint` says what to run next."""
+    """Base class: `message` says what failed, `hint` says what to run next, `report` (when given)
+    is the result of the run that failed (a rollout's or soak's report; `--json` prints it)."""
 
     exit_code = USER_ERROR
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, *, report: Any = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.report = report
+
+    def _arguments(self) -> tuple[Any, ...]:
+        """The positional arguments this error was built from (a subclass with its own names overrides it)."""
+        return (self.message, self.hint)
+
+    def with_report(self, report: Any) -> "MarforgeError":
+        """A new error of the same class, message, hint and exit code, carrying `report`."""
+        return type(self)(*self._arguments(), report=report)
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  next: {self.hint}"
@@ -56,11 +68,14 @@ class ServerError(MarforgeError):
 class ApiError(ServerError):
     """TorchServe answered an HTTP request with an error status."""
 
-    def __init__(self, status: int, url: str, body: str, hint: str | None = None) -> None:
-        super().__init__(f"HTTP {status} from {url}: {body.strip()[:500]}", hint)
+    def __init__(self, status: int, url: str, body: str, hint: str | None = None, *, report: Any = None) -> None:
+        super().__init__(f"HTTP {status} from {url}: {body.strip()[:500]}", hint, report=report)
         self.status = status
         self.url = url
         self.body = body
+
+    def _arguments(self) -> tuple[Any, ...]:
+        return (self.status, self.url, self.body, self.hint)
 
 
 class Rejected(MarforgeError):

@@ -130,3 +130,13 @@ def test_a_multilabel_model_answers_every_probability_and_the_positive_ones_over
     assert outputs["probabilities"]["shape"] == [1, 14] and outputs["positive"]["datatype"] == "BOOL"
     assert outputs["positive"]["data"] == [p["positive"] for p in plain.json()["predictions"]]
     assert outputs["probabilities"]["data"] == pytest.approx([p["probability"] for p in plain.json()["predictions"]], abs=1e-6)
+
+
+def test_a_bad_image_in_a_well_formed_v2_request_answers_with_the_requests_id(fashion):
+    _, loaded = fashion
+    body = {"id": "e-9", "inputs": [{"name": "x", "shape": [1], "datatype": "BYTES",
+                                     "data": [base64.b64encode(b"junk").decode()]}]}
+    [answer] = loaded.predict([{"body": body}])
+    assert answer.status == 400
+    result = answer.json()
+    assert (result["id"], result["type"], result["model_name"]) == ("e-9", "InvalidImage", "fashion")

@@ -126,10 +126,9 @@ def main(argv=None):
     except MarforgeError as exc:
         if os.environ.get("MARFORGE_DEBUG"):
             traceback.print_exc()
-        report = getattr(exc, "report", None)
         if args.json:
             print(json.dumps({"error": exc.message, "next": exc.hint, "exit_code": exc.exit_code,
-                              "report": report.to_dict() if report is not None else None}, indent=2))
+                              "report": exc.report.to_dict() if exc.report is not None else None}, indent=2))
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

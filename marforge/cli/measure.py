@@ -81,8 +81,8 @@ def cmd_soak(args):
     out_dir, table = report.write("soak", results, project.bench_results,
                                   project.docs_dir if args.record else None, block=args.block)
     if result.problems:
-        error = MeasurementFailed("soak failed: " + "; ".join(result.problems), f"read {out_dir} and {run_dir.logs}")
-        error.report = result
+        error = MeasurementFailed("soak failed: " + "; ".join(result.problems), f"read {out_dir} and {run_dir.logs}",
+                                  report=result)
         print(table)
         raise error
     return Output(table + f"written to {out_dir}/" + (f" and docs/operations.md ({args.block})" if args.record else ""),

@@ -54,7 +54,8 @@ class RolloutReport:
 
 @contextmanager
 def _step(report, name, log):
-    """Time one step and record it; an exception marks it failed (and carries the report)."""
+    """Time one step and record it; a MarforgeError marks it failed and is raised again as the same error
+    built with the report (`with_report`)."""
     entry = {"step": name, "seconds": 0.0, "ok": False, "detail": ""}
     report.steps.append(entry)
     start = time.monotonic()
@@ -63,8 +64,7 @@ def _step(report, name, log):
         entry["ok"] = True
     except MarforgeError as exc:
         entry["detail"] = exc.message.splitlines()[0]
-        exc.report = report
-        raise
+        raise exc.with_report(report) from exc
     finally:
         entry["seconds"] = round(time.monotonic() - start, 3)
         log(f"{name:<10} {entry['seconds']:7.2f}s  {'ok' if entry['ok'] else 'FAILED':<6} {entry['detail']}")
