@@ -141,7 +141,7 @@ soak: | $(SETUP_STAMP)
 	$(PY) -m marforge soak $(MODEL) --minutes $(SOAK_MINUTES) --run-dir $(RUN_DIR) $(SOAK_ARGS)
 
 .PHONY: kserve
-## kserve: per version, a storage location for KServe's TorchServe runtime + InferenceService YAML: make kserve MODEL=fashion VERSION=2.0 STORAGE_URI=s3://bucket/marforge
+## kserve: per version, a storage location, marforge's own ServingRuntime and the InferenceService YAML (KSERVE_ARGS=--runtime stock: KServe's TorchServe runtime): make kserve MODEL=fashion VERSION=2.0 STORAGE_URI=s3://bucket/marforge
 kserve: archive
 	@test -n "$(STORAGE_URI)" || { echo "error: set STORAGE_URI, where the bundles will be copied, e.g. make kserve STORAGE_URI=s3://bucket/marforge" >&2; exit 1; }
 	$(PY) -m marforge kserve $(if $(filter command line,$(origin MODEL)),$(MODEL) $(VERSION)) --storage-uri $(STORAGE_URI) --model-store $(MODEL_STORE) $(KSERVE_ARGS)
