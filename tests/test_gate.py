@@ -49,3 +49,17 @@ def test_failures_and_a_slow_p99_reject_whatever_the_labels():
     assert reasons == ["1 of 4 eval requests failed",
                        "the same decision as the default on 0.7500 of the images, below 0.9",
                        "p99 80.0 ms exceeds 55.0 ms (3.0 x the default's 10.0 ms + 25.0 ms)"]
+
+
+def test_the_gate_reads_the_task_from_the_archive_it_serves(tmp_path):
+    import json
+    import zipfile
+
+    def mar(path, handler):
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("MAR-INF/MANIFEST.json", json.dumps({"model": {"configFile": "model-config.yaml"}}))
+            archive.writestr("model-config.yaml", f"handler: {json.dumps(handler)}\n")
+        return path
+
+    assert gate.task_of(mar(tmp_path / "a.mar", {"task": "multilabel", "labels": ["x"]})) == "multilabel"
+    assert gate.task_of(mar(tmp_path / "b.mar", {"labels": ["x"]})) == "multiclass"

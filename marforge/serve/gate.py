@@ -19,8 +19,8 @@ import statistics
 import time
 
 from marforge import labelled, scores
+from marforge.archiving.mar import model_config_of
 from marforge.archiving.verify import sample_files
-from marforge.archiving.weights import read_metadata
 from marforge.errors import ApiError, DataError, Rejected
 from marforge.serve.client import version_ready
 
@@ -38,8 +38,10 @@ def images_for(model, mv):
     return [(path.read_bytes(), label) for path, label in pairs], source, is_labelled
 
 
-def task_of(mv):
-    return read_metadata(mv).get("task", "multiclass")
+def task_of(mar_path):
+    """The task of the archive the server serves ("multiclass" or "multilabel"), as its handler section says:
+    the archive, not weights/, which may have changed since it was built."""
+    return (model_config_of(mar_path).get("handler") or {}).get("task", "multiclass")
 
 
 def measure(client, name, versions, images, task="multiclass"):

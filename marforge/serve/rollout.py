@@ -143,8 +143,8 @@ def rollout(client, project, name, version, retire=False, watch_s=None, log=prin
     report = RolloutReport(name, version)
     with _step(report, "preflight", log) as s:
         images, source, is_labelled = gate.images_for(registry.models[name], mv)
-        task = gate.task_of(mv)
         needs_register = preflight(client, mv, model_store, run_dir)
+        task = gate.task_of(mv.archive_path(model_store))
         report.previous = client.default_version(name)
         if report.previous == version:
             raise Rejected(f"{name} {version} is already the default", "marforge status")
