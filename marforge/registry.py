@@ -135,7 +135,8 @@ class Registry:
         for mv in self.all_versions():
             if mv.key == key:
                 return mv
-        raise RegistryError(f"{self.path}: no version is named {key!r} (known: {', '.join(v.key for v in self.all_versions())})")
+        raise RegistryError(f"{self.path}: no version is named {key!r} (known: {', '.join(v.key for v in self.all_versions())})",
+                            f"use one of those keys (<name>-<version>), or add the version to {self.path.name}")
 
     def select(self, name: str | None = None, version: str | None = None) -> list[ModelVersion]:
         """The versions to act on: all of them, every version of one model, or one version."""

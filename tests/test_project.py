@@ -68,3 +68,13 @@ def test_relative_names_paths_inside_the_project(root):
     project = Project.at(root / "models.toml")
     assert project.relative(root / "weights" / "a-1.0.pt") == "weights/a-1.0.pt"
     assert project.relative("/etc/hosts") == "/etc/hosts"
+
+
+def test_an_unknown_key_names_the_known_ones_and_the_next_step():
+    from conftest import ROOT
+
+    registry = Project.at(ROOT / "models.toml").registry
+    with pytest.raises(RegistryError) as caught:
+        registry.by_key("nope-1.0")
+    assert "no version is named 'nope-1.0' (known: fashion-1.0, fashion-2.0" in caught.value.message
+    assert caught.value.hint == "use one of those keys (<name>-<version>), or add the version to models.toml"
