@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -33,7 +34,7 @@ DATASET = "fashion-mnist"
 LABELS = ["__background__", *datasets.FASHION_LABELS]  # index = the models' class index
 DETECTOR = "model_defs/scene_detector.py"
 SEGMENTER = "model_defs/scene_segmenter.py"
-RECIPES = {  # (name, version): recipe; `floor` is the held-out `metric` a version must reach
+RECIPES: dict[tuple[str, str], dict[str, Any]] = {  # (name, version): recipe; `floor` is the held-out `metric` a version must reach
     ("fashiondet", "1.0"): {"task": "detection", "model_def": DETECTOR, "epochs": 4, "scenes_per_epoch": 4000,
                             "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "seed": 0,
                             "metric": "map_50", "floor": 0.7},
@@ -68,7 +69,7 @@ def _subset(scene_set, idx):
     picked = idx.tolist()
     return scenes.SceneSet(scene_set.split, scene_set.seed, scene_set.images[idx], scene_set.instances[idx],
                            [scene_set.boxes[i] for i in picked], [scene_set.labels[i] for i in picked],
-                           [scene_set.sources[i] for i in picked])
+                           [scene_set.sources[i] for i in picked], [scene_set.placements[i] for i in picked])
 
 
 def fit(model, data, spec, norm, log):

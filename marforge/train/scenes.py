@@ -41,7 +41,8 @@ SPLITS = ("train", "test")
 class SceneSet:
     """Composed scenes. Item j of scene i is instance j + 1 in instances[i]; labels are 0-based
     Fashion-MNIST class indices (the models add 1: 0 is their background); sources are the items'
-    indices into the split's photos."""
+    indices into the split's photos, placed (resized to side x side) with their top left corner at
+(top, left)."""
 
     split: str
     seed: int
@@ -50,6 +51,7 @@ class SceneSet:
     boxes: list  # per scene: K x 4 float32 xyxy at pixel edges
     labels: list  # per scene: K int64, 0-based Fashion-MNIST class indices
     sources: list  # per scene: K int64 indices into the split's images
+    placements: list  # per scene: K x 3 int64 (top, left, side) of each item's resized square
 
     def __len__(self) -> int:
         return len(self.images)
@@ -106,13 +108,14 @@ def _place(rng, item, visible, full_counts, boxes):
 
 
 def _compose_one(rng, photos, photo_labels):
-    """(image, instances, boxes, labels, sources) of one scene drawn with `rng`."""
+    """(image, instances, boxes, labels, sources, placements) of one scene drawn with `rng`."""
     image = np.zeros((CANVAS, CANVAS), dtype=np.uint8)
     visible: list = []  # each item's pixels still in view
     full_counts: list = []  # each item's own mask size, before anything covered it
     boxes: list = []
     labels: list = []
     sources: list = []
+    placements: list = []
     for _ in range(int(rng.integers(1, MAX_ITEMS + 1))):
         index = int(rng.integers(len(photos)))
         item = _resized(photos[index], int(rng.integers(ITEM_SIDES[0], ITEM_SIDES[1] + 1)))
@@ -132,10 +135,11 @@ def _compose_one(rng, photos, photo_labels):
         boxes.append(tight_box(mask))
         labels.append(int(photo_labels[index]))
         sources.append(index)
+        placements.append((top, left, side))
     instances = np.zeros((CANVAS, CANVAS), dtype=np.uint8)
     for j, seen in enumerate(visible):
         instances[seen] = j + 1
-    return image, instances, boxes, labels, sources
+    return image, instances, boxes, labels, sources, placements
 
 
 def compose(data, split: str, count: int, seed: int) -> SceneSet:
@@ -146,9 +150,14 @@ def compose(data, split: str, count: int, seed: int) -> SceneSet:
     photos = (data.train_images if split == "train" else data.test_images).numpy()
     photo_labels = (data.train_labels if split == "train" else data.test_labels).numpy()
     rng = np.random.default_rng(seed)
-    images, instances, boxes, labels, sources = [], [], [], [], []
+    images: list = []
+    instances: list = []
+    boxes: list = []
+    labels: list = []
+    sources: list = []
+    placements: list = []
     while len(images) < count:
-        image, inst, scene_boxes, scene_labels, scene_sources = _compose_one(rng, photos, photo_labels)
+        image, inst, scene_boxes, scene_labels, scene_sources, scene_places = _compose_one(rng, photos, photo_labels)
         if not scene_labels:  # every photo drawn was too faint to use: draw the scene again
             continue
         images.append(torch.from_numpy(image))
@@ -156,4 +165,5 @@ def compose(data, split: str, count: int, seed: int) -> SceneSet:
         boxes.append(torch.from_numpy(np.stack(scene_boxes)))
         labels.append(torch.tensor(scene_labels, dtype=torch.int64))
         sources.append(torch.tensor(scene_sources, dtype=torch.int64))
-    return SceneSet(split, seed, torch.stack(images), torch.stack(instances), boxes, labels, sources)
+        placements.append(torch.tensor(scene_places, dtype=torch.int64))
+    return SceneSet(split, seed, torch.stack(images), torch.stack(instances), boxes, labels, sources, placements)
