@@ -32,7 +32,7 @@ def composed(data):
 def _full_mask(photos, source, placement):
     """An item's own mask before anything covered it, rebuilt from its photo and placement."""
     top, left, side = (int(v) for v in placement)
-    resized = np.asarray(Image.fromarray(photos[int(source)].numpy()).resize((side, side), Image.BILINEAR))
+    resized = np.asarray(Image.fromarray(photos[int(source)].numpy()).resize((side, side), Image.Resampling.BILINEAR))
     canvas = np.zeros((scenes.CANVAS, scenes.CANVAS), dtype=np.uint8)
     canvas[top : top + side, left : left + side] = resized
     return torch.from_numpy(canvas)

@@ -89,7 +89,7 @@ def _box_overlap(a: np.ndarray, b: np.ndarray) -> float:
 def _resized(photo: np.ndarray, side: int) -> np.ndarray:
     from PIL import Image
 
-    return np.asarray(Image.fromarray(photo).resize((side, side), Image.BILINEAR), dtype=np.uint8)
+    return np.asarray(Image.fromarray(photo).resize((side, side), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def _place(rng, item, visible, full_counts, boxes):
