@@ -41,10 +41,10 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {  # (name, version): recipe; `
     ("fashiondet", "2.0"): {"task": "detection", "model_def": DETECTOR, "epochs": 8, "scenes_per_epoch": 4000,
                             "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "seed": 0,
                             "metric": "map_50", "floor": 0.7},
-    ("fashionseg", "1.0"): {"task": "segmentation", "model_def": SEGMENTER, "epochs": 3, "scenes_per_epoch": 3000,
+    ("fashionseg", "1.0"): {"task": "segmentation", "model_def": SEGMENTER, "epochs": 8, "scenes_per_epoch": 3000,
                             "batch_size": 32, "lr": 3e-3, "weight_decay": 1e-4, "seed": 0,
                             "metric": "miou", "floor": 0.6},
-    ("fashionseg", "2.0"): {"task": "segmentation", "model_def": SEGMENTER, "epochs": 6, "scenes_per_epoch": 3000,
+    ("fashionseg", "2.0"): {"task": "segmentation", "model_def": SEGMENTER, "epochs": 12, "scenes_per_epoch": 3000,
                             "batch_size": 32, "lr": 3e-3, "weight_decay": 1e-4, "seed": 0,
                             "metric": "miou", "floor": 0.6},
 }
