@@ -38,12 +38,12 @@ ARCHIVES = $(shell $(MARFORGE) archives --model-store $(MODEL_STORE) $(if $(FORM
 BENCH_ARCHIVES = $(shell $(MARFORGE) archives --model-store $(MODEL_STORE) --bench)
 # Every archive format, from handlers/contract.py's FORMATS (one rule each, below).
 FORMATS := $(shell $(MARFORGE) formats)
-# What an archive is built from. The code that builds it, and its weights, are file prerequisites;
-# the version's own registry entry, model definition, samples and eval images are in its stamp
+# What an archive is built from. The code that builds it (BUILD_CODE in marforge/archiving/inputs.py, which
+# bench's staleness check reads too) and its weights are file prerequisites; the version's own registry
+# entry, model definition, samples and eval images are in its stamp
 # $(MODEL_STORE)/.inputs/<key>.json, rewritten only when they change (marforge/archiving/inputs.py): so a
 # change to a rollout threshold, a serving setting or another version rebuilds nothing.
-ARCHIVE_INPUTS := $(wildcard handlers/*.py marforge/archiving/*.py) marforge/registry.py marforge/project.py \
-	marforge/shipped.py marforge/labelled.py marforge/files.py
+ARCHIVE_INPUTS := $(shell $(MARFORGE) build-code)
 VERSION_FLAG = $(if $(VERSION),--version $(VERSION))
 
 .PHONY: help

@@ -1,4 +1,4 @@
-"""Commands that build: archive, verify, archives, formats, stamp, import, demo, kserve, stubs, train, samples."""
+"""Commands that build: archive, verify, archives, formats, build-code, stamp, import, demo, kserve, stubs, train, samples."""
 
 import dataclasses
 import zipfile
@@ -49,6 +49,13 @@ def cmd_archives(args):
     paths = dict.fromkeys(project.relative(mv.archive_path(project.model_store, f))
                           for f in formats for mv in project.registry.all_versions())
     return Output(" ".join(paths), list(paths))
+
+
+def cmd_build_code(args):
+    from marforge.archiving import inputs
+
+    code = [str(path) for path in inputs.build_code()]
+    return Output(" ".join(code), code)
 
 
 def cmd_formats(args):
@@ -193,6 +200,9 @@ def add_commands(command):
     p = command("formats", cmd_formats, "list every archive format (for the Makefile; standard library only)",
                 "python3 -m marforge formats --bench")
     p.add_argument("--bench", action="store_true", help="only the formats the benchmarks serve on this machine")
+
+    command("build-code", cmd_build_code, "list the code every archive is built from, relative to the checkout (for the "
+            "Makefile; standard library only)", "python3 -m marforge build-code")
 
     p = command("stamp", cmd_stamp, "write <model_store>/.inputs/<key>.json if the version's archive inputs "
                 "changed (for the Makefile)", "python3 -m marforge stamp fashion-2.0")
