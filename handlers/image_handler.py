@@ -23,6 +23,7 @@ import json
 import logging
 import sys
 
+import classification
 import contract
 import explain
 import image_io
@@ -170,7 +171,7 @@ class ImageClassifier(BaseHandler):
                 self.context.set_response_status(items.code, items.kind, idx)
                 answer = protocols.error(parsed, items, self.identity)
             else:
-                labels = [{**image_io.answer(probabilities[i], self.config), **explanations.get(i, {})} for i in items]
+                labels = [{**classification.answer(probabilities[i], self.config), **explanations.get(i, {})} for i in items]
                 answer = protocols.answer(parsed, labels, probabilities[items.start:items.stop], self.config, self.identity)
             answers.append(json.dumps(answer).encode())
         return answers
@@ -194,7 +195,7 @@ class ImageClassifier(BaseHandler):
         found = {}
         for i in asked:
             view = inputs[i * self.config.crops + center].unsqueeze(0).to(self.placement.device)
-            targets = explain.targets(probabilities[i], self.config)
+            targets = classification.explained(probabilities[i], self.config)
             maps = explainer.maps(view, targets, self.config.activation == "none")
             found[i] = {"explanation": {
                 "method": explainer.method, "layer": explainer.layer_name,

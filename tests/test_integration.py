@@ -44,8 +44,9 @@ def test_every_version_answers_the_samples_correctly(live_server, registry, samp
         for (path, label), probabilities in zip(samples[mv.name], expected.tolist()):
             answer = live_server.client.predict(mv.name, path.read_bytes(), version=mv.version)
             assert (answer["model"], answer["version"]) == (mv.name, mv.version)
-            said, carried = verify.answered(config, answer)
-            assert said == verify.decision(config, probabilities), f"{mv.key} on {path.name}"
+            task = shipped.module("classification")
+            said, carried = task.stated(answer, config.task), task.carried(answer)
+            assert said == task.decision(probabilities, config), f"{mv.key} on {path.name}"
             assert carried == pytest.approx({i: probabilities[i] for i in carried}, abs=1e-4)
             if label is not None:
                 assert answer["predictions"][0]["label"] == label, f"{mv.key} on {path.name}"

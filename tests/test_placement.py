@@ -10,8 +10,8 @@ import logging
 
 import contract
 import image_handler
-import image_io
 import placement
+import protocols
 import pytest
 import torch
 import yaml
@@ -207,7 +207,7 @@ def test_onnx_archive_on_a_gpu_worker_without_onnxruntime_gpu_says_it_runs_on_th
     assert handler.model.get_providers() == ["CPUExecutionProvider"]
     assert "onnxruntime has no CUDA provider here" in caplog.text and "cuda:1" in caplog.text
     paths = [path for path, _ in verify.sample_files(mv)]
-    inputs = torch.stack([image_io.prepare({"body": p.read_bytes()}, handler.config) for p in paths])
+    inputs = torch.stack([protocols.prepare({"body": p.read_bytes()}, handler.config) for p in paths])
     probabilities, _, _ = handler.inference((inputs, list(range(len(paths))), [(28, 28)] * len(paths)))
     expected = verify.source_probabilities(mv, handler.config, paths)
     assert torch.allclose(probabilities, torch.stack(list(expected)), atol=1e-4)

@@ -120,30 +120,15 @@ def run_loaded(mar_path, mv, fmt, paths):
                            "read the error above; fix the handler, model file or weights and rebuild") from None
 
 
-def decision(config, probabilities):
-    """What an answer decides from a probability vector: the top-1 index, or the set of positive labels."""
-    if config.task == "multilabel":
-        return frozenset(i for i, p in enumerate(probabilities) if p >= config.threshold_of(i))
-    return max(range(len(probabilities)), key=lambda i: probabilities[i])
-
-
-def answered(config, body):
-    """(the decision an answer states, {label index: probability} of the probabilities it carries)."""
-    carried = {p["index"]: p["probability"] for p in body["predictions"]}
-    if config.task == "multilabel":
-        return frozenset(p["index"] for p in body["positive"]), carried
-    return body["predictions"][0]["index"], carried
-
-
 def compare(mar_path, fmt, config, paths, bodies, expected):
     """Decision agreement and largest probability difference with the source model; raise past the tolerance."""
-    tolerance = variants.TOLERANCES[fmt]
+    tolerance, task = variants.TOLERANCES[fmt], shipped.module("classification")
     disagree, worst = [], (0.0, None, None, None, None)
     for path, body, probs in zip(paths, bodies, expected.tolist()):
-        said, carried = answered(config, body)
-        if said != decision(config, probs):
-            disagree.append((path, said, decision(config, probs)))
-        for index, probability in carried.items():
+        said, source = task.stated(body, config.task), task.decision(probs, config)
+        if said != source:
+            disagree.append((path, said, source))
+        for index, probability in task.carried(body).items():
             if abs(probability - probs[index]) >= worst[0]:
                 worst = (abs(probability - probs[index]), path, index, probability, probs[index])
     agreement = 1 - len(disagree) / len(paths)
@@ -161,9 +146,8 @@ def compare(mar_path, fmt, config, paths, bodies, expected):
 
 
 def _named(config, said):
-    if isinstance(said, frozenset):
-        return "{" + ", ".join(config.labels[i] for i in sorted(said)) + "}"
-    return config.labels[said]
+    named = shipped.module("classification").named(said, config)
+    return "{" + ", ".join(named) + "}" if isinstance(named, list) else named
 
 
 def quality(config, bodies, labels):
@@ -173,7 +157,8 @@ def quality(config, bodies, labels):
     if config.task == "multilabel":
         probabilities = [[p["probability"] for p in body["predictions"]] for body in bodies]
         return None, scores.mean_auroc(probabilities, labels, config.labels)[0]
-    return scores.accuracy([body["predictions"][0]["label"] for body in bodies], labels), None
+    task = shipped.module("classification")
+    return scores.accuracy([task.named(task.stated(body, config.task), config) for body in bodies], labels), None
 
 
 def serialized_size(mar_path, manifest):
@@ -200,7 +185,7 @@ def source_probabilities(mv, config, image_paths):
     rows = []
     with torch.inference_mode():
         for path in image_paths:
-            image = image_io.decode({"body": path.read_bytes()}, config)
+            image = image_io.decode_image(path.read_bytes(), config)
             inputs = torch.stack([tensor(view) for view in views(image)])
             rows.append(contract.activate(model(inputs), config).mean(dim=0))
     return torch.stack(rows)

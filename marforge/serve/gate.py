@@ -18,7 +18,7 @@ server's 5xx count stays put.
 import statistics
 import time
 
-from marforge import labelled, scores
+from marforge import labelled, scores, shipped
 from marforge.archiving.mar import model_config_of
 from marforge.archiving.verify import sample_files
 from marforge.errors import ApiError, DataError, Rejected
@@ -49,6 +49,7 @@ def measure(client, name, versions, images, task="multiclass"):
     label, or sorted positive labels), probabilities, errors and latency."""
     results = {v: {"decisions": [], "probabilities": [], "errors": 0, "latencies_ms": [], "labels": None}
                for v in versions}
+    classification = shipped.module("classification")
     for i, (image, _) in enumerate(images):
         order = versions if i % 2 == 0 else list(reversed(versions))  # neither version always goes first
         for version in order:
@@ -56,12 +57,10 @@ def measure(client, name, versions, images, task="multiclass"):
             start = time.perf_counter()
             try:
                 answer = client.predict(name, image, version=version)
+                r["decisions"].append(classification.stated_labels(answer, task))
                 if task == "multilabel":
-                    r["decisions"].append(sorted(p["label"] for p in answer["positive"]))
                     r["probabilities"].append([p["probability"] for p in answer["predictions"]])
                     r["labels"] = [p["label"] for p in answer["predictions"]]
-                else:
-                    r["decisions"].append(answer["predictions"][0]["label"])
             except ApiError:
                 r["errors"] += 1
                 r["decisions"].append(None)
