@@ -7,14 +7,26 @@ the rollout gate read the same decision the same way. It owns, for a probability
 - the decision (`decision`): the most likely label (multiclass), or the set of labels at or above
   their thresholds (multilabel); `stated` and `stated_labels` read it back out of an answer;
 - the answer's labels (`answer`) and the Open Inference Protocol's outputs (`v2_outputs`);
-- the labels an explanation shows (`explained`).
+- the probabilities of a batch's outputs (`results`) and the labels an explanation shows (`explained`).
 
 Nothing here knows about TorchServe or requests, so it is tested directly.
 """
 
 import heapq
 
+import contract
+
 MULTICLASS, MULTILABEL = "multiclass", "multilabel"
+EXPLAINS = True  # image_handler asks `explained` which labels to explain
+
+
+def results(outputs, config, sizes):
+    """The model's outputs for a batch (N x labels, or N x crops rows) -> the images' probabilities
+    (N x labels float32 on the CPU): the activation applied, then averaged over an image's views."""
+    probabilities = contract.activate(outputs, config).cpu()
+    if config.crops > 1:
+        probabilities = probabilities.view(-1, config.crops, probabilities.shape[-1]).mean(dim=1)
+    return probabilities
 
 
 def _values(probabilities):

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def fit(image: Image.Image, config: HandlerConfig) -> list[Image.Image]:
     """A decoded Pillow image (in the configured color mode) -> the model's views of it: a list of
-    Pillow images of the input size. crop "none": the image resized to the input size (one view);
+    Pillow images of the input size. crop "keep": the image as it is; "none": resized to the input size;
     "center" and "ten": the shorter side resized to `resize` (aspect kept), then the center crop, or
     torchvision's TenCrop (the four corners and the center, then the same five of the mirrored image).
     Sizes, rounding and filter are torchvision's (Resize, CenterCrop, FiveCrop, TenCrop on a Pillow image)."""
@@ -25,6 +25,8 @@ def fit(image: Image.Image, config: HandlerConfig) -> list[Image.Image]:
 
     height, width = config.image_size
     size = resized(image.size, config)
+    if config.crop == "keep":
+        return [image]
     if image.size != size:
         image = image.resize(size, Image.Resampling.BILINEAR)
     if config.crop == "none":
@@ -43,6 +45,8 @@ def fit_tensor(pixels: torch.Tensor, config: HandlerConfig) -> list[torch.Tensor
     from torch.nn import functional
 
     height, width = config.image_size
+    if config.crop == "keep":
+        return [pixels.float()]
     w, h = resized((pixels.shape[-1], pixels.shape[-2]), config)
     image = functional.interpolate(pixels[None].float(), size=(h, w), mode="bilinear", antialias=True,
                                    align_corners=False)[0].round().clamp(0, 255)
@@ -54,8 +58,11 @@ def fit_tensor(pixels: torch.Tensor, config: HandlerConfig) -> list[torch.Tensor
 
 def resized(size: tuple[int, int], config: HandlerConfig) -> tuple[int, int]:
     """The (width, height) an image of `size` is resized to before cropping: the input size for crop
-    "none", else the shorter side made `resize` with the aspect kept (torchvision's Resize(int))."""
+    "none", the size itself for "keep", else the shorter side made `resize` with the aspect kept
+    (torchvision's Resize(int))."""
     height, width = config.image_size
+    if config.crop == "keep":
+        return size
     if config.crop == "none":
         return width, height
     assert config.resize is not None  # HandlerConfig._check_geometry: a crop needs resize
@@ -79,7 +86,7 @@ def crop_box(size: tuple[int, int], config: HandlerConfig) -> tuple[float, ...]:
     """Where the model's center view lies in an image of `size` (width, height), in that image's
     pixels: (left, top, right, bottom). What an explanation's heatmap covers."""
     w, h = size
-    if config.crop == "none":
+    if config.crop in ("none", "keep"):
         return (0, 0, w, h)
     rw, rh = resized(size, config)
     height, width = config.image_size

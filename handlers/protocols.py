@@ -13,7 +13,7 @@ in (`answer`, `error`); batching keeps working whatever mix of protocols a batch
             model's input shape [N, C, H, W]
             -> {"model_name", "model_version", "id", "outputs": [{"name", "shape", "datatype", "data"}]}
 
-The v2 outputs are the task's (classification.v2_outputs). The body is read once (`read`: JSON
+The v2 outputs are the task's (e.g. classification.v2_outputs). The body is read once (`read`: JSON
 parsed once, base64 decoded once, by `_b64`). An error keeps its HTTP status and says the same in each
 protocol's shape: {"error": "<type>: <message>", "code", "type"} (plus marforge's own fields; a v2
 error carries them as outputs too, for the Open Inference Protocol's gRPC service: see `error`).
@@ -24,7 +24,6 @@ import binascii
 import json
 from dataclasses import dataclass, field
 
-import classification
 import contract
 import image_io
 
@@ -156,10 +155,12 @@ def _v2(body, config):
 def _raw_tensor(kind, data, shape, config):
     import torch
 
-    expected = [contract.CHANNELS[config.color], *config.image_size]
-    if not isinstance(shape, list) or len(shape) != 4 or list(shape[1:]) != expected:
+    expected = [contract.CHANNELS[config.color], *(config.input_size or ("H", "W"))]  # H, W: any size
+    if not isinstance(shape, list) or len(shape) != 4 or any(e != d for e, d in zip(expected, shape[1:]) if isinstance(e, int)):
         dims = ", ".join(map(str, expected))
         raise image_io.BadInput("InvalidInput", f"a {kind} input must have the model's input shape [N, {dims}], not {shape}")
+    if config.input_size is None and all(isinstance(d, int) for d in shape):
+        image_io.check_size(shape[3], shape[2], config)
     if config.crops > 1:
         raise image_io.BadInput("InvalidInput", f"this model answers {config.crops} crops of an image: send the image (BYTES), "
                                 "not a tensor of one view")
@@ -186,14 +187,13 @@ def view_of(kind, value, config, decoder=None):
     return value, size
 
 
-def answer(parsed, answers, probabilities, config, identity):
-    """The body for one good request: `answers` are classification.answer's per item (with an explanation
-    when asked), `probabilities` the items' N x labels tensor."""
+def answer(parsed, answers, outputs, identity):
+    """The body for one good request: `answers` are the task's answer per item (with an explanation
+    when asked), `outputs` the task's v2 outputs for the request's items (used by v2 only)."""
     if parsed.protocol == PLAIN:
         return {**identity, **answers[0]}
     if parsed.protocol == V1:
         return {**identity, "predictions": answers}
-    outputs = classification.v2_outputs(probabilities, config)
     chosen = [o for o in outputs if parsed.outputs is None or o["name"] in parsed.outputs]
     return {"model_name": identity["model"], "model_version": identity["version"], "id": parsed.id, "outputs": chosen}
 

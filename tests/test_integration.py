@@ -34,13 +34,13 @@ def test_every_version_answers_the_samples_correctly(live_server, registry, samp
     """A labelled sample gets its true label; an unlabelled one (the CheXNet demo's generated images)
     gets the source model's answer, through torchvision's own transforms."""
     from marforge import shipped
-    from marforge.archiving import verify
     from marforge.archiving.archive import handler_section
     from marforge.archiving.weights import read_metadata
+    from marforge.tasks import classification as classification_task
 
     for mv in registry.all_versions():
         config = shipped.contract().HandlerConfig.from_dict(handler_section(mv, read_metadata(mv)))
-        expected = verify.source_probabilities(mv, config, [path for path, _ in samples[mv.name]])
+        expected = classification_task.reference(mv, config, [path for path, _ in samples[mv.name]])
         for (path, label), probabilities in zip(samples[mv.name], expected.tolist()):
             answer = live_server.client.predict(mv.name, path.read_bytes(), version=mv.version)
             assert (answer["model"], answer["version"]) == (mv.name, mv.version)

@@ -22,6 +22,7 @@ from marforge import registry as registry_module
 from marforge.archiving import archive, variants, verify
 from marforge.archiving.weights import read_metadata
 from marforge.archiving.worker import LoadedArchive
+from marforge.tasks import classification as classification_task
 
 JIT_LOAD_DEPRECATED = "ignore:`torch.jit.load` is deprecated:FutureWarning"  # BaseHandler still uses it
 SECTION = {"image_size": 28, "color": "grayscale", "mean": [0.5], "std": [0.5], "labels": list("0123456789")}
@@ -121,7 +122,7 @@ def test_half_precision_on_this_cpu_machine_serves_float32(registry, tmp_path, c
         assert {p.dtype for p in handler.model.parameters()} == {torch.float32}
         paths = [path for path, _ in verify.sample_files(mv)]
         answers = loaded.predict([{"body": p.read_bytes()} for p in paths])
-        expected = verify.source_probabilities(mv, loaded.handler.config, paths)
+        expected = classification_task.reference(mv, loaded.handler.config, paths)
     assert "half_precision ignored on the CPU" in caplog.text
     for probs, answer in zip(expected, answers):
         assert answer.status == 200
@@ -209,5 +210,5 @@ def test_onnx_archive_on_a_gpu_worker_without_onnxruntime_gpu_says_it_runs_on_th
     paths = [path for path, _ in verify.sample_files(mv)]
     inputs = torch.stack([protocols.prepare({"body": p.read_bytes()}, handler.config) for p in paths])
     probabilities, _, _ = handler.inference((inputs, list(range(len(paths))), [(28, 28)] * len(paths)))
-    expected = verify.source_probabilities(mv, handler.config, paths)
+    expected = classification_task.reference(mv, handler.config, paths)
     assert torch.allclose(probabilities, torch.stack(list(expected)), atol=1e-4)

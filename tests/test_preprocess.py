@@ -71,13 +71,18 @@ def test_the_crop_box_is_where_the_center_view_lies_in_the_original(size, box):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"crop": "five"}, "handler crop must be one of none, center, ten, not 'five'"),
+    ({"crop": "five"}, "handler crop must be one of none, center, ten, keep, not 'five'"),
     ({"crop": "ten"}, "handler crop 'ten' needs resize: the shorter side's length before cropping, at least the crop's 224"),
     ({"crop": "center", "resize": 200}, "handler crop 'center' needs resize: the shorter side's length before cropping, "
                                         "at least the crop's 224"),
     ({"resize": 256}, "handler resize (of the shorter side) needs a crop (center or ten): without one the model would "
                       "get inputs of varying size"),
-    ({"task": "segmentation"}, "handler task must be one of multiclass, multilabel, not 'segmentation'"),
+    ({"task": "captioning"}, "handler task must be one of multiclass, multilabel, detection, segmentation, not 'captioning'"),
+    ({"task": "detection", "score_threshold": 1.5}, "handler score_threshold must be a score from 0 to 1, not 1.5"),
+    ({"task": "segmentation", "labels": [str(i) for i in range(300)]},
+     "a segmentation model may have at most 256 classes (its mask is 8-bit), not 300"),
+    ({"crop": "keep", "resize": 256}, "handler resize (of the shorter side) needs a crop (center or ten): without one "
+                                      "the model would get inputs of varying size"),
     ({"task": "multilabel", "activation": "softmax"}, "a multilabel model's activation must be one of sigmoid, none, "
                                                       "not 'softmax'"),
     ({"thresholds": [0.5] * 14}, "handler thresholds apply to multilabel models only"),

@@ -49,8 +49,8 @@ def formats():
 class Tolerance:
     """How far an archive's answers may be from the eager source model's on the same images."""
 
-    probability: float  # largest |p_archive - p_source| over the probabilities the handler returns
-    top1_agreement: float  # share of images whose top-1 class must be the source model's
+    value: float  # largest difference in the numbers answers carry (a classifier's probabilities, a detector's scores)
+    agreement: float  # share of images on which the archive must make the source model's decision
 
 
 TOLERANCES = {
