@@ -61,7 +61,7 @@ def quiet_worker_log():
             handler.addFilter(drop_per_batch_line)
 
 
-class ImageClassifier(BaseHandler):
+class ImageHandler(BaseHandler):
     def initialize(self, context):
         self.config = contract.HandlerConfig.from_dict((context.model_yaml_config or {}).get("handler"))
         self.task = importlib.import_module(contract.TASK_MODULES[self.config.task])

@@ -148,7 +148,7 @@ def test_quantized_archive_on_a_gpu_worker_loads_on_the_cpu(registry, tmp_path, 
     mv = registry.by_key("fashion-1.0")
     context = stage_traced(mv, tmp_path, "quantized")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    handler = image_handler.ImageClassifier()
+    handler = image_handler.ImageHandler()
     handler.initialize(context)
     cpu = torch.device("cpu")
     assert (handler.device, handler.map_location, handler.placement.device) == (cpu, "cpu", cpu)
@@ -165,13 +165,13 @@ def test_the_same_mocked_gpu_worker_really_tries_cuda_for_torchscript(registry, 
     on a machine without a GPU (CUDA mocked) its load fails; on a GPU machine it lands there."""
     context = stage_traced(registry.by_key("fashion-1.0"), tmp_path, "torchscript")
     if torch.cuda.is_available():
-        handler = image_handler.ImageClassifier()
+        handler = image_handler.ImageHandler()
         handler.initialize(context)
         assert handler.placement.device == torch.device("cuda:0")
         return
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(RuntimeError, match="CUDA"):
-        image_handler.ImageClassifier().initialize(context)
+        image_handler.ImageHandler().initialize(context)
 
 
 def test_onnxruntime_is_asked_for_the_workers_own_gpu():
@@ -200,7 +200,7 @@ def test_onnx_archive_on_a_gpu_worker_without_onnxruntime_gpu_says_it_runs_on_th
         return real_session(*args, providers=providers, **kwargs)
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", session)
-    handler = image_handler.ImageClassifier()
+    handler = image_handler.ImageHandler()
     handler.initialize(context)
     assert handler.placement.device == torch.device("cuda:1")
     # One session, opened for this worker's GPU: BaseHandler's own (every core, GPU 0) is never opened.

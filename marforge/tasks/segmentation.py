@@ -7,7 +7,7 @@ Normalize); its class scores are resized bilinearly to the image's size and each
 most likely class. An archive's mask (decoded from the answer's PNG) must agree with that on at
 least 1 - tolerance of each image's pixels, on every image. Labelled eval images (labels.json:
 {"mask": "<base64 8-bit PNG of class indexes>"} per image, the answers' own encoding) are scored
-with the mean IoU over the classes (torchmetrics' MeanIoU).
+with the mean IoU over the classes (torchmetrics' MulticlassJaccardIndex).
 
 Formats: eager only, so far (`UNAVAILABLE` says why the others are refused).
 """
@@ -67,16 +67,17 @@ def compare(mar_path, fmt, config, paths, bodies, expected):
 
 
 def quality(config, bodies, labels):
-    """{"miou"} of the eval set's masks against the true ones (empty when not measurable)."""
+    """{"miou"} of the eval set's masks against the true ones: the IoU of each class over all the eval
+    set's pixels, averaged over the classes, the background included (torchmetrics'
+    MulticlassJaccardIndex, macro); empty when not measurable."""
     if not labels or any(label is None for label in labels):
         return {}
-    from torchmetrics.segmentation import MeanIoU
+    from torchmetrics.classification import MulticlassJaccardIndex
 
     task = shipped.module("segmentation")
-    metric = MeanIoU(num_classes=len(config.labels), input_format="index")
+    metric = MulticlassJaccardIndex(num_classes=len(config.labels), average="macro")
     for body, truth in zip(bodies, labels):
-        true_mask = task.stated({"mask": {"data": truth["mask"]}})
-        metric.update(task.stated(body).long().unsqueeze(0), true_mask.long().unsqueeze(0))
+        metric.update(task.stated(body).long().flatten(), task.stated({"mask": {"data": truth["mask"]}}).long().flatten())
     return {"miou": round(float(metric.compute()), 4)}
 
 
