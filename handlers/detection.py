@@ -20,12 +20,16 @@ Detection has no explanations. Nothing here knows about TorchServe.
 EXPLAINS = False
 
 
+def per_image(outputs):
+    """One call's outputs as its images' detection dicts: a scripted torchvision detector returns
+    (losses, detections)."""
+    return outputs[1] if isinstance(outputs, tuple) else outputs
+
+
 def results(outputs, config, sizes):
-    """The model's outputs for a batch -> per image its detections (dicts as answered), kept and ordered."""
+    """The model's per-image outputs -> per image its detections (dicts as answered), kept and ordered."""
     import torch
 
-    if isinstance(outputs, tuple):  # a scripted torchvision detector: (losses, detections)
-        outputs = outputs[1]
     found = []
     for out in outputs:
         scores = out["scores"].detach().float().cpu()

@@ -159,8 +159,7 @@ class ImageHandler(BaseHandler):
         if self.onnx_input is not None:
             outputs = torch.from_numpy(self.model.run(None, {self.onnx_input: inputs.numpy()})[0])
         elif isinstance(inputs, list):
-            with torch.inference_mode():
-                outputs = self.model([placement.to_device(view, self.placement) for view in inputs], *args, **kwargs)
+            outputs = self._by_size(inputs, *args, **kwargs)
         else:
             batch, rows = placement.pad(inputs, self.placement.pad_to) if self.placement.pad_to else (inputs, None)
             with torch.inference_mode():
@@ -168,6 +167,22 @@ class ImageHandler(BaseHandler):
             outputs = {k: v[:rows] for k, v in outputs.items()} if isinstance(outputs, dict) else outputs[:rows]
         results = self.task.results(outputs, self.config, sizes)
         return results, requests, self._explanations(inputs, results, requests, sizes) if self.task.EXPLAINS else {}
+
+    def _by_size(self, views, *args, **kwargs):
+        """The model's per-image outputs for images of their own sizes, each size in a call of its own:
+        a detector pads a batch to its largest image, and what it finds (near the padding, and through
+        any normalisation over the feature maps, such as FCOS's GroupNorm) would then depend on the
+        other images of the batch. Images of one size are still batched."""
+        sizes = {}
+        for i, view in enumerate(views):
+            sizes.setdefault(tuple(view.shape), []).append(i)
+        outputs = [None] * len(views)
+        with torch.inference_mode():
+            for indexes in sizes.values():
+                found = self.model([placement.to_device(views[i], self.placement) for i in indexes], *args, **kwargs)
+                for i, output in zip(indexes, self.task.per_image(found)):
+                    outputs[i] = output
+        return outputs
 
     def postprocess(self, data):
         """One JSON answer per request, in request order and in its protocol, with a per-request HTTP status.

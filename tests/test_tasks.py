@@ -35,7 +35,7 @@ def test_detections_are_kept_by_score_threshold_and_count_most_confident_first()
     assert [(d["label"], d["index"], round(d["score"], 2)) for d in kept] == [("Sneaker", 2, 0.9), ("Bag", 1, 0.4)]
     assert kept[0]["box"] == [50.0, 50.0, 90.0, 95.0] and empty == []
     assert detection.answer(kept, cfg) == {"detections": kept} and detection.stated({"detections": kept}) == kept
-    scripted = detection.results(({}, [out]), cfg, [(96, 96)])  # a scripted detector: (losses, detections)
+    scripted = detection.results(detection.per_image(({}, [out])), cfg, [(96, 96)])  # (losses, detections)
     assert scripted == [kept]
 
 

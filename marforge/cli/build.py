@@ -4,6 +4,7 @@ import dataclasses
 import zipfile
 from pathlib import Path
 
+from marforge import shipped
 from marforge.cli import Output, add_paths, existing, format_list, numbers, project_of
 from marforge.errors import ArchiveError, MarforgeError
 
@@ -228,8 +229,10 @@ def add_commands(command):
     p.add_argument("--mean", help="comma-separated, one per channel, for pixels scaled to [0, 1]")
     p.add_argument("--std", help="comma-separated, one per channel")
     p.add_argument("--resize", type=int, help="resize the shorter side to this before a center or ten crop")
-    p.add_argument("--crop", choices=("none", "center", "ten"))
-    p.add_argument("--task", choices=("multiclass", "multilabel"))
+    p.add_argument("--crop", choices=shipped.contract().CROPS,
+                   help="keep: each image at its own size (a torchvision detector resizes inside)")
+    p.add_argument("--task", choices=tuple(shipped.contract().TASKS),
+                   help="detection and segmentation: a model with torchvision's interface (default: multiclass)")
     p.add_argument("--activation", choices=("softmax", "sigmoid", "none"),
                    help="how outputs become probabilities (none: the model outputs probabilities)")
     p.add_argument("--format", help="the archive format make serve loads (default: eager)")
