@@ -167,11 +167,18 @@ def started(folder: Path, runtime_name: str = "own", wrapper: Wrapper | None = N
                 pod.proxy = subprocess.Popen(
                     [str(wrapper.python), str(Path(wrapper.folder) / "__main__.py")], cwd=wrapper.folder,
                     stdout=logs.enter_context(open(run / "wrapper.log", "wb")), stderr=subprocess.STDOUT,
-                    start_new_session=True, env={**env, "CONFIG_PATH": str(folder / "config" / "config.properties")})
+                    start_new_session=True, env={**env, "CONFIG_PATH": str(folder / "config" / "config.properties"),
+                                                 "PROTOCOL_VERSION": _protocol(folder)})
             yield pod
         finally:
             _stop(pod)
     shutil.rmtree(run, ignore_errors=True)  # kept when the block failed: its logs are named in the error
+
+
+def _protocol(folder: Path) -> str:
+    """The InferenceService's protocolVersion, which the wrapper reads as PROTOCOL_VERSION."""
+    service = yaml.safe_load((folder / "inferenceservice.yaml").read_text())
+    return str(service["spec"]["predictor"]["model"]["protocolVersion"])
 
 
 def _ports(folder: Path) -> dict:
