@@ -6,7 +6,8 @@
     stock   KServe's kserve-torchserve runtime: its container's args (STOCK_ARGS) with the
             InferenceService's environment, plus `--foreground` so that the process started is
             the server; with a `Wrapper`, pytorch/serve's kserve_wrapper (the proxy the runtime's
-            image runs) beside it, reading the same config.properties, as in that container
+            image runs) beside it, reading the same config.properties (/mnt/models in it made
+            the bundle's folder, as in the args), with the InferenceService's protocolVersion
 
 The image's PATH is the bin folder of the Python running marforge (its torchserve, its python3).
 Each pod gets a run folder of its own for TMPDIR and LOG_LOCATION, as a pod has its own /tmp. The
@@ -163,11 +164,13 @@ def started(folder: Path, runtime_name: str = "own", wrapper: Wrapper | None = N
         server = subprocess.Popen(line, cwd=run, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         pod = Pod(folder, runtime_name, env, _ports(folder), server, t0, run, spec)
         try:
-            if wrapper is not None:
+            if wrapper is not None:  # it reads the config's model_store: /mnt/models is `folder` here too
+                config = run / "config.properties"
+                config.write_text((folder / "config" / "config.properties").read_text().replace(runtime.MOUNT, str(folder)))
                 pod.proxy = subprocess.Popen(
                     [str(wrapper.python), str(Path(wrapper.folder) / "__main__.py")], cwd=wrapper.folder,
                     stdout=logs.enter_context(open(run / "wrapper.log", "wb")), stderr=subprocess.STDOUT,
-                    start_new_session=True, env={**env, "CONFIG_PATH": str(folder / "config" / "config.properties"),
+                    start_new_session=True, env={**env, "CONFIG_PATH": str(config),
                                                  "PROTOCOL_VERSION": _protocol(folder)})
             yield pod
         finally:
