@@ -5,7 +5,7 @@
     train    train, samples                                          marforge/cli/build.py
     serve    serve, stop, status, predict, explain, token            marforge/cli/serve.py
     rollout  rollout, rollback                                       marforge/cli/serve.py
-    measure  bench, soak                                             marforge/cli/measure.py
+    measure  bench, bench-kserve, soak                               marforge/cli/measure.py
 
 Paths come from flags, then the environment, then models.toml's [paths], then the defaults
 (marforge/project.py). `--json` makes any command print its result as JSON. Errors print what
