@@ -34,9 +34,10 @@ class SceneSegmenter(nn.Module):
         super().__init__()
         self.down1 = nn.Sequential(conv_bn(1, 24, stride=2), conv_bn(24, 24))  # 1/2
         self.down2 = nn.Sequential(conv_bn(24, 48, stride=2), conv_bn(48, 48))  # 1/4
-        self.down3 = nn.Sequential(conv_bn(48, 96, stride=2), conv_bn(96, 96))  # 1/8
-        self.context = nn.Sequential(conv_bn(96, 96, dilation=2), conv_bn(96, 96, dilation=4))
-        self.up2 = conv_bn(96 + 48, 48)
+        self.down3 = nn.Sequential(conv_bn(48, 128, stride=2), conv_bn(128, 128))  # 1/8
+        self.context = nn.Sequential(conv_bn(128, 128, dilation=2), conv_bn(128, 128, dilation=4),
+                                     conv_bn(128, 128, dilation=2), conv_bn(128, 128))
+        self.up2 = conv_bn(128 + 48, 48)
         self.up1 = conv_bn(48 + 24, 16)
         self.head = nn.Sequential(conv_bn(16 + 1, 16), nn.Conv2d(16, NUM_CLASSES, 1))
 

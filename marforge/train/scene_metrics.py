@@ -69,9 +69,16 @@ def segmentation_metrics(predicted: torch.Tensor, target: torch.Tensor, num_clas
     """{"miou", "miou_items", "pixel_accuracy", "per_class_iou"} of predicted against target class maps."""
     from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-    miou = MulticlassJaccardIndex(num_classes=num_classes, average="macro")(predicted, target)
-    per_class = MulticlassJaccardIndex(num_classes=num_classes, average="none")(predicted, target)
-    accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")(predicted, target)
+    # With deterministic algorithms on, torchmetrics counts with a pixels x classes^2 one-hot instead of
+    # torch.bincount: tens of GB for a thousand scenes. bincount on the CPU is deterministic anyway.
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        miou = MulticlassJaccardIndex(num_classes=num_classes, average="macro")(predicted, target)
+        per_class = MulticlassJaccardIndex(num_classes=num_classes, average="none")(predicted, target)
+        accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")(predicted, target)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
     return {
         "miou": round(float(miou), 6),
         "miou_items": round(float(per_class[1:].mean()), 6),

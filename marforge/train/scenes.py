@@ -41,8 +41,8 @@ SPLITS = ("train", "test")
 class SceneSet:
     """Composed scenes. Item j of scene i is instance j + 1 in instances[i]; labels are 0-based
     Fashion-MNIST class indices (the models add 1: 0 is their background); sources are the items'
-    indices into the split's photos, placed (resized to side x side) with their top left corner at
-(top, left)."""
+    indices into the split's photos, each resized to side x side and placed with its top left corner
+    at (top, left)."""
 
     split: str
     seed: int
