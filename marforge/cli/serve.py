@@ -94,10 +94,9 @@ def cmd_predict(args):
 
 
 def cmd_explain(args):
-    from marforge.serve import overlay
-
     from marforge import shipped
     from marforge.archiving.weights import read_metadata
+    from marforge.serve import overlay
 
     project = project_of(args)
     image = _image_of(args, project)
