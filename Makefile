@@ -21,6 +21,7 @@ IMAGE ?=
 PROTOCOL ?=
 STORAGE_URI ?=
 KSERVE_ARGS ?=
+KSERVE_BENCH_ARGS ?=
 OUT ?=
 NAME ?=
 CHECKPOINT ?=
@@ -38,12 +39,12 @@ ARCHIVES = $(shell $(MARFORGE) archives --model-store $(MODEL_STORE) $(if $(FORM
 BENCH_ARCHIVES = $(shell $(MARFORGE) archives --model-store $(MODEL_STORE) --bench)
 # Every archive format, from handlers/contract.py's FORMATS (one rule each, below).
 FORMATS := $(shell $(MARFORGE) formats)
-# What an archive is built from. The code that builds it, and its weights, are file prerequisites;
-# the version's own registry entry, model definition, samples and eval images are in its stamp
+# What an archive is built from. The code that builds it (BUILD_CODE in marforge/archiving/inputs.py, which
+# bench's staleness check reads too) and its weights are file prerequisites; the version's own registry
+# entry, model definition, samples and eval images are in its stamp
 # $(MODEL_STORE)/.inputs/<key>.json, rewritten only when they change (marforge/archiving/inputs.py): so a
 # change to a rollout threshold, a serving setting or another version rebuilds nothing.
-ARCHIVE_INPUTS := $(wildcard handlers/*.py marforge/archiving/*.py) marforge/registry.py marforge/project.py \
-	marforge/shipped.py marforge/labelled.py marforge/files.py
+ARCHIVE_INPUTS := $(shell $(MARFORGE) build-code)
 VERSION_FLAG = $(if $(VERSION),--version $(VERSION))
 
 .PHONY: help
@@ -145,6 +146,11 @@ soak: | $(SETUP_STAMP)
 kserve: archive
 	@test -n "$(STORAGE_URI)" || { echo "error: set STORAGE_URI, where the bundles will be copied, e.g. make kserve STORAGE_URI=s3://bucket/marforge" >&2; exit 1; }
 	$(PY) -m marforge kserve $(if $(filter command line,$(origin MODEL)),$(MODEL) $(VERSION)) --storage-uri $(STORAGE_URI) --model-store $(MODEL_STORE) $(KSERVE_ARGS)
+
+.PHONY: bench-kserve
+## bench-kserve: the own KServe runtime's pod against the stock runtime's (TorchServe's own v1/v2 routes; KSERVE_BENCH_ARGS="--wrapper DIR --wrapper-python PY": kserve_wrapper too), each from its bundle: first answer, req/s, p50/p99 at 1, 8, 32 clients into docs/kserve-performance.md: make bench-kserve MODEL=fashion VERSION=2.0
+bench-kserve: archive
+	$(PY) -m marforge bench-kserve $(if $(filter command line,$(origin MODEL)),$(MODEL) $(VERSION)) --model-store $(MODEL_STORE) --verbose $(KSERVE_BENCH_ARGS)
 
 .PHONY: bench
 ## bench: ceiling, stock TorchServe, marforge (HTTP, gRPC, v2 JSON), Flask, every other format of BENCH_MODEL BENCH_VERSION (default: python -m marforge bench --help's); tables into docs/performance.md (BENCH_IMAGES=folder, BENCH_ARGS=--short)

@@ -78,11 +78,14 @@ class HandlerConfig:
     std: tuple[float, ...]
     labels: tuple[str, ...]  # output index -> name
     resize: int | None = None  # the shorter side is resized to this (aspect kept), then cropped; None: resized to image_size
-    crop: str = "none"  # "none", "center" or "ten" (torchvision's TenCrop: four corners and the center, and their mirror)
-    task: str = "multiclass"  # "multiclass": one label per image, top_k answered; "multilabel": every label judged
+    crop: str = "none"  # "none", "center", "ten" (torchvision's TenCrop: four corners and the center, and their mirror)
+    #                     or "keep": the image at the size it was sent (a detector resizes inside)
+    task: str = "multiclass"  # one of TASKS: multiclass (top_k answered), multilabel (every label judged), detection, segmentation
     activation: str | None = None  # turns outputs into probabilities: "softmax", "sigmoid" or "none" (the default: by task)
     thresholds: tuple[float, ...] | None = None  # multilabel: the probability at which each label is positive (default 0.5)
     top_k: int = 3  # multiclass: labels per answer
+    score_threshold: float = 0.5  # detection: the lowest score a detection is answered with
+    max_detections: int = 100  # detection: the most detections answered per image, most confident first
     max_pixels: int = 4096 * 4096  # refuse images that declare more pixels than this
     min_side: int = 8  # smaller images carry too little to classify (sklearn's digits are 8 x 8)
     half_precision: bool = False  # float16 model and inputs; on a CUDA device only (placement.py)
@@ -109,8 +112,9 @@ class HandlerConfig:
         values.update(image_size=(size, size) if isinstance(size, int) else tuple(size), mean=tuple(values["mean"]),
                       std=tuple(values["std"]), labels=tuple(values["labels"]),
                       thresholds=None if values["thresholds"] is None else tuple(values["thresholds"]),
-                      activation=values["activation"] or ("softmax" if values["task"] == "multiclass" else "sigmoid"),
-                      **{k: int(values[k]) for k in ("top_k", "max_pixels", "min_side")})
+                      activation=values["activation"] or TASKS.get(values["task"], ("none",))[0],
+                      score_threshold=float(values["score_threshold"]),
+                      **{k: int(values[k]) for k in ("top_k", "max_pixels", "min_side", "max_detections")})
         for f in fields(cls):
             if f.type in (bool, "bool") and not isinstance(values[f.name], bool):
                 raise ValueError(f"handler {f.name} must be true or false, not {values[f.name]!r}")
@@ -129,8 +133,12 @@ class HandlerConfig:
             raise ValueError("handler image_size needs two positive numbers and std must be positive")
 
     def _check_outputs(self) -> None:
-        if not self.labels or self.top_k < 1:
-            raise ValueError("handler labels must not be empty and top_k must be at least 1")
+        if not self.labels or self.top_k < 1 or self.max_detections < 1:
+            raise ValueError("handler labels must not be empty, and top_k and max_detections must be at least 1")
+        if self.task == "segmentation" and len(self.labels) > 256:
+            raise ValueError(f"a segmentation model may have at most 256 classes (its mask is 8-bit), not {len(self.labels)}")
+        if not 0 <= self.score_threshold <= 1:
+            raise ValueError(f"handler score_threshold must be a score from 0 to 1, not {self.score_threshold}")
         if self.task not in TASKS:
             raise ValueError(f"handler task must be one of {', '.join(TASKS)}, not {self.task!r}")
         if self.activation not in TASKS[self.task]:
@@ -145,12 +153,17 @@ class HandlerConfig:
     def _check_geometry(self) -> None:
         if self.crop not in CROPS:
             raise ValueError(f"handler crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
-        if self.crop == "none" and self.resize is not None:
+        if self.crop in ("none", "keep") and self.resize is not None:
             raise ValueError("handler resize (of the shorter side) needs a crop (center or ten): without one the "
                              "model would get inputs of varying size")
-        if self.crop != "none" and (not isinstance(self.resize, int) or self.resize < max(self.image_size)):
+        if self.crop not in ("none", "keep") and (not isinstance(self.resize, int) or self.resize < max(self.image_size)):
             raise ValueError(f"handler crop {self.crop!r} needs resize: the shorter side's length before cropping, "
                              f"at least the crop's {max(self.image_size)}")
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(height, width) of every model input, or None when the model takes each image at its own size."""
+        return None if self.crop == "keep" else self.image_size
 
     @property
     def crops(self) -> int:
@@ -161,8 +174,12 @@ class HandlerConfig:
         return DEFAULT_THRESHOLD if self.thresholds is None else self.thresholds[index]
 
 
-TASKS = {"multiclass": ("softmax", "none"), "multilabel": ("sigmoid", "none")}  # task -> its activations
-CROPS = ("none", "center", "ten")
+# task -> its activations (the first is its default), and the handler module that serves it
+TASKS = {"multiclass": ("softmax", "none"), "multilabel": ("sigmoid", "none"), "detection": ("none",),
+         "segmentation": ("none",)}
+TASK_MODULES = {"multiclass": "classification", "multilabel": "classification", "detection": "detection",
+                "segmentation": "segmentation"}
+CROPS = ("none", "center", "ten", "keep")
 DEFAULT_THRESHOLD = 0.5
 OUTPUT_KEYS = ("task", "activation")  # the weights metadata says how to read the model's outputs
 

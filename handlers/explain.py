@@ -59,16 +59,6 @@ class Explainer:
         return [[round(v, 4) for v in row] for row in cam.detach().cpu().tolist()]
 
 
-def targets(probabilities, config):
-    """The labels to explain for one image: the most likely (multiclass), or the positive ones, most
-    likely first (multilabel; the most likely label when none is positive)."""
-    if config.task == "multilabel":
-        positive = [i for i, p in enumerate(probabilities.tolist()) if p >= config.threshold_of(i)]
-        if positive:
-            return sorted(positive, key=lambda i: -float(probabilities[i]))
-    return [int(probabilities.argmax())]
-
-
 def _last_feature_map(model, example):
     """(name, module) of the last module to finish with a 4-D output on `example`, or (None, None)."""
     finished = []

@@ -1,6 +1,8 @@
 """An image's geometry as a model sees it: the resize and the crops of `HandlerConfig`, and where the
-model's view lies in the image as sent. Shipped beside contract.py (which re-exports `fit` and
-`crop_box`); like it, only the standard library is imported at module level.
+model's view lies in the image as sent. One arithmetic (`resized`, `crop_origins`) serves a Pillow
+image (`fit`), a tensor decoded on a GPU (`fit_tensor`) and an explanation's box (`crop_box`).
+Shipped beside contract.py (which re-exports `fit` and `crop_box`); like it, only the standard
+library is imported at module level.
 """
 
 from __future__ import annotations
@@ -8,60 +10,86 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
     from contract import HandlerConfig
     from PIL import Image
 
 
 def fit(image: Image.Image, config: HandlerConfig) -> list[Image.Image]:
     """A decoded Pillow image (in the configured color mode) -> the model's views of it: a list of
-    Pillow images of the input size. crop "none": the image resized to the input size (one view);
+    Pillow images of the input size. crop "keep": the image as it is; "none": resized to the input size;
     "center" and "ten": the shorter side resized to `resize` (aspect kept), then the center crop, or
     torchvision's TenCrop (the four corners and the center, then the same five of the mirrored image).
     Sizes, rounding and filter are torchvision's (Resize, CenterCrop, FiveCrop, TenCrop on a Pillow image)."""
     from PIL import Image
 
     height, width = config.image_size
+    size = resized(image.size, config)
+    if config.crop == "keep":
+        return [image]
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
     if config.crop == "none":
-        return [image if image.size == (width, height) else image.resize((width, height), Image.Resampling.BILINEAR)]
+        return [image]
+    views = [image.crop((x, y, x + width, y + height)) for x, y in crop_origins(image.size, config)]
+    if config.crop == "ten":
+        mirrored = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        views += [mirrored.crop((x, y, x + width, y + height)) for x, y in crop_origins(mirrored.size, config)]
+    return views
+
+
+def fit_tensor(pixels: torch.Tensor, config: HandlerConfig) -> list[torch.Tensor]:
+    """`fit` for a C x H x W uint8 tensor (an image decoded on a GPU): the views, as 8-bit values in
+    float32, from the same sizes and crop origins, resized bilinearly with antialiasing."""
+    import torch
+    from torch.nn import functional
+
+    height, width = config.image_size
+    if config.crop == "keep":
+        return [pixels.float()]
+    w, h = resized((pixels.shape[-1], pixels.shape[-2]), config)
+    image = functional.interpolate(pixels[None].float(), size=(h, w), mode="bilinear", antialias=True,
+                                   align_corners=False)[0].round().clamp(0, 255)
+    if config.crop == "none":
+        return [image]
+    images = [image, torch.flip(image, dims=[-1])] if config.crop == "ten" else [image]
+    return [view[:, y:y + height, x:x + width] for view in images for x, y in crop_origins((w, h), config)]
+
+
+def resized(size: tuple[int, int], config: HandlerConfig) -> tuple[int, int]:
+    """The (width, height) an image of `size` is resized to before cropping: the input size for crop
+    "none", the size itself for "keep", else the shorter side made `resize` with the aspect kept
+    (torchvision's Resize(int))."""
+    height, width = config.image_size
+    if config.crop == "keep":
+        return size
+    if config.crop == "none":
+        return width, height
     assert config.resize is not None  # HandlerConfig._check_geometry: a crop needs resize
-    image = _resize_shorter(image, config.resize)
+    w, h = size
+    side = config.resize
+    return (side, int(side * h / w)) if w <= h else (int(side * w / h), side)
+
+
+def crop_origins(size: tuple[int, int], config: HandlerConfig) -> list[tuple[int, int]]:
+    """The (left, top) of each crop of a resized image of `size`: the center one ("center"), or
+    torchvision's FiveCrop order, the four corners (tl, tr, bl, br) then the center ("ten", per image)."""
+    height, width = config.image_size
+    w, h = size
+    center = (round((w - width) / 2.0), round((h - height) / 2.0))
     if config.crop == "center":
-        return [_center(image, height, width)]
-    return _five(image, height, width) + _five(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), height, width)
-
-
-def _resize_shorter(image: Image.Image, side: int) -> Image.Image:
-    from PIL import Image
-
-    w, h = image.size
-    short, long = (w, h) if w <= h else (h, w)
-    if short == side:
-        return image
-    new_short, new_long = side, int(side * long / short)
-    return image.resize((new_short, new_long) if w <= h else (new_long, new_short), Image.Resampling.BILINEAR)
-
-
-def _center(image: Image.Image, height: int, width: int) -> Image.Image:
-    w, h = image.size
-    top, left = round((h - height) / 2.0), round((w - width) / 2.0)
-    return image.crop((left, top, left + width, top + height))
-
-
-def _five(image: Image.Image, height: int, width: int) -> list[Image.Image]:
-    w, h = image.size
-    corners = [(0, 0), (w - width, 0), (0, h - height), (w - width, h - height)]  # tl, tr, bl, br
-    return [image.crop((x, y, x + width, y + height)) for x, y in corners] + [_center(image, height, width)]
+        return [center]
+    return [(0, 0), (w - width, 0), (0, h - height), (w - width, h - height), center]
 
 
 def crop_box(size: tuple[int, int], config: HandlerConfig) -> tuple[float, ...]:
     """Where the model's center view lies in an image of `size` (width, height), in that image's
     pixels: (left, top, right, bottom). What an explanation's heatmap covers."""
     w, h = size
-    if config.crop == "none":
+    if config.crop in ("none", "keep"):
         return (0, 0, w, h)
-    assert config.resize is not None  # a crop needs resize
-    scale = config.resize / min(w, h)
-    rw, rh = (config.resize, int(config.resize * h / w)) if w <= h else (int(config.resize * w / h), config.resize)
+    rw, rh = resized(size, config)
     height, width = config.image_size
-    left, top = round((rw - width) / 2.0), round((rh - height) / 2.0)
+    left, top = crop_origins((rw, rh), config)[-1]
+    scale = rw / w if w <= h else rh / h  # the shorter side's scale: resize / min(w, h)
     return tuple(round(v / scale, 1) for v in (left, top, left + width, top + height))

@@ -1,7 +1,11 @@
-"""The one TorchServe handler for every image classifier marforge serves.
+"""The one TorchServe handler for every image model marforge serves: classifiers, detectors, segmenters.
 
-Configured per archive by the `handler:` section of its model-config.yaml (image size, grayscale or
-RGB, mean/std, labels, top-k, pixel limit, half precision, pinned memory; `contract.HandlerConfig`);
+Configured per archive by the `handler:` section of its model-config.yaml (task, image size, grayscale
+or RGB, mean/std, labels, top-k, thresholds, pixel limit, half precision, pinned memory;
+`contract.HandlerConfig`). The task's module (`contract.TASK_MODULES`: classification.py,
+detection.py, segmentation.py) turns a batch's outputs into per-image results (`results`), answers
+each (`answer`, `v2_outputs`) and says whether it explains (`EXPLAINS`); this file reads requests,
+batches them (images of their own sizes go to a detector as a list) and runs the model;
 model loading stays in BaseHandler, which also opens a `.onnx` serialized file as an onnxruntime
 InferenceSession (sized and placed by `placement.onnx_session`): then the inputs are fed to it as
 numpy instead of calling a module. `placement.decide` picks the device
@@ -11,7 +15,7 @@ float32.
 Each request of a batch is answered on its own: a bad image gets a 4xx JSON error for that request
 only, while the others of the batch are still predicted, and the worker keeps running.
 
-Answer:  {"model": "fashion", "version": "2.0",
+Answer:  {"model": "fashion", "version": "2.0", <the task's answer, e.g. a classifier's:>
           "predictions": [{"label": "Ankle boot", "index": 9, "probability": 0.97}, ...]}
 Error:   {"code": 400, "type": "InvalidImage", "message": "...", "model": ..., "version": ...}
 
@@ -19,6 +23,7 @@ The file is not called image_classifier.py on purpose: when a handler fails to i
 tries `ts.torch_handler.<same name>`, and would silently serve its own ImageClassifier instead.
 """
 
+import importlib
 import json
 import logging
 import sys
@@ -56,9 +61,10 @@ def quiet_worker_log():
             handler.addFilter(drop_per_batch_line)
 
 
-class ImageClassifier(BaseHandler):
+class ImageHandler(BaseHandler):
     def initialize(self, context):
         self.config = contract.HandlerConfig.from_dict((context.model_yaml_config or {}).get("handler"))
+        self.task = importlib.import_module(contract.TASK_MODULES[self.config.task])
         self.placement = placement.decide(context.system_properties.get("gpu_id"), torch.cuda.is_available(),
                                           contract.archive_format(context.model_yaml_config), self.config,
                                           context.system_properties.get("batch_size") or 1)
@@ -123,6 +129,9 @@ class ImageClassifier(BaseHandler):
             mark, parsed = len(views), None
             try:
                 parsed = protocols.parse(row, self.config)
+                if not self.task.EXPLAINS and self._asks_explanation(len(requests)):
+                    raise image_io.BadInput("ExplanationUnavailable", f"a {self.config.task} model has no explanations: "
+                                            "send the image to /predictions instead")
                 for kind, value in parsed.items:
                     view, size = protocols.view_of(kind, value, self.config, self._decoder)
                     views.append(view)
@@ -137,24 +146,43 @@ class ImageClassifier(BaseHandler):
             return None, requests, sizes
         if self._decoder is not None:  # some views may be on the GPU already: all go there
             views = [view.to(self._decoder) for view in views]
+        if self.config.input_size is None:  # each image at its own size: the model takes a list
+            return views, requests, sizes
         return (torch.stack(views) if self.config.crops == 1 else torch.cat(views)), requests, sizes
 
     def inference(self, data, *args, **kwargs):
-        """Probabilities for every good item (the activation applied, then averaged over an image's
-        views); for requests to /explanations, the heatmaps too."""
+        """The task's results for every good item (a classifier's probabilities: the activation applied,
+        then averaged over an image's views); for requests to /explanations, the heatmaps too."""
         inputs, requests, sizes = data
         if inputs is None:
             return None, requests, {}
         if self.onnx_input is not None:
             outputs = torch.from_numpy(self.model.run(None, {self.onnx_input: inputs.numpy()})[0])
+        elif isinstance(inputs, list):
+            outputs = self._by_size(inputs, *args, **kwargs)
         else:
             batch, rows = placement.pad(inputs, self.placement.pad_to) if self.placement.pad_to else (inputs, None)
             with torch.inference_mode():
-                outputs = self.model(placement.to_device(batch, self.placement), *args, **kwargs)[:rows]
-        probabilities = contract.activate(outputs, self.config).cpu()
-        if self.config.crops > 1:
-            probabilities = probabilities.view(-1, self.config.crops, probabilities.shape[-1]).mean(dim=1)
-        return probabilities, requests, self._explanations(inputs, probabilities, requests, sizes)
+                outputs = self.model(placement.to_device(batch, self.placement), *args, **kwargs)
+            outputs = {k: v[:rows] for k, v in outputs.items()} if isinstance(outputs, dict) else outputs[:rows]
+        results = self.task.results(outputs, self.config, sizes)
+        return results, requests, self._explanations(inputs, results, requests, sizes) if self.task.EXPLAINS else {}
+
+    def _by_size(self, views, *args, **kwargs):
+        """The model's per-image outputs for images of their own sizes, each size in a call of its own:
+        a detector pads a batch to its largest image, and what it finds (near the padding, and through
+        any normalisation over the feature maps, such as FCOS's GroupNorm) would then depend on the
+        other images of the batch. Images of one size are still batched."""
+        sizes = {}
+        for i, view in enumerate(views):
+            sizes.setdefault(tuple(view.shape), []).append(i)
+        outputs = [None] * len(views)
+        with torch.inference_mode():
+            for indexes in sizes.values():
+                found = self.model([placement.to_device(views[i], self.placement) for i in indexes], *args, **kwargs)
+                for i, output in zip(indexes, self.task.per_image(found)):
+                    outputs[i] = output
+        return outputs
 
     def postprocess(self, data):
         """One JSON answer per request, in request order and in its protocol, with a per-request HTTP status.
@@ -162,7 +190,7 @@ class ImageClassifier(BaseHandler):
         Answers are encoded here (compact, by json's C encoder): handed a dict, TorchServe encodes
         it with indent=2, which runs the pure-Python encoder, a visible share of a busy worker's CPU.
         """
-        probabilities, requests, explanations = data
+        results, requests, explanations = data
         answers = []
         for idx, (parsed, items) in enumerate(requests):
             self.context.set_response_content_type(idx, "application/json")
@@ -170,8 +198,9 @@ class ImageClassifier(BaseHandler):
                 self.context.set_response_status(items.code, items.kind, idx)
                 answer = protocols.error(parsed, items, self.identity)
             else:
-                labels = [{**image_io.answer(probabilities[i], self.config), **explanations.get(i, {})} for i in items]
-                answer = protocols.answer(parsed, labels, probabilities[items.start:items.stop], self.config, self.identity)
+                said = [{**self.task.answer(results[i], self.config), **explanations.get(i, {})} for i in items]
+                answer = protocols.answer(parsed, said, self.task.v2_outputs(results[items.start:items.stop], self.config),
+                                          self.identity)
             answers.append(json.dumps(answer).encode())
         return answers
 
@@ -185,8 +214,7 @@ class ImageClassifier(BaseHandler):
         if self.context is None:  # called outside handle(): no request headers to read
             return {}
         asked = [i for idx, (_, items) in enumerate(requests)
-                 if not isinstance(items, image_io.BadInput) and self.context.get_request_header(idx, "explain") == "True"
-                 for i in items]
+                 if not isinstance(items, image_io.BadInput) and self._asks_explanation(idx) for i in items]
         if not asked:
             return {}
         explainer = self._explainer(inputs)
@@ -194,7 +222,7 @@ class ImageClassifier(BaseHandler):
         found = {}
         for i in asked:
             view = inputs[i * self.config.crops + center].unsqueeze(0).to(self.placement.device)
-            targets = explain.targets(probabilities[i], self.config)
+            targets = self.task.explained(probabilities[i], self.config)
             maps = explainer.maps(view, targets, self.config.activation == "none")
             found[i] = {"explanation": {
                 "method": explainer.method, "layer": explainer.layer_name,
@@ -202,6 +230,10 @@ class ImageClassifier(BaseHandler):
                 "maps": [{"label": self.config.labels[t], "index": t, "probability": float(probabilities[i][t]),
                           "heatmap": heatmap} for t, heatmap in zip(targets, maps)]}}
         return found
+
+    def _asks_explanation(self, idx):
+        """Whether request `idx` of the batch came to /explanations (outside handle() no request says so)."""
+        return self.context is not None and self.context.get_request_header(idx, "explain") == "True"
 
     def _explainer(self, inputs):
         """The Explainer, made on the first explanation: on the served model when it is eager float32

@@ -1,21 +1,18 @@
-"""Request decoding and image preprocessing for marforge's image-classifier handler.
+"""Image decoding for marforge's handler: an image's bytes become a checked Pillow image.
 
 Shipped flat beside `image_handler.py` in every archive and imported as a top-level module. It
-turns a request row into the model's input (decoding and checking the image here, the geometry and
-normalisation in `contract`) and a probability vector into the labels of an answer. Nothing here
-knows about TorchServe, so it is tested directly.
-
-A request row is one dict from TorchServe: `{"body": ...}` for a raw body, `{"data": ...}` or any
-form-field name for multipart, with JSON bodies already parsed when the Content-Type says JSON.
+decodes and checks the image bytes a request carries (`protocols` reads them out of the request;
+the geometry is `geometry.py`'s and the normalisation `contract`'s), on the CPU with Pillow or, for
+a JPEG on a GPU worker, with nvJPEG (`gpu_view`). It also owns `BadInput`, the error every module
+of the request path raises for a request that cannot be answered. Nothing here knows about
+TorchServe, so it is tested directly.
 """
 
-import base64
-import binascii
 import io
-import json
 import warnings
 
 import contract
+import geometry
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -44,45 +41,6 @@ class BadInput(Exception):
 
     def as_dict(self):
         return {"code": self.code, "type": self.kind, "message": self.message}
-
-
-def extract_payload(row):
-    """The image bytes of one request row, whichever way the client sent them."""
-    value = row.get("body", row.get("data"))
-    if value is None:  # multipart with another field name: take the first field that has bytes
-        value = next((v for v in row.values() if isinstance(v, (bytes, bytearray))), None)
-    if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
-        value = value.encode()  # JSON sent as text/plain
-    if isinstance(value, (bytes, bytearray)) and value.lstrip()[:1] in (b"{", b"["):
-        value = _parse_json(value)
-    if isinstance(value, (dict, list, int, float)):  # JSON, parsed by TorchServe or above
-        value = _base64_field(value)
-    if isinstance(value, str):
-        raise BadInput("InvalidInput", "the body is text, not an image: send the image bytes, "
-                       'or JSON {"data": "<base64 image>"} with Content-Type: application/json')
-    if not value:
-        raise BadInput("EmptyInput", "the request has no image: send the image bytes as the body "
-                       '(curl -T image.png), as a multipart field, or as base64 in JSON {"data": ...}')
-    return bytes(value)
-
-
-def _parse_json(raw):
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInput("InvalidJSON", f"the body starts like JSON but is not valid JSON: {exc}") from None
-
-
-def _base64_field(obj):
-    data = obj.get("data") if isinstance(obj, dict) else None
-    if not isinstance(data, str) or set(obj) - {"data"}:
-        got = f"keys {', '.join(sorted(obj)) or 'none'}" if isinstance(obj, dict) else type(obj).__name__
-        raise BadInput("InvalidJSON", 'a JSON body must be an object with one key, "data", holding '
-                       f"a base64-encoded image (got {got})")
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BadInput("InvalidBase64", f'"data" is not valid base64: {exc}') from None
 
 
 def check_size(width, height, config):
@@ -134,44 +92,6 @@ def _to_mode(image, mode):
     return image if image.mode == mode else image.convert(mode)
 
 
-def decode(row, config):
-    """One request row -> its image, decoded, checked and in the configured color mode, or BadInput."""
-    return decode_image(extract_payload(row), config)
-
-
-def prepare(row, config):
-    """One request row -> the model's input (C x H x W, or 10 x C x H x W for ten-crop), or BadInput
-    saying what was wrong."""
-    return contract.to_input(decode(row, config), config)
-
-
-def top_k(probabilities, config):
-    """The k most likely labels of one probability vector, most likely first."""
-    k = min(config.top_k, probabilities.shape[-1])
-    values, indices = torch.topk(probabilities, k)
-    return [
-        {"label": config.labels[i] if i < len(config.labels) else str(i), "index": i, "probability": p}
-        for p, i in zip(values.tolist(), indices.tolist())
-    ]
-
-
-def judged(probabilities, config):
-    """A multilabel answer's labels: every label in model order with its probability, its threshold
-    and whether it is positive; then the positive ones, most likely first."""
-    labels = [{"label": config.labels[i], "index": i, "probability": p, "threshold": config.threshold_of(i),
-               "positive": p >= config.threshold_of(i)} for i, p in enumerate(probabilities.tolist())]
-    positive = sorted((entry for entry in labels if entry["positive"]), key=lambda e: -e["probability"])
-    return {"predictions": labels, "positive": [{"label": e["label"], "index": e["index"],
-                                                  "probability": e["probability"]} for e in positive]}
-
-
-def answer(probabilities, config):
-    """The labels part of an answer for one image's probability vector, as the model's task asks."""
-    if config.task == "multilabel":
-        return judged(probabilities, config)
-    return {"predictions": top_k(probabilities, config)}
-
-
 JPEG_START = b"\xff\xd8\xff"
 
 
@@ -198,31 +118,5 @@ def gpu_view(payload, config, device):
                                             device=device)
     except RuntimeError:
         return None
-    views = [contract.normalise(v.movedim(0, -1), config.mean, config.std) for v in _tensor_views(pixels, config)]
+    views = [contract.normalise(v.movedim(0, -1), config.mean, config.std) for v in geometry.fit_tensor(pixels, config)]
     return (views[0] if len(views) == 1 else torch.stack(views)), header.size
-
-
-def _tensor_views(pixels, config):
-    """contract.fit for a C x H x W uint8 tensor: the views, as 8-bit values in float32."""
-    from torch.nn import functional
-
-    height, width = config.image_size
-    if config.crop == "none":
-        size = (height, width)
-    else:
-        h, w = pixels.shape[-2:]
-        short, long = min(h, w), max(h, w)
-        new_long = int(config.resize * long / short)
-        size = (new_long, config.resize) if h > w else (config.resize, new_long)
-    resized = functional.interpolate(pixels[None].float(), size=size, mode="bilinear", antialias=True,
-                                     align_corners=False)[0].round().clamp(0, 255)
-    if config.crop == "none":
-        return [resized]
-
-    def five(image):  # torchvision's FiveCrop: the four corners, then the center
-        h, w = image.shape[-2:]
-        top, left = round((h - height) / 2.0), round((w - width) / 2.0)
-        return [image[:, y:y + height, x:x + width]
-                for y, x in ((0, 0), (0, w - width), (h - height, 0), (h - height, w - width), (top, left))]
-
-    return [five(resized)[4]] if config.crop == "center" else five(resized) + five(torch.flip(resized, dims=[-1]))

@@ -13,9 +13,8 @@ in (`answer`, `error`); batching keeps working whatever mix of protocols a batch
             model's input shape [N, C, H, W]
             -> {"model_name", "model_version", "id", "outputs": [{"name", "shape", "datatype", "data"}]}
 
-v2 outputs: `probabilities` FP32 [N, labels] and `labels` BYTES [labels] always; `top_labels`
-BYTES, `top_indices` INT64 and `top_probabilities` FP32, each [N, top_k], for one label per image;
-`positive` BOOL [N, labels] for several. An error keeps its HTTP status and says the same in each
+The v2 outputs are the task's (e.g. classification.v2_outputs). The body is read once (`read`: JSON
+parsed once, base64 decoded once, by `_b64`). An error keeps its HTTP status and says the same in each
 protocol's shape: {"error": "<type>: <message>", "code", "type"} (plus marforge's own fields; a v2
 error carries them as outputs too, for the Open Inference Protocol's gRPC service: see `error`).
 """
@@ -43,30 +42,67 @@ class Parsed:
     outputs: list | None = field(default=None)  # v2: the output names asked for (None: all)
 
 
-def body_of(row):
-    """The request's JSON body as a dict when it has one (parsed by TorchServe, or JSON bytes), else None."""
+def read(row):
+    """The request's body, read once: its JSON value (parsed by TorchServe, or here when the bytes or
+    text start like JSON), else its bytes or text; multipart with another field name: its first field
+    that holds bytes. BadInput when it starts like JSON but is not."""
     value = row.get("body", row.get("data"))
-    if isinstance(value, (bytes, bytearray, str)) and value.lstrip()[:1] in (b"{", "{"):
+    if value is None:
+        value = next((v for v in row.values() if isinstance(v, (bytes, bytearray))), None)
+    if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+        value = value.encode()  # JSON sent as text/plain
+    if isinstance(value, (bytes, bytearray)) and value.lstrip()[:1] in (b"{", b"["):
         try:
-            value = json.loads(value)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return None  # not JSON after all: image_io says what is wrong with it
-    return value if isinstance(value, dict) else None
+            return json.loads(value)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise image_io.BadInput("InvalidJSON", f"the body starts like JSON but is not valid JSON: {exc}") from None
+    return value
 
 
 def parse(row, config):
     """The Parsed request of one row, or BadInput (with its `protocol`) saying what is wrong with it."""
-    body = body_of(row)
-    protocol = V1 if body is not None and "instances" in body else V2 if body is not None and "inputs" in body else PLAIN
+    protocol, body = PLAIN, None
     try:
+        value = read(row)
+        body = value if isinstance(value, dict) else None
+        protocol = V1 if body is not None and "instances" in body else V2 if body is not None and "inputs" in body else PLAIN
         if protocol == V1:
             instances = _list(body["instances"], "instances")
             return Parsed(V1, [("image", _v1_instance(i, instance)) for i, instance in enumerate(instances)])
         if protocol == V2:
             return _v2(body, config)
-        return Parsed(PLAIN, [("image", image_io.extract_payload(row))])
+        return Parsed(PLAIN, [("image", _plain(value))])
     except image_io.BadInput as error:
         raise error.located(protocol, body.get("id") if protocol == V2 else None) from error
+
+
+def _plain(value):
+    """The image bytes of a plain request's body (`read`'s value)."""
+    if isinstance(value, (dict, list, int, float)):  # JSON: {"data": "<base64 image>"}
+        data = value.get("data") if isinstance(value, dict) else None
+        if not isinstance(data, str) or set(value) - {"data"}:
+            got = f"keys {', '.join(sorted(value)) or 'none'}" if isinstance(value, dict) else type(value).__name__
+            raise image_io.BadInput("InvalidJSON", 'a JSON body must be an object with one key, "data", holding '
+                                    f"a base64-encoded image (got {got})")
+        return _b64(data, '"data"')
+    if isinstance(value, str):
+        raise image_io.BadInput("InvalidInput", "the body is text, not an image: send the image bytes, "
+                                'or JSON {"data": "<base64 image>"} with Content-Type: application/json')
+    if not value:
+        raise image_io.BadInput("EmptyInput", "the request has no image: send the image bytes as the body "
+                                '(curl -T image.png), as a multipart field, or as base64 in JSON {"data": ...}')
+    return bytes(value)
+
+
+def prepare(row, config):
+    """One plain request row (one image) -> the model's input (C x H x W, or 10 x C x H x W for
+    ten-crop), or BadInput saying what was wrong: the handler's own way through, for callers outside it."""
+    parsed = parse(row, config)
+    if parsed.protocol != PLAIN:
+        raise image_io.BadInput("InvalidInput", f"this endpoint takes one image (its bytes, or JSON {{\"data\": ...}}), "
+                                f"not a {parsed.protocol} request", protocol=PLAIN)
+    [(kind, value)] = parsed.items
+    return view_of(kind, value, config)[0]
 
 
 def _list(value, key):
@@ -119,10 +155,12 @@ def _v2(body, config):
 def _raw_tensor(kind, data, shape, config):
     import torch
 
-    expected = [contract.CHANNELS[config.color], *config.image_size]
-    if not isinstance(shape, list) or len(shape) != 4 or list(shape[1:]) != expected:
+    expected = [contract.CHANNELS[config.color], *(config.input_size or ("H", "W"))]  # H, W: any size
+    if not isinstance(shape, list) or len(shape) != 4 or any(e != d for e, d in zip(expected, shape[1:]) if isinstance(e, int)):
         dims = ", ".join(map(str, expected))
         raise image_io.BadInput("InvalidInput", f"a {kind} input must have the model's input shape [N, {dims}], not {shape}")
+    if config.input_size is None and all(isinstance(d, int) for d in shape):
+        image_io.check_size(shape[3], shape[2], config)
     if config.crops > 1:
         raise image_io.BadInput("InvalidInput", f"this model answers {config.crops} crops of an image: send the image (BYTES), "
                                 "not a tensor of one view")
@@ -149,36 +187,15 @@ def view_of(kind, value, config, decoder=None):
     return value, size
 
 
-def answer(parsed, answers, probabilities, config, identity):
-    """The body for one good request: `answers` are image_io.answer's per item (with an explanation
-    when asked), `probabilities` the items' N x labels tensor."""
+def answer(parsed, answers, outputs, identity):
+    """The body for one good request: `answers` are the task's answer per item (with an explanation
+    when asked), `outputs` the task's v2 outputs for the request's items (used by v2 only)."""
     if parsed.protocol == PLAIN:
         return {**identity, **answers[0]}
     if parsed.protocol == V1:
         return {**identity, "predictions": answers}
-    outputs = _v2_outputs(probabilities, config)
     chosen = [o for o in outputs if parsed.outputs is None or o["name"] in parsed.outputs]
     return {"model_name": identity["model"], "model_version": identity["version"], "id": parsed.id, "outputs": chosen}
-
-
-def _v2_outputs(probabilities, config):
-    import torch
-
-    n, width = probabilities.shape
-    outputs = [{"name": "probabilities", "shape": [n, width], "datatype": "FP32", "data": probabilities.flatten().tolist()},
-               {"name": "labels", "shape": [width], "datatype": "BYTES", "data": list(config.labels)}]
-    if config.task == "multilabel":
-        thresholds = torch.tensor([config.threshold_of(i) for i in range(width)])
-        outputs.append({"name": "positive", "shape": [n, width], "datatype": "BOOL",
-                        "data": (probabilities >= thresholds).flatten().tolist()})
-        return outputs
-    k = min(config.top_k, width)
-    values, indices = torch.topk(probabilities, k, dim=1)
-    outputs += [{"name": "top_labels", "shape": [n, k], "datatype": "BYTES",
-                 "data": [config.labels[i] for i in indices.flatten().tolist()]},
-                {"name": "top_indices", "shape": [n, k], "datatype": "INT64", "data": indices.flatten().tolist()},
-                {"name": "top_probabilities", "shape": [n, k], "datatype": "FP32", "data": values.flatten().tolist()}]
-    return outputs
 
 
 def error(protocol, bad, identity):

@@ -36,6 +36,8 @@ ROLLOUT_DEFAULTS: dict[str, float] = {
     "max_accuracy_drop": 0.02,  # ... and be at most this far below the current default's
     "min_auroc": 0.0,  # several labels per image: the same for the mean AUROC on a labelled eval set
     "max_auroc_drop": 0.02,
+    "min_map": 0.0, "max_map_drop": 0.02,  # a detector: the same for its mAP@0.5 (marforge/tasks/detection.py)
+    "min_miou": 0.0, "max_miou_drop": 0.02,  # a segmenter: the same for its mean IoU
     "min_agreement": 0.9,  # no labelled eval set: the share of images decided as the default decides them
     "max_p99_ratio": 3.0,  # candidate p99 <= ratio * default p99 + slack
     "p99_slack_ms": 25.0,

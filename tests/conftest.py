@@ -86,6 +86,18 @@ def live_server(store, ports, tmp_path_factory):
         process.stop(RunDir(run_dir))
 
 
+def task_of(mv):
+    """The task a version's weights were trained for (their metadata's), multiclass when it says none."""
+    from marforge.archiving.weights import read_metadata
+
+    return read_metadata(mv).get("task") or "multiclass"
+
+
+def classifiers(registry):
+    """The registry's classification versions (multiclass and multilabel): what classification-only checks run on."""
+    return [mv for mv in registry.all_versions() if task_of(mv) in ("multiclass", "multilabel")]
+
+
 @pytest.fixture(scope="session")
 def samples(registry):
     """{model name: [(path, true label)]} for the committed sample images."""

@@ -108,7 +108,7 @@ def test_verification_compared_all_probabilities_and_scored_the_labelled_radiogr
     for version, fmt in (("1.0", "eager"), ("1.1", "torchscript")):
         _, verification = chexnet["built"][version]
         assert verification.fmt == fmt and verification.images == 4  # 2 generated samples + 2 radiographs
-        assert verification.max_probability_diff <= verification.tolerance.probability
+        assert verification.max_diff <= verification.tolerance.value
         assert verification.mean_auroc is not None and verification.accuracy is None
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -245,6 +246,35 @@ def test_bench_refuses_archives_that_are_missing_or_older_than_their_inputs(caps
     assert (code, err) == (1, "error: refusing to measure archives that are not what make builds now: "
                               + "; ".join(f"{store}/{name}: {why}" for name in archives)
                               + "\n  next: make archive FORMAT=onnx,eager,torchscript,quantized\n")
+
+
+def test_an_archive_older_than_the_code_that_builds_it_is_stale(tmp_path):
+    from marforge.archiving import inputs
+    from marforge.project import Project
+
+    mv = Project.at(REGISTRY).registry.get("fashion", "2.0")
+    archive = tmp_path / "store" / "fashion-2.0.mar"
+    archive.parent.mkdir()
+    archive.write_bytes(b"built after its weights")
+    built = max(Path(mv.weights).stat().st_mtime, Path(mv.metadata).stat().st_mtime) + 10
+    os.utime(archive, (built, built))
+    checkout = tmp_path / "checkout"
+    (checkout / "handlers").mkdir(parents=True)
+    for name in ("image_handler.py", "protocols.py"):
+        (checkout / "handlers" / name).write_text("# the code\n")
+        os.utime(checkout / "handlers" / name, (built - 1, built - 1))
+    assert inputs.stale(archive.parent, mv, archive, checkout) is None
+    os.utime(checkout / "handlers" / "protocols.py", (built + 1, built + 1))  # edited after the build
+    assert inputs.stale(archive.parent, mv, archive, checkout) == (
+        "the code that builds it changed after it was built (handlers/protocols.py)")
+    assert {str(p) for p in inputs.build_code()} >= {f"handlers/{p.name}" for p in (ROOT / "handlers").glob("*.py")}
+
+
+def test_explaining_a_detector_says_it_has_no_explanations_and_what_answers_it(capsys):
+    scene = sorted((ROOT / "samples" / "fashiondet").glob("*.png"))[0]
+    assert run(capsys, "explain", "fashiondet", str(scene), "--version", "2.0")[::2] == (
+        1, "error: fashiondet 2.0 is a detection model: it has no explanations\n"
+           f"  next: make predict MODEL=fashiondet VERSION=2.0 IMAGE={scene} answers it\n")
 
 
 def test_serve_names_a_missing_base_config(capsys, tmp_path):

@@ -9,6 +9,7 @@ import contract
 import image_io
 import numpy as np
 import placement
+import protocols
 import pytest
 import torch
 from PIL import Image
@@ -120,7 +121,7 @@ def test_the_gpu_decoding_path_run_on_the_cpu_matches_pillows(crop):
     cfg = config(**({"resize": 256, "crop": crop} if crop != "none" else {}))
     body = jpeg(300, 380)
     tensor, size = image_io.gpu_view(body, cfg, torch.device("cpu"))
-    pillow = image_io.prepare({"body": body}, cfg)
+    pillow = protocols.prepare({"body": body}, cfg)
     assert size == (300, 380) and tensor.shape == pillow.shape
     pixel_levels = ((tensor - pillow) * torch.tensor(cfg.std).view(3, 1, 1) * 255).abs()
     assert float(pixel_levels.max()) <= 2.01 and float(pixel_levels.mean()) <= 0.3

@@ -32,7 +32,7 @@ def test_a_multilabel_model_gets_its_sigmoid_and_thresholds_not_a_softmax():
     labels, code = flask_app.labels_of(_model, _png(), config)
     probabilities = torch.sigmoid(LOGITS[0])
     assert code == 200
-    assert labels == shipped.module("image_io").answer(probabilities, config)
+    assert labels == shipped.module("classification").answer(probabilities, config)
     assert [e["positive"] for e in labels["predictions"]] == [True, False, True]
     assert [e["label"] for e in labels["positive"]] == ["a", "c"]
 

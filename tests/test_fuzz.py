@@ -11,6 +11,7 @@ from pathlib import Path
 import contract
 import image_io
 import numpy as np
+import protocols
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -47,7 +48,7 @@ SEEDS = seed_images()
 def check(payload):
     """The property: a finite C x H x W tensor of the configured shape, or a BadInput with a 4xx code."""
     try:
-        tensor = image_io.prepare({"body": payload}, CONFIG)
+        tensor = protocols.prepare({"body": payload}, CONFIG)
     except image_io.BadInput as error:
         assert 400 <= error.code < 500 and error.message
         return
@@ -90,7 +91,7 @@ def test_mutated_images(payload):
 
 @pytest.mark.parametrize("payload", SEEDS, ids=lambda p: f"{len(p)}B")
 def test_every_seed_format_decodes(payload):
-    assert image_io.prepare({"body": payload}, CONFIG).shape == (1, 28, 28)
+    assert protocols.prepare({"body": payload}, CONFIG).shape == (1, 28, 28)
 
 
 @pytest.mark.parametrize("path", sorted(CORPUS.glob("*.bin")), ids=lambda p: p.stem)

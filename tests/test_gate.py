@@ -1,8 +1,11 @@
 """The rollout gate's verdicts (serve/gate.py), on results of the shape gate.measure gives: which
 checks run with a labelled eval set of one label per image, of several, and with no labels at all."""
 
+from marforge import shipped
 from marforge.registry import ROLLOUT_DEFAULTS
 from marforge.serve import gate
+
+HANDLER = {"image_size": [8, 8], "color": "grayscale", "mean": [0.5], "std": [0.5], "labels": ["x"]}
 
 RULES = {**ROLLOUT_DEFAULTS, "min_accuracy": 0.85, "min_auroc": 0.7}
 
@@ -13,7 +16,8 @@ def result(**fields):
 
 
 def verdict(candidate, default, labelled, task):
-    reasons, checks = gate.judge(candidate, default, RULES, labelled, task)
+    config = shipped.contract().HandlerConfig.from_dict({**HANDLER, "task": task})
+    reasons, checks = gate.judge(candidate, default, RULES, labelled, config)
     return reasons, {c["check"]: (c["ran"], c["passed"]) for c in checks}, checks
 
 
@@ -61,5 +65,5 @@ def test_the_gate_reads_the_task_from_the_archive_it_serves(tmp_path):
             archive.writestr("model-config.yaml", f"handler: {json.dumps(handler)}\n")
         return path
 
-    assert gate.task_of(mar(tmp_path / "a.mar", {"task": "multilabel", "labels": ["x"]})) == "multilabel"
-    assert gate.task_of(mar(tmp_path / "b.mar", {"labels": ["x"]})) == "multiclass"
+    assert gate.config_of(mar(tmp_path / "a.mar", {**HANDLER, "task": "multilabel"})).task == "multilabel"
+    assert gate.config_of(mar(tmp_path / "b.mar", HANDLER)).task == "multiclass"

@@ -6,6 +6,7 @@ import base64
 import json
 
 import pytest
+from conftest import task_of
 
 from marforge.cli import main
 from marforge.errors import ApiError
@@ -80,12 +81,19 @@ def test_open_inference_grpc_answers_as_v2_json_does(live_server, grpc, registry
         over_grpc = grpc.infer(mv.name, list(images), version=mv.version, request_id=f"req-{mv.key}")
         assert over_grpc == _v2_over_http(live_server, mv.name, mv.version, images, f"req-{mv.key}"), mv.key
         assert (over_grpc["model_name"], over_grpc["model_version"], over_grpc["id"]) == (mv.name, mv.version, f"req-{mv.key}")
+        assert grpc.model_ready(mv.name, mv.version)
         outputs = {o["name"]: o for o in over_grpc["outputs"]}
+        if task_of(mv) == "detection":
+            assert set(outputs) == {"image_index", "boxes", "scores", "classes", "class_names"}
+            assert set(outputs["image_index"]["data"]) <= {0, 1, 2} and outputs["boxes"]["shape"][1:] == [4]
+            continue
+        if task_of(mv) == "segmentation":
+            assert outputs["mask"]["shape"] == [len(images)] and outputs["fractions"]["shape"][0] == len(images)
+            continue
         assert outputs["probabilities"]["shape"] == [len(images), len(outputs["labels"]["data"])]
         if "top_labels" in outputs:  # one label per image: the first of each row is the answer
             k = outputs["top_labels"]["shape"][1]
             assert outputs["top_labels"]["data"][::k] == list(labels), mv.key
-        assert grpc.model_ready(mv.name, mv.version)
 
 
 def test_a_bad_image_over_open_inference_grpc_keeps_its_400_and_message(live_server, grpc, samples):

@@ -12,6 +12,7 @@ from conftest import stage_model_dir
 
 from marforge.archiving import verify
 from marforge.archiving.worker import LoadedArchive
+from marforge.tasks import classification as classification_task
 
 
 @pytest.fixture(scope="module", params=["fashion-1.0", "fashion-2.0", "digits-1.0"])
@@ -47,7 +48,7 @@ def test_answers_are_compact_json_encoded_by_the_handler(loaded):
 def test_answers_match_the_source_model(loaded):
     mv, handler = loaded
     paths = [path for path, _ in verify.sample_files(mv)]
-    expected = verify.source_probabilities(mv, handler.handler.config, paths)
+    expected = classification_task.reference(mv, handler.handler.config, paths)
     for probs, answer in zip(expected, handler.predict([{"body": p.read_bytes()} for p in paths])):
         for p in answer.json()["predictions"]:
             assert p["probability"] == pytest.approx(float(probs[p["index"]]), abs=1e-5)

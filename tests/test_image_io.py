@@ -1,12 +1,15 @@
-"""Request decoding and preprocessing (handlers/image_io.py), with images made here by Pillow."""
+"""Request decoding and preprocessing (handlers/protocols.py reads the body, handlers/image_io.py decodes it),
+with images made here by Pillow."""
 
 import base64
 import io
 import json
 
+import classification
 import contract
 import image_io
 import numpy as np
+import protocols
 import pytest
 import torch
 from images import encode, gradient, multi_frame, png_declaring, sixteen_bit_png, truncated
@@ -25,14 +28,14 @@ def pixels(tensor):
 
 def test_grayscale_png_round_trips_exactly():
     image = gradient()
-    tensor = image_io.prepare({"body": bytearray(encode(image))}, CONFIG)
+    tensor = protocols.prepare({"body": bytearray(encode(image))}, CONFIG)
     assert tensor.shape == (1, 28, 28)
     assert torch.allclose(pixels(tensor)[0], torch.tensor(np.asarray(image), dtype=torch.float32), atol=1e-3)
 
 
 def test_normalisation_uses_mean_and_std():
     white = Image.new("L", (28, 28), 255)
-    tensor = image_io.prepare({"body": encode(white)}, CONFIG)
+    tensor = protocols.prepare({"body": encode(white)}, CONFIG)
     assert torch.allclose(tensor, torch.full((1, 28, 28), (1.0 - 0.5) / 0.25))
 
 
@@ -40,7 +43,7 @@ def test_normalisation_uses_mean_and_std():
 def test_other_modes_become_grayscale(mode):
     image = gradient().convert(mode)
     fmt = "JPEG" if mode == "CMYK" else "PNG"
-    tensor = image_io.prepare({"body": encode(image, fmt)}, CONFIG)
+    tensor = protocols.prepare({"body": encode(image, fmt)}, CONFIG)
     assert tensor.shape == (1, 28, 28)
     if mode in ("RGB", "P", "LA", "RGBA"):  # lossless and opaque: the same pixels come back
         assert torch.allclose(pixels(tensor)[0], torch.tensor(np.asarray(gradient()), dtype=torch.float32), atol=1.5)
@@ -48,24 +51,24 @@ def test_other_modes_become_grayscale(mode):
 
 def test_sixteen_bit_png_is_scaled_not_clipped():
     assert Image.open(io.BytesIO(sixteen_bit_png())).mode == "I;16"
-    tensor = image_io.prepare({"body": sixteen_bit_png()}, CONFIG)
+    tensor = protocols.prepare({"body": sixteen_bit_png()}, CONFIG)
     assert torch.allclose(pixels(tensor)[0], torch.tensor(np.asarray(gradient()), dtype=torch.float32), atol=1e-3)
 
 
 def test_transparent_pixels_become_black():
     image = Image.new("RGBA", (28, 28), (255, 255, 255, 0))
-    tensor = image_io.prepare({"body": encode(image)}, CONFIG)
+    tensor = protocols.prepare({"body": encode(image)}, CONFIG)
     assert torch.allclose(pixels(tensor), torch.zeros(1, 28, 28), atol=1e-3)
 
 
 def test_any_size_is_resized():
-    tensor = image_io.prepare({"body": encode(gradient((300, 200)).convert("RGB"), "JPEG")}, CONFIG)
+    tensor = protocols.prepare({"body": encode(gradient((300, 200)).convert("RGB"), "JPEG")}, CONFIG)
     assert tensor.shape == (1, 28, 28)
 
 
 def test_rgb_config_gives_three_channels():
     config = contract.HandlerConfig.from_dict({**vars(CONFIG), "color": "rgb", "mean": [0.5] * 3, "std": [0.25] * 3})
-    tensor = image_io.prepare({"body": encode(Image.new("RGB", (10, 10), (255, 0, 0)))}, config)
+    tensor = protocols.prepare({"body": encode(Image.new("RGB", (10, 10), (255, 0, 0)))}, config)
     assert tensor.shape == (3, 28, 28)
     assert tensor[0].min() > 1.9 and tensor[1].max() < -1.9
 
@@ -78,7 +81,7 @@ def test_rgb_config_gives_three_channels():
     {"body": json.dumps({"data": base64.b64encode(encode(gradient())).decode()}).encode()},  # JSON as bytes
 ])
 def test_every_way_of_sending_an_image(row):
-    assert image_io.extract_payload(row) == encode(gradient())
+    assert protocols.parse(row, CONFIG).items == [("image", encode(gradient()))]
 
 
 @pytest.mark.parametrize("row, kind, fragment", [
@@ -92,21 +95,21 @@ def test_every_way_of_sending_an_image(row):
 ])
 def test_bad_requests_say_what_is_wrong(row, kind, fragment):
     with pytest.raises(image_io.BadInput) as caught:
-        image_io.prepare(row, CONFIG)
+        protocols.prepare(row, CONFIG)
     assert caught.value.kind == kind and fragment in caught.value.message
     assert 400 <= caught.value.code < 500
 
 
 def test_random_bytes_are_not_an_image():
     with pytest.raises(image_io.BadInput, match="not an image format") as caught:
-        image_io.prepare({"body": bytes(range(256)) * 4}, CONFIG)
+        protocols.prepare({"body": bytes(range(256)) * 4}, CONFIG)
     assert caught.value.code == 400
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_truncated_files_are_refused(fmt):
     with pytest.raises(image_io.BadInput, match="broken or truncated"):
-        image_io.prepare({"body": truncated(fmt)}, CONFIG)
+        protocols.prepare({"body": truncated(fmt)}, CONFIG)
 
 
 @pytest.mark.parametrize("side, fragment", [
@@ -115,7 +118,7 @@ def test_truncated_files_are_refused(fmt):
 ])
 def test_absurd_declared_dimensions_are_refused_before_decoding(side, fragment):
     with pytest.raises(image_io.BadInput) as caught:
-        image_io.prepare({"body": png_declaring(side, side)}, CONFIG)
+        protocols.prepare({"body": png_declaring(side, side)}, CONFIG)
     assert caught.value.kind == "ImageTooLarge" and caught.value.code == 413
     assert fragment in caught.value.message
 
@@ -123,7 +126,7 @@ def test_absurd_declared_dimensions_are_refused_before_decoding(side, fragment):
 @pytest.mark.parametrize("fmt", ["GIF", "TIFF"])
 def test_multi_frame_images_are_refused(fmt):
     with pytest.raises(image_io.BadInput, match=f"the {fmt} image has 2 frames") as caught:
-        image_io.prepare({"body": multi_frame(fmt)}, CONFIG)
+        protocols.prepare({"body": multi_frame(fmt)}, CONFIG)
     assert caught.value.kind == "UnsupportedImage"
 
 
@@ -131,13 +134,13 @@ def test_multi_frame_images_are_refused(fmt):
                                   png_declaring(0, 0)], ids=["1x1", "200x3", "0x0"])
 def test_images_too_small_to_classify_are_refused(data):
     with pytest.raises(image_io.BadInput) as caught:
-        image_io.prepare({"body": data}, CONFIG)
+        protocols.prepare({"body": data}, CONFIG)
     assert caught.value.code == 400 and caught.value.kind in {"ImageTooSmall", "InvalidImage"}
 
 
 def test_top_k_orders_labels_by_probability():
     probabilities = torch.tensor([0.1, 0.6, 0.05, 0.25] + [0.0] * 6)
-    top = image_io.top_k(probabilities, CONFIG)
+    top = classification.top_k(probabilities, CONFIG)
     assert [t["label"] for t in top] == ["1", "3", "0"]
     assert top[0]["probability"] == pytest.approx(0.6)
 
@@ -179,5 +182,5 @@ EXACT = [  # (row, status, type, message): every error type a client can get, wo
 @pytest.mark.parametrize("row, status, kind, message", EXACT, ids=[f"{e[2]}-{i}" for i, e in enumerate(EXACT)])
 def test_each_error_type_says_exactly_what_was_wrong(row, status, kind, message):
     with pytest.raises(image_io.BadInput) as caught:
-        image_io.prepare(row, CONFIG)
+        protocols.prepare(row, CONFIG)
     assert caught.value.as_dict() == {"code": status, "type": kind, "message": message}

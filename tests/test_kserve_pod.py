@@ -3,17 +3,17 @@
 TorchServe is started exactly as the ServingRuntime's container says: its command and args (the
 storage location KServe mounts at /mnt/models is the bundle's folder here), the pod's environment
 and the readiness command as written; only the ports are moved to free ones (the bundle is written
-with them), and the process gets its own TMPDIR as a pod has its own /tmp. It is reached through 127.0.0.2,
-not the address management binds (127.0.0.1), as another pod reaches a pod's IP.
+with them), and the process gets its own TMPDIR as a pod has its own /tmp. It is reached through 127.0.0.2
+(deploy/pod.py's OUTSIDE), not the address management binds (127.0.0.1), as another pod reaches a pod's IP:
+a socket bound to 127.0.0.1 (management, gRPC) refuses it, one bound to 0.0.0.0 (inference, metrics)
+answers it, and no packet leaves this machine. marforge/deploy/pod.py starts it (bench-kserve does too).
 """
 
 import base64
 import json
-import os
 import socket
 import subprocess
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -22,6 +22,7 @@ import yaml
 from conftest import ROOT, assert_triton_gets_400_for_a_bad_image
 
 from marforge.deploy import kserve, runtime
+from marforge.deploy import pod as deploy_pod
 from marforge.serve.config import read_properties
 
 
@@ -36,46 +37,23 @@ def documents(folder):
     return {p.name: yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))}
 
 
-# Another address of the loopback range: a socket bound to 127.0.0.1 (management, gRPC) refuses it, one bound
-# to 0.0.0.0 (inference, metrics) answers it, exactly as for a pod's IP, and no packet leaves this machine.
-OUTSIDE = "127.0.0.2"
-
-
 @pytest.fixture(scope="module")
 def pod(registry, project, tmp_path_factory):
     """TorchServe started exactly as the ServingRuntime's container says, from an own bundle of fashion 2.0."""
     from marforge.serve import process
 
-    address = OUTSIDE
     ports = process.free_listeners()
     folder = kserve.bundle(project, registry.get("fashion", "2.0"), tmp_path_factory.mktemp("pod"), "s3://b/m",
                            kserve.Target(cpus=2), ports=ports)
-    docs = documents(folder)
-    [spec] = docs["servingruntime.yaml"]["spec"]["containers"]
-    run = tmp_path_factory.mktemp("pod_run")
-    (run / "tmp").mkdir()
-    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",  # the image's PATH
-           **{e["name"]: e["value"] for e in docs["inferenceservice.yaml"]["spec"]["predictor"]["model"]["env"]},
-           "TMPDIR": str(run / "tmp"), "TEMP": str(run / "tmp"), "LOG_LOCATION": str(run / "logs")}  # a pod's own /tmp
-    command = spec["command"] + [a.replace(runtime.MOUNT, str(folder)) for a in spec["args"]]
-    ready = spec["readinessProbe"]["exec"]["command"]
-    log = open(run / "torchserve.log", "wb")
-    server = subprocess.Popen(command, cwd=run, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    early = subprocess.run(ready, env=env, capture_output=True, timeout=30, check=False)
-    deadline = time.monotonic() + 240
-    while subprocess.run(ready, env=env, capture_output=True, timeout=30, check=False).returncode != 0:
-        assert server.poll() is None, (run / "torchserve.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "the runtime's readiness command never passed"
-        time.sleep(1)
-    yield {"address": address, "ports": ports, "env": env, "spec": spec, "server": server, "early": early,
-           "folder": folder}
-    if server.poll() is None:
-        subprocess.run(["torchserve", "--stop", "--foreground"], env=env, cwd=run, timeout=90, check=False)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
-    log.close()
+    with deploy_pod.started(folder) as running:
+        ready = running.spec["readinessProbe"]["exec"]["command"]
+        early = subprocess.run(ready, env=running.env, capture_output=True, timeout=30, check=False)  # at once
+        assert running.spec == documents(folder)["servingruntime.yaml"]["spec"]["containers"][0]
+        assert running.server.args == running.spec["command"] + [a.replace(runtime.MOUNT, str(folder))
+                                                                  for a in running.spec["args"]]
+        running.wait_ready(240)
+        yield {"address": running.address, "ports": ports, "env": running.env, "spec": running.spec,
+               "server": running.server, "early": early, "folder": folder}
 
 
 def _v1(base, path):

@@ -10,8 +10,8 @@ import logging
 
 import contract
 import image_handler
-import image_io
 import placement
+import protocols
 import pytest
 import torch
 import yaml
@@ -22,6 +22,7 @@ from marforge import registry as registry_module
 from marforge.archiving import archive, variants, verify
 from marforge.archiving.weights import read_metadata
 from marforge.archiving.worker import LoadedArchive
+from marforge.tasks import classification as classification_task
 
 JIT_LOAD_DEPRECATED = "ignore:`torch.jit.load` is deprecated:FutureWarning"  # BaseHandler still uses it
 SECTION = {"image_size": 28, "color": "grayscale", "mean": [0.5], "std": [0.5], "labels": list("0123456789")}
@@ -121,7 +122,7 @@ def test_half_precision_on_this_cpu_machine_serves_float32(registry, tmp_path, c
         assert {p.dtype for p in handler.model.parameters()} == {torch.float32}
         paths = [path for path, _ in verify.sample_files(mv)]
         answers = loaded.predict([{"body": p.read_bytes()} for p in paths])
-        expected = verify.source_probabilities(mv, loaded.handler.config, paths)
+        expected = classification_task.reference(mv, loaded.handler.config, paths)
     assert "half_precision ignored on the CPU" in caplog.text
     for probs, answer in zip(expected, answers):
         assert answer.status == 200
@@ -147,7 +148,7 @@ def test_quantized_archive_on_a_gpu_worker_loads_on_the_cpu(registry, tmp_path, 
     mv = registry.by_key("fashion-1.0")
     context = stage_traced(mv, tmp_path, "quantized")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    handler = image_handler.ImageClassifier()
+    handler = image_handler.ImageHandler()
     handler.initialize(context)
     cpu = torch.device("cpu")
     assert (handler.device, handler.map_location, handler.placement.device) == (cpu, "cpu", cpu)
@@ -164,13 +165,13 @@ def test_the_same_mocked_gpu_worker_really_tries_cuda_for_torchscript(registry, 
     on a machine without a GPU (CUDA mocked) its load fails; on a GPU machine it lands there."""
     context = stage_traced(registry.by_key("fashion-1.0"), tmp_path, "torchscript")
     if torch.cuda.is_available():
-        handler = image_handler.ImageClassifier()
+        handler = image_handler.ImageHandler()
         handler.initialize(context)
         assert handler.placement.device == torch.device("cuda:0")
         return
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(RuntimeError, match="CUDA"):
-        image_handler.ImageClassifier().initialize(context)
+        image_handler.ImageHandler().initialize(context)
 
 
 def test_onnxruntime_is_asked_for_the_workers_own_gpu():
@@ -199,7 +200,7 @@ def test_onnx_archive_on_a_gpu_worker_without_onnxruntime_gpu_says_it_runs_on_th
         return real_session(*args, providers=providers, **kwargs)
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", session)
-    handler = image_handler.ImageClassifier()
+    handler = image_handler.ImageHandler()
     handler.initialize(context)
     assert handler.placement.device == torch.device("cuda:1")
     # One session, opened for this worker's GPU: BaseHandler's own (every core, GPU 0) is never opened.
@@ -207,7 +208,7 @@ def test_onnx_archive_on_a_gpu_worker_without_onnxruntime_gpu_says_it_runs_on_th
     assert handler.model.get_providers() == ["CPUExecutionProvider"]
     assert "onnxruntime has no CUDA provider here" in caplog.text and "cuda:1" in caplog.text
     paths = [path for path, _ in verify.sample_files(mv)]
-    inputs = torch.stack([image_io.prepare({"body": p.read_bytes()}, handler.config) for p in paths])
+    inputs = torch.stack([protocols.prepare({"body": p.read_bytes()}, handler.config) for p in paths])
     probabilities, _, _ = handler.inference((inputs, list(range(len(paths))), [(28, 28)] * len(paths)))
-    expected = verify.source_probabilities(mv, handler.config, paths)
+    expected = classification_task.reference(mv, handler.config, paths)
     assert torch.allclose(probabilities, torch.stack(list(expected)), atol=1e-4)

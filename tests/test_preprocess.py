@@ -3,9 +3,10 @@ handler settings for models trained elsewhere: resize, crops, multi-label output
 
 import io
 
+import classification
 import contract
-import image_io
 import numpy as np
+import protocols
 import pytest
 import torch
 from PIL import Image
@@ -57,7 +58,7 @@ def test_a_grayscale_radiograph_becomes_three_equal_channels():
     gray = Image.fromarray(np.arange(300 * 280, dtype=np.uint32).reshape(280, 300).astype(np.uint8), "L")
     buffer = io.BytesIO()
     gray.save(buffer, format="PNG")
-    tensor = image_io.prepare({"body": buffer.getvalue()}, config(resize=256, crop="center"))
+    tensor = protocols.prepare({"body": buffer.getvalue()}, config(resize=256, crop="center"))
     pixels = tensor * torch.tensor(IMAGENET["std"]).view(3, 1, 1) + torch.tensor(IMAGENET["mean"]).view(3, 1, 1)
     assert torch.allclose(pixels[0], pixels[1], atol=1e-6) and torch.allclose(pixels[1], pixels[2], atol=1e-6)
 
@@ -70,13 +71,18 @@ def test_the_crop_box_is_where_the_center_view_lies_in_the_original(size, box):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"crop": "five"}, "handler crop must be one of none, center, ten, not 'five'"),
+    ({"crop": "five"}, "handler crop must be one of none, center, ten, keep, not 'five'"),
     ({"crop": "ten"}, "handler crop 'ten' needs resize: the shorter side's length before cropping, at least the crop's 224"),
     ({"crop": "center", "resize": 200}, "handler crop 'center' needs resize: the shorter side's length before cropping, "
                                         "at least the crop's 224"),
     ({"resize": 256}, "handler resize (of the shorter side) needs a crop (center or ten): without one the model would "
                       "get inputs of varying size"),
-    ({"task": "segmentation"}, "handler task must be one of multiclass, multilabel, not 'segmentation'"),
+    ({"task": "captioning"}, "handler task must be one of multiclass, multilabel, detection, segmentation, not 'captioning'"),
+    ({"task": "detection", "score_threshold": 1.5}, "handler score_threshold must be a score from 0 to 1, not 1.5"),
+    ({"task": "segmentation", "labels": [str(i) for i in range(300)]},
+     "a segmentation model may have at most 256 classes (its mask is 8-bit), not 300"),
+    ({"crop": "keep", "resize": 256}, "handler resize (of the shorter side) needs a crop (center or ten): without one "
+                                      "the model would get inputs of varying size"),
     ({"task": "multilabel", "activation": "softmax"}, "a multilabel model's activation must be one of sigmoid, none, "
                                                       "not 'softmax'"),
     ({"thresholds": [0.5] * 14}, "handler thresholds apply to multilabel models only"),
@@ -109,9 +115,9 @@ def test_registry_thresholds_become_one_per_label():
 def test_a_multilabel_answer_judges_every_label_in_model_order():
     cfg = config(task="multilabel", thresholds=[0.5] * 13 + [0.9])
     probabilities = torch.tensor([0.1, 0.7, 0.55] + [0.0] * 10 + [0.8])
-    answer = image_io.answer(probabilities, cfg)
+    answer = classification.answer(probabilities, cfg)
     assert [p["label"] for p in answer["predictions"]] == SECTION["labels"]
     assert answer["predictions"][13] == {"label": "l13", "index": 13, "probability": pytest.approx(0.8),
                                          "threshold": 0.9, "positive": False}
     assert [(p["label"], p["index"]) for p in answer["positive"]] == [("l1", 1), ("l2", 2)]
-    assert list(image_io.answer(probabilities, config())) == ["predictions"]  # multiclass answers as before
+    assert list(classification.answer(probabilities, config())) == ["predictions"]  # multiclass answers as before

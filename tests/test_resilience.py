@@ -5,7 +5,8 @@ import signal
 import time
 
 import pytest
-from loadgen import Load
+
+from marforge.measure.loadgen import Background
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +28,7 @@ def test_a_killed_worker_is_restarted_and_no_request_hangs(live_server, samples,
     old_pid = min(before)
     path, label = samples["fashion"][0]
     url = f"{client.endpoints.inference}/predictions/fashion/2.0"
-    with Load(url, path.read_bytes(), lambda: client.key("inference"), clients=4, timeout=30) as load:
+    with Background(url, path.read_bytes(), lambda: client.key("inference"), clients=4, timeout=30) as load:
         load.wait_for(40)
         killed_at = time.monotonic()
         os.kill(old_pid, signal.SIGKILL)

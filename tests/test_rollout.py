@@ -20,11 +20,11 @@ import zipfile
 import pytest
 import torch
 from conftest import ROOT
-from loadgen import Load
 
 from marforge import files
 from marforge.archiving import archive
 from marforge.errors import ApiError, Rejected, RolledBack, ServerError
+from marforge.measure.loadgen import Background
 from marforge.project import Project
 from marforge.serve import launch, process, rollout, state, status
 from marforge.serve.rundir import RunDir
@@ -124,7 +124,7 @@ def env(running):
 def load_on(env, model="fashion"):
     client = env["server"].client
     sample = sorted((ROOT / "samples" / model).glob("*.png"))[0].read_bytes()
-    return Load(f"{client.endpoints.inference}/predictions/{model}", sample, lambda: client.key("inference"))
+    return Background(f"{client.endpoints.inference}/predictions/{model}", sample, lambda: client.key("inference"))
 
 
 def do_rollout(env, version, **kwargs):

@@ -8,8 +8,8 @@ import shutil
 import struct
 
 import contract
-import image_io
 import numpy as np
+import protocols
 import pytest
 import torch
 from conftest import ROOT
@@ -82,7 +82,7 @@ def test_training_feeds_the_model_exactly_what_the_handler_makes(project):
     trained_on = recipe.model_input(data.test_images[:5], mean, std)
     config = contract.HandlerConfig.from_dict({**contract.preprocess_metadata((28, 28), "grayscale", [mean], [std]),
                                                "labels": data.labels})
-    served = torch.stack([image_io.prepare({"body": png(image)}, config) for image in data.test_images[:5]])
+    served = torch.stack([protocols.prepare({"body": png(image)}, config) for image in data.test_images[:5]])
     assert torch.equal(trained_on, served)  # bit for bit: the same op on the same pixels
 
 

@@ -79,10 +79,10 @@ def test_compile_asks_torchserve_for_inductor(built):
 def test_every_format_agrees_with_the_eager_model_on_the_eval_set(built):
     for (version, fmt), (_, report) in built.items():
         assert report.images == 304  # 4 samples + 300 eval images
-        assert report.top1_agreement >= variants.TOLERANCES[fmt].top1_agreement
-        assert report.max_probability_diff <= variants.TOLERANCES[fmt].probability
+        assert report.agreement >= variants.TOLERANCES[fmt].agreement
+        assert report.max_diff <= variants.TOLERANCES[fmt].value
         if fmt in ("eager", "torchscript", "onnx", "compile"):
-            assert report.top1_agreement == 1.0 and report.max_probability_diff <= 1e-4
+            assert report.agreement == 1.0 and report.max_diff <= 1e-4
         assert report.accuracy >= 0.85, (version, fmt)
 
 

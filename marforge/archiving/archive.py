@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from marforge import files, shipped
+from marforge import files, shipped, tasks
 from marforge.archiving import variants, verify
 from marforge.archiving.weights import verified_metadata
 from marforge.errors import ArchiveError
@@ -42,6 +42,11 @@ def build(mv, model_store, handlers_dir=shipped.HANDLERS_DIR, fmt=None):
     if fmt not in variants.formats():
         raise ArchiveError(f"unknown archive format {fmt!r} for {mv.key}", f"use one of: {', '.join(variants.formats())}")
     metadata = verified_metadata(mv)
+    task_name = metadata.get("task") or "multiclass"
+    task = tasks.of(task_name)
+    if fmt not in task.TOLERANCES:
+        raise ArchiveError(f"{mv.key} is a {task_name} model: it cannot be archived as {fmt} ({task.UNAVAILABLE})",
+                           f"use one of: {', '.join(task.TOLERANCES)}")
     target = mv.archive_path(model_store, fmt)
     with tempfile.TemporaryDirectory(prefix=f"marforge-{mv.key}-{fmt}-") as work:
         work = Path(work)

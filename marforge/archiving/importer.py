@@ -64,7 +64,7 @@ def import_checkpoint(project, name, version, checkpoint, preset=None, fmt=None,
     model = model_class(model_def)()
     matched = checkpoints.match(source, model, project.relative(model_def), strip_prefix, add_prefix)
     model.load_state_dict(matched.state_dict, strict=True)
-    _check_outputs(model.eval(), preprocess, chosen["labels"], source.path, project.relative(model_def))
+    _check_outputs(model.eval(), preprocess, chosen["labels"], source.path, project.relative(model_def), outputs["task"])
     weights.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), weights)
     metadata = {
@@ -93,12 +93,36 @@ def import_checkpoint(project, name, version, checkpoint, preset=None, fmt=None,
     return metadata, report
 
 
-def _check_outputs(model, preprocess, labels, path, model_def):
+def _check_outputs(model, preprocess, labels, path, model_def, task):
+    """CheckpointError unless the model answers as its task's interface says, with one output per label:
+    a classifier's N x labels, a segmenter's {"out": N x labels x H x W} (torchvision's interface), a
+    detector's list of {"boxes", "labels", "scores"} per image (torchvision's; its label count is its own)."""
     import torch
 
     height, width = preprocess["image_size"]
-    with torch.inference_mode():
-        size = model(torch.zeros(1, shipped.contract().CHANNELS[preprocess["color"]], height, width)).shape[-1]
+    image = torch.zeros(1, shipped.contract().CHANNELS[preprocess["color"]], height, width)
+    hint = {"detection": "pass --model-def with a torchvision detection model",
+            "segmentation": "pass --model-def with a torchvision segmentation model"}.get(task, "check --image-size and --color")
+    try:
+        with torch.inference_mode():
+            out = model(list(image)) if task == "detection" else model(image)
+    except Exception as exc:  # the user's model refuses the input its task's interface sends
+        shape = "a list of one " * (task == "detection") + " x ".join(map(str, image.shape[task == "detection":]))
+        raise CheckpointError(f"{path}: {model_def} cannot run as a {task} model on {shape} input: "
+                              f"{type(exc).__name__}: {exc}", hint) from None
+    if task == "detection":
+        found = out[1] if isinstance(out, tuple) else out
+        if not (isinstance(found, list) and found and isinstance(found[0], dict) and {"boxes", "labels", "scores"} <= set(found[0])):
+            raise CheckpointError(f"{path}: {model_def} does not answer as a torchvision detector does (a list of "
+                                  '{"boxes", "labels", "scores"} per image)', hint)
+        return
+    if task == "segmentation":
+        if not (isinstance(out, dict) and "out" in out):
+            raise CheckpointError(f"{path}: {model_def} does not answer as a torchvision segmenter does "
+                                  '({"out": N x classes x H x W})', hint)
+        size = out["out"].shape[1]
+    else:
+        size = out.shape[-1]
     if size != len(labels):
         raise CheckpointError(f"{path}: {model_def} with these weights answers {size} values per image, but "
                               f"{len(labels)} labels were given", f"pass --labels with {size} names in output order")

@@ -1,7 +1,8 @@
 """What an archive is built from, written down so that `make` rebuilds exactly when it changes.
 
-The Makefile's archive rules depend on the code that builds and serves (handlers/, marforge/archiving/),
-on the version's weights and metadata, and on one stamp per version,
+The Makefile's archive rules depend on the code that builds and serves (`BUILD_CODE`: handlers/,
+marforge/archiving/ and the modules they read; the Makefile takes the list from `python -m marforge
+build-code`), on the version's weights and metadata, and on one stamp per version,
 `<model_store>/.inputs/<key>.json`: the version's own registry entry (its model definition and that
 file's hash, its format, its handler options) and the hashes of its sample and eval images. The
 stamp is rewritten only when its content changes, so a change to another version, to a rollout
@@ -15,6 +16,14 @@ from pathlib import Path
 from marforge import files
 
 STAMP_DIR = ".inputs"
+CHECKOUT = Path(__file__).resolve().parents[2]  # the code's own checkout: handlers/ beside marforge/
+BUILD_CODE = ("handlers/*.py", "marforge/archiving/*.py", "marforge/registry.py", "marforge/project.py",
+              "marforge/shipped.py", "marforge/labelled.py", "marforge/files.py")
+
+
+def build_code(checkout=CHECKOUT):
+    """The files of `BUILD_CODE` in `checkout`, relative to it and sorted: what every archive is built from."""
+    return sorted(p.relative_to(checkout) for pattern in BUILD_CODE for p in Path(checkout).glob(pattern))
 
 
 def stamp_path(model_store, mv):
@@ -59,23 +68,25 @@ def write_stamp(model_store, mv):
     return True
 
 
-def stale(model_store, mv, archive):
+def stale(model_store, mv, archive, checkout=CHECKOUT):
     """Why `archive` (one of `mv`'s, in `model_store`) is older than what make builds it from, or None
     when it is not: its weights or metadata changed since, or the version's inputs no longer match the
-    stamp (or the stamp was rewritten since). An archive built without a stamp (`python -m marforge
-    archive`) is judged by its weights alone."""
+    stamp (or the stamp was rewritten since), or the code that builds it (`build_code` of `checkout`)
+    changed since. An archive built without a stamp (`python -m marforge archive`) is judged by its
+    weights and the code alone."""
     archive = Path(archive)
     built = archive.stat().st_mtime
     for source in (mv.weights, mv.metadata):
         if Path(source).is_file() and Path(source).stat().st_mtime > built:
             return f"{source} changed after it was built"
     stamp = stamp_path(model_store, mv)
-    if not stamp.is_file():
-        return None
-    if stamp.read_text() != _stamp_text(mv):
+    if stamp.is_file() and stamp.read_text() != _stamp_text(mv):
         return f"{mv.key}'s registry entry, model definition, samples or eval images changed after it was built"
-    if stamp.stat().st_mtime > built:
+    if stamp.is_file() and stamp.stat().st_mtime > built:
         return f"{stamp} changed after it was built"
+    changed = [str(path) for path in build_code(checkout) if (Path(checkout) / path).stat().st_mtime > built]
+    if changed:
+        return f"the code that builds it changed after it was built ({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})"
     return None
 
 

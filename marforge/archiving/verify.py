@@ -3,24 +3,20 @@
 `check` unpacks an archive, loads it as a worker does (worker.py), predicts the version's sample
 images and its eval set (eval/<name>/, when it has one) in batches of the version's batch_size, and
 compares every answer with the eager source model (model definition + weights) run in-process
-through torchvision's own transforms (Resize, CenterCrop or TenCrop, ToTensor, Normalize: an
-implementation independent of the handler's): the probabilities the answer carries (the top-k of a
-multiclass model, every label of a multilabel one) within 1e-5 for an eager archive and each other
-format's own tolerance (variants.TOLERANCES), and the same decision (top-1 label, or set of positive
-labels) on at least the tolerance's share of images. Labelled eval images are also scored:
-accuracy for one label per image, mean AUROC for several. For a `compile` or `cudagraphs` archive
-(variants.COMPILED) it also checks that inductor really compiled the model (TorchServe falls back to
-eager with a warning).
+without the handler's code, as the archive's task says (marforge/tasks/: a classifier's
+probabilities and decisions, a detector's boxes, a segmenter's masks), within the format's
+tolerance for that task. Labelled eval images are also scored with the task's metrics (accuracy,
+mean AUROC, mAP, mIoU). For a `compile` or `cudagraphs` archive (variants.COMPILED) it also checks
+that inductor really compiled the model (TorchServe falls back to eager with a warning).
 """
 
 import dataclasses
 import time
 import zipfile
 
-from marforge import labelled, scores, shipped
+from marforge import labelled, shipped, tasks
 from marforge.archiving import variants
 from marforge.archiving.mar import archive_format, manifest_of
-from marforge.archiving.weights import build_model
 from marforge.archiving.worker import LoadedArchive
 from marforge.errors import ArchiveError, DataError
 
@@ -30,30 +26,37 @@ class Verification:
     """What verifying one archive measured (built by field name: no positional arguments)."""
 
     fmt: str
-    samples: list  # one {"sample": file name, "top1": the most likely label's prediction} per sample image
+    samples: list  # one {"sample": file name, ...the task's summary of its answer} per sample image
     images: int  # images compared with the source model: the samples and the eval set
-    top1_agreement: float  # share of them with the source model's decision (top-1, or positive set)
-    max_probability_diff: float  # over the probabilities the handler returns
-    accuracy: float  # of a multiclass archive on the eval set's true labels (None: no labelled eval set)
+    agreement: float  # share of them with the source model's decision (top-1, positive set, detections, mask)
+    max_diff: float  # over the numbers the handler returns (probabilities, scores; a mask's: 0)
     tolerance: variants.Tolerance
     serialized_bytes: int  # size of the archive's serialized model file
     verify_s: float
+    quality: dict = dataclasses.field(default_factory=dict)  # the task's metrics on a labelled eval set, by name
     compiled_graphs: int | None = None  # compile format: graphs inductor compiled for the batches run
     build_s: float | None = None  # set by archive.build
-    mean_auroc: float | None = None  # of a multilabel archive on a labelled eval set
     notes: tuple = ()  # what could not be checked, and why
+
+    @property
+    def accuracy(self):  # of a multiclass archive on the eval set's true labels (None: not measured)
+        return self.quality.get("accuracy")
+
+    @property
+    def mean_auroc(self):  # of a multilabel archive on a labelled eval set
+        return self.quality.get("mean_auroc")
 
     def with_build_time(self, seconds):
         return dataclasses.replace(self, build_s=seconds)
 
     def summary(self):
         compiled = f", inductor compiled {self.compiled_graphs} graph(s)" if self.compiled_graphs is not None else ""
-        quality = (f", eval accuracy {self.accuracy:.4f}" if self.accuracy is not None else "") + (
-            f", eval mean AUROC {self.mean_auroc:.4f}" if self.mean_auroc is not None else "")
+        quality = "".join(f", eval {name.replace('_', ' ')} {value:.4f}" for name, value in self.quality.items()
+                          if value is not None)
         notes = "".join(f"; {note}" for note in self.notes)
-        return (f"{self.fmt}: {self.images} images, top-1 agreement {self.top1_agreement:.4f} "
-                f"(>= {self.tolerance.top1_agreement}), max probability difference {self.max_probability_diff:.2e} "
-                f"(<= {self.tolerance.probability}){quality}, model file {self.serialized_bytes} bytes{compiled}{notes}")
+        return (f"{self.fmt}: {self.images} images, agreement {self.agreement:.4f} "
+                f"(>= {self.tolerance.agreement}), max difference {self.max_diff:.2e} "
+                f"(<= {self.tolerance.value}){quality}, model file {self.serialized_bytes} bytes{compiled}{notes}")
 
 
 def sample_files(mv):
@@ -89,15 +92,13 @@ def check(mar_path, mv):
             raise ArchiveError(f"{mar_path}: image {path.name} got HTTP {answer.status}: {answer.body[:300]!r}")
     config = shipped.contract().HandlerConfig.from_dict(section)
     bodies = [answer.json() for answer in answers]
-    expected = source_probabilities(mv, config, paths)
-    agreement, max_diff = compare(mar_path, fmt, config, paths, bodies, expected)
-    accuracy, auroc = quality(config, bodies[len(samples):], [label for _, label in evals])
-    tops = [{"sample": path.name, "top1": max(body["predictions"], key=lambda p: p["probability"])}
-            for (path, _), body in zip(samples, bodies)]
-    return Verification(fmt=fmt, samples=tops, images=len(paths), top1_agreement=agreement,
-                        max_probability_diff=max_diff, accuracy=accuracy, tolerance=variants.TOLERANCES[fmt],
-                        serialized_bytes=serialized_size(mar_path, manifest), verify_s=time.monotonic() - started,
-                        compiled_graphs=graphs, mean_auroc=auroc, notes=notes)
+    task = tasks.of(config.task)
+    agreement, max_diff = task.compare(mar_path, fmt, config, paths, bodies, task.reference(mv, config, paths))
+    quality = task.quality(config, bodies[len(samples):], [label for _, label in evals])
+    summaries = [{"sample": path.name, **task.sample_summary(body)} for (path, _), body in zip(samples, bodies)]
+    return Verification(fmt=fmt, samples=summaries, images=len(paths), agreement=agreement, max_diff=max_diff,
+                        quality=quality, tolerance=task.TOLERANCES[fmt], serialized_bytes=serialized_size(mar_path, manifest),
+                        verify_s=time.monotonic() - started, compiled_graphs=graphs, notes=notes)
 
 
 def run_loaded(mar_path, mv, fmt, paths):
@@ -120,87 +121,6 @@ def run_loaded(mar_path, mv, fmt, paths):
                            "read the error above; fix the handler, model file or weights and rebuild") from None
 
 
-def decision(config, probabilities):
-    """What an answer decides from a probability vector: the top-1 index, or the set of positive labels."""
-    if config.task == "multilabel":
-        return frozenset(i for i, p in enumerate(probabilities) if p >= config.threshold_of(i))
-    return max(range(len(probabilities)), key=lambda i: probabilities[i])
-
-
-def answered(config, body):
-    """(the decision an answer states, {label index: probability} of the probabilities it carries)."""
-    carried = {p["index"]: p["probability"] for p in body["predictions"]}
-    if config.task == "multilabel":
-        return frozenset(p["index"] for p in body["positive"]), carried
-    return body["predictions"][0]["index"], carried
-
-
-def compare(mar_path, fmt, config, paths, bodies, expected):
-    """Decision agreement and largest probability difference with the source model; raise past the tolerance."""
-    tolerance = variants.TOLERANCES[fmt]
-    disagree, worst = [], (0.0, None, None, None, None)
-    for path, body, probs in zip(paths, bodies, expected.tolist()):
-        said, carried = answered(config, body)
-        if said != decision(config, probs):
-            disagree.append((path, said, decision(config, probs)))
-        for index, probability in carried.items():
-            if abs(probability - probs[index]) >= worst[0]:
-                worst = (abs(probability - probs[index]), path, index, probability, probs[index])
-    agreement = 1 - len(disagree) / len(paths)
-    if agreement < tolerance.top1_agreement:
-        path, said, source = disagree[0]
-        raise ArchiveError(f"{mar_path}: {len(disagree)} of {len(paths)} images disagree with the source model "
-                           f"on the {'positive labels' if config.task == 'multilabel' else 'top-1 class'} "
-                           f"({fmt} needs agreement >= {tolerance.top1_agreement}); {path.name}: archive says "
-                           f"{_named(config, said)}, source model says {_named(config, source)}")
-    diff, path, index, probability, source = worst
-    if diff > tolerance.probability:
-        raise ArchiveError(f"{mar_path}: image {path.name}: probability of {config.labels[index]} is {probability:.7f} "
-                           f"in the archive, {source:.7f} in the source model ({fmt} tolerance {tolerance.probability})")
-    return agreement, diff
-
-
-def _named(config, said):
-    if isinstance(said, frozenset):
-        return "{" + ", ".join(config.labels[i] for i in sorted(said)) + "}"
-    return config.labels[said]
-
-
-def quality(config, bodies, labels):
-    """(accuracy, mean AUROC) of the eval set's answers against its labels; None where not measurable."""
-    if not labels or any(label is None for label in labels):
-        return None, None
-    if config.task == "multilabel":
-        probabilities = [[p["probability"] for p in body["predictions"]] for body in bodies]
-        return None, scores.mean_auroc(probabilities, labels, config.labels)[0]
-    return scores.accuracy([body["predictions"][0]["label"] for body in bodies], labels), None
-
-
 def serialized_size(mar_path, manifest):
     with zipfile.ZipFile(mar_path) as archive:
         return archive.getinfo(manifest["serializedFile"]).file_size
-
-
-def source_probabilities(mv, config, image_paths):
-    """Probabilities (N x labels) of the source model (model_defs + weights) on `image_paths`, through
-    torchvision's transforms for the configured geometry, averaged over the views after the activation."""
-    import torch
-    from torchvision import transforms
-
-    image_io, contract = shipped.module("image_io"), shipped.contract()
-    tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(config.mean, config.std)])
-    if config.crop == "none":
-        views = transforms.Compose([transforms.Resize(list(config.image_size)), lambda image: [image]])
-    elif config.crop == "center":
-        views = transforms.Compose([transforms.Resize(config.resize), transforms.CenterCrop(list(config.image_size)),
-                                    lambda image: [image]])
-    else:
-        views = transforms.Compose([transforms.Resize(config.resize), transforms.TenCrop(list(config.image_size))])
-    model = build_model(mv.model_def, mv.weights)
-    rows = []
-    with torch.inference_mode():
-        for path in image_paths:
-            image = image_io.decode({"body": path.read_bytes()}, config)
-            inputs = torch.stack([tensor(view) for view in views(image)])
-            rows.append(contract.activate(model(inputs), config).mean(dim=0))
-    return torch.stack(rows)

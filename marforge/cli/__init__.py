@@ -1,10 +1,11 @@
 """The marforge command line: `python -m marforge COMMAND ...`. It parses, calls the library, formats.
 
-    build    archive, verify, archives, formats, stamp, import, demo, kserve, stubs   marforge/cli/build.py
+    build    archive, verify, archives, formats, build-code, stamp,  marforge/cli/build.py
+             import, demo, kserve, stubs
     train    train, samples                                          marforge/cli/build.py
     serve    serve, stop, status, predict, explain, token            marforge/cli/serve.py
     rollout  rollout, rollback                                       marforge/cli/serve.py
-    measure  bench, soak                                             marforge/cli/measure.py
+    measure  bench, bench-kserve, soak                               marforge/cli/measure.py
 
 Paths come from flags, then the environment, then models.toml's [paths], then the defaults
 (marforge/project.py). `--json` makes any command print its result as JSON. Errors print what

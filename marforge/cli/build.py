@@ -1,9 +1,10 @@
-"""Commands that build: archive, verify, archives, formats, stamp, import, demo, kserve, stubs, train, samples."""
+"""Commands that build: archive, verify, archives, formats, build-code, stamp, import, demo, kserve, stubs, train, samples."""
 
 import dataclasses
 import zipfile
 from pathlib import Path
 
+from marforge import shipped
 from marforge.cli import Output, add_paths, existing, format_list, numbers, project_of
 from marforge.errors import ArchiveError, MarforgeError
 
@@ -49,6 +50,13 @@ def cmd_archives(args):
     paths = dict.fromkeys(project.relative(mv.archive_path(project.model_store, f))
                           for f in formats for mv in project.registry.all_versions())
     return Output(" ".join(paths), list(paths))
+
+
+def cmd_build_code(args):
+    from marforge.archiving import inputs
+
+    code = [str(path) for path in inputs.build_code()]
+    return Output(" ".join(code), code)
 
 
 def cmd_formats(args):
@@ -194,6 +202,9 @@ def add_commands(command):
                 "python3 -m marforge formats --bench")
     p.add_argument("--bench", action="store_true", help="only the formats the benchmarks serve on this machine")
 
+    command("build-code", cmd_build_code, "list the code every archive is built from, relative to the checkout (for the "
+            "Makefile; standard library only)", "python3 -m marforge build-code")
+
     p = command("stamp", cmd_stamp, "write <model_store>/.inputs/<key>.json if the version's archive inputs "
                 "changed (for the Makefile)", "python3 -m marforge stamp fashion-2.0")
     p.add_argument("key", help="the version's file stem, e.g. fashion-2.0")
@@ -218,8 +229,10 @@ def add_commands(command):
     p.add_argument("--mean", help="comma-separated, one per channel, for pixels scaled to [0, 1]")
     p.add_argument("--std", help="comma-separated, one per channel")
     p.add_argument("--resize", type=int, help="resize the shorter side to this before a center or ten crop")
-    p.add_argument("--crop", choices=("none", "center", "ten"))
-    p.add_argument("--task", choices=("multiclass", "multilabel"))
+    p.add_argument("--crop", choices=shipped.contract().CROPS,
+                   help="keep: each image at its own size (a torchvision detector resizes inside)")
+    p.add_argument("--task", choices=tuple(shipped.contract().TASKS),
+                   help="detection and segmentation: a model with torchvision's interface (default: multiclass)")
     p.add_argument("--activation", choices=("softmax", "sigmoid", "none"),
                    help="how outputs become probabilities (none: the model outputs probabilities)")
     p.add_argument("--format", help="the archive format make serve loads (default: eager)")

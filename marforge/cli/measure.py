@@ -1,7 +1,14 @@
-"""Commands that measure: bench (with --compare-formats, --sweep, --queue, --jvm and --protocols) and soak."""
+"""Commands that measure: bench (with --compare-formats, --sweep, --queue, --jvm and --protocols),
+bench-kserve and soak."""
+
+from pathlib import Path
 
 from marforge.cli import Output, add_paths, existing, format_list, numbers, project_of
-from marforge.errors import MeasurementFailed
+from marforge.errors import MarforgeError, MeasurementFailed
+
+# The one place the benchmarked version's default is written (make bench passes BENCH_MODEL only when set).
+BENCH_MODEL, BENCH_VERSION = "fashion", "2.0"
+KSERVE_SECONDS, KSERVE_PASSES, KSERVE_CONCURRENCY = 8.0, 2, "1,8,32"  # bench-kserve's rows, passes and clients
 
 
 def _log(args):
@@ -67,6 +74,56 @@ def refuse_stale(project, archives):
                            "make archive" if own else f"make archive FORMAT={','.join(formats)}")
 
 
+def cmd_bench_kserve(args):
+    import shlex
+    import sys
+    import tempfile
+
+    from marforge.deploy import pod
+    from marforge.measure import kserve_paths, report
+
+    concurrencies = numbers(args.concurrency, "--concurrency", KSERVE_CONCURRENCY)
+    if args.passes < 1:
+        raise MarforgeError(f"--passes {args.passes}: not a whole number above 0", f"e.g. --passes {KSERVE_PASSES}")
+    if args.seconds <= 0:
+        raise MarforgeError(f"--seconds {args.seconds:g}: not above 0", f"e.g. --seconds {KSERVE_SECONDS:g}")
+    wrapper = _wrapper(args)
+    project = project_of(args)
+    mv = project.registry.get(args.name, args.version)
+    refuse_stale(project, [(mv, mv.format)])
+    command = "python -m marforge " + shlex.join(sys.argv[1:])
+    with tempfile.TemporaryDirectory(prefix="marforge-bench-kserve-") as out:
+        results = kserve_paths.compare(project, mv, pod.runtimes(project, mv, Path(out), wrapper), pod.compared(wrapper),
+                                       command, concurrencies, args.seconds, args.passes, log=_log(args))
+    doc_dir = None if args.no_docs else project.docs_dir
+    out_dir, table = report.write("kserve", results, project.bench_results, doc_dir)
+    where = f"written to {out_dir}/" + (f" and {doc_dir / report.DOCS['kserve']}" if doc_dir else "")
+    return Output(f"{table}{where}", results)
+
+
+def _wrapper(args):
+    """bench-kserve's kserve_wrapper (a deploy.pod.Wrapper), None without --wrapper; a user error for
+    half a pair of flags, a folder that is not the wrapper's, or a Python that is not there."""
+    from marforge.deploy import defaults
+
+    venv = f"the Python of a venv with {defaults.WRAPPER_KSERVE}"
+    if args.wrapper is None and args.wrapper_python is None:
+        return None
+    if args.wrapper_python is None:
+        raise MarforgeError(f"--wrapper needs --wrapper-python, {venv}", "e.g. --wrapper-python /tmp/kserve/bin/python")
+    if args.wrapper is None:
+        raise MarforgeError("--wrapper-python needs --wrapper, pytorch/serve's kubernetes/kserve/kserve_wrapper folder",
+                            "e.g. --wrapper serve/kubernetes/kserve/kserve_wrapper")
+    folder = existing(args.wrapper, "--wrapper", "pass pytorch/serve's kubernetes/kserve/kserve_wrapper folder", folder=True)
+    if not (folder / "__main__.py").is_file():
+        raise MarforgeError(f"{folder}: no __main__.py (--wrapper): not pytorch/serve's kserve_wrapper folder",
+                            "pass pytorch/serve's kubernetes/kserve/kserve_wrapper folder")
+    python = existing(args.wrapper_python, "--wrapper-python", f"pass {venv}")
+    from marforge.deploy.pod import Wrapper
+
+    return Wrapper(folder.resolve(), python.absolute())
+
+
 def cmd_soak(args):
     from marforge.archiving.verify import sample_files
     from marforge.measure import machine, report, soak
@@ -90,11 +147,12 @@ def cmd_soak(args):
 
 
 def add_commands(command):
+    from marforge.deploy import defaults as kserve_defaults
+
     p = command("bench", cmd_bench, "throughput and latency: in-process ceiling, stock TorchServe, marforge, Flask",
                 "python -m marforge bench fashion 2.0 --short")
-    # The one place the benchmarked version's default is written (make bench passes BENCH_MODEL only when set).
-    p.add_argument("name", nargs="?", default="fashion", help="the model to measure (default: %(default)s)")
-    p.add_argument("version", nargs="?", default="2.0", help="its version (default: %(default)s)")
+    p.add_argument("name", nargs="?", default=BENCH_MODEL, help="the model to measure (default: %(default)s)")
+    p.add_argument("version", nargs="?", default=BENCH_VERSION, help="its version (default: %(default)s)")
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each row at each concurrency")
     p.add_argument("--short", action="store_true", help="3 s per row: a quick look (not written to docs/)")
     p.add_argument("--concurrency", default="1,16,64", help="comma-separated client counts")
@@ -116,6 +174,22 @@ def add_commands(command):
     mode.add_argument("--compare-formats", action="store_true", help="instead: every registry version in every "
                       "format of --formats (build them first: make archive FORMAT=...) at the concurrencies above 1; "
                       "names the fastest format per version")
+    add_paths(p, "model_store", "out")
+
+    p = command("bench-kserve", cmd_bench_kserve, "marforge's own KServe runtime against the stock runtime's path, "
+                "each pod started from its bundle as its container starts: first answer, v1 and v2 req/s, p50/p99 "
+                "(into docs/kserve-performance.md)", "python -m marforge bench-kserve fashion 2.0")
+    p.add_argument("name", nargs="?", default=BENCH_MODEL, help="the model to measure (default: %(default)s)")
+    p.add_argument("version", nargs="?", default=BENCH_VERSION, help="its version (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=KSERVE_SECONDS, help="duration of each row (default: %(default)g)")
+    p.add_argument("--passes", type=int, default=KSERVE_PASSES, help="alternating passes, each pod started anew "
+                   "(default: %(default)s)")
+    p.add_argument("--concurrency", default=KSERVE_CONCURRENCY, help="comma-separated client counts (default: %(default)s)")
+    p.add_argument("--wrapper", help="the stock runtime's proxy too: pytorch/serve's kubernetes/kserve/kserve_wrapper "
+                   "folder (with the inference_pb2 stubs its image generates); it listens on 8080 and 8081")
+    p.add_argument("--wrapper-python", help=f"the Python that runs --wrapper: a venv with {kserve_defaults.WRAPPER_KSERVE}")
+    p.add_argument("--verbose", action="store_true", help="print each row as it is measured")
+    p.add_argument("--no-docs", action="store_true", help="do not write the report into docs/kserve-performance.md")
     add_paths(p, "model_store", "out")
 
     p = command("soak", cmd_soak, "minutes of moderate load on the running server: errors, p99 drift, RSS growth",

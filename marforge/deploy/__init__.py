@@ -5,4 +5,5 @@
     runtime.py   marforge's own ServingRuntime: TorchServe alone on 8080, its probes and preStop drain
     defaults.py  `make kserve`'s defaults (image, pod size, protocol, runtime), standard library only
     schema.py    checks KServe documents against KServe's CRDs and Kubernetes' own schemas
+    pod.py       a bundle's TorchServe (and the stock proxy) started here as its runtime's container starts it
 """

@@ -8,3 +8,5 @@ MEMORY = "4Gi"  # memory per pod, a Kubernetes quantity
 PROTOCOL = "v1"  # the InferenceService's protocolVersion
 CANARY_PERCENT = 10  # traffic the canary step sends to the new storage location
 RUNTIMES = ("own", "stock")  # marforge's own ServingRuntime (the default), or KServe's kserve-torchserve
+# `bench-kserve --wrapper`: what pytorch/serve v0.12.0's kubernetes/kserve/requirements.txt pins for kserve_wrapper
+WRAPPER_KSERVE = "kserve[storage]==0.13.0"

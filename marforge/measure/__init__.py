@@ -1,6 +1,6 @@
 """Measuring: how fast and how steady a served model is, against the alternatives.
 
-    loadgen.py      the asyncio HTTP load generator every measurement uses
+    loadgen.py      the one load generator (asyncio HTTP and gRPC): every measurement, and load under tests
     sampling.py     one load run: latency, throughput, and each server process's CPU and memory
     machine.py      what a measurement ran on (cores, processor, GPU, commit), named in every report
     fixtures.py     the servers measured: marforge's TorchServe, stock TorchServe, the Flask baseline
@@ -11,4 +11,5 @@
     tables.py       the markdown of every kind of result
     report.py       results folder, plot and the docs' generated blocks
     soak.py         `make soak`: errors, p99 drift and memory growth under steady load
+    kserve_paths.py `make bench-kserve`: KServe's own and stock runtime pods, first answer, v1/v2 rows
 """

@@ -108,16 +108,36 @@ def grpc_rows_of(label, target, bodies, concurrencies, seconds, mv):
     return [measure(label, None, bodies, c, seconds, target.pid, target.roles, load=load) for c in concurrencies]
 
 
-def v2_rows_of(label, target, bodies, concurrencies, seconds, mv):
-    """The rows of `target` (a TorchServe) over KServe's v2 protocol: JSON with one base64 BYTES image."""
+# KServe's two REST protocols as TorchServe serves them on its inference port: the route and the
+# body that carries one image (base64).
+def v1_url(base, name):
+    return f"{base}/v1/models/{name}:predict"
+
+
+def v2_url(base, name):
+    return f"{base}/v2/models/{name}/infer"
+
+
+def v1_bodies(images):
     import base64
     import json
 
+    return [json.dumps({"instances": [{"data": base64.b64encode(b).decode()}]}).encode() for b in images]
+
+
+def v2_bodies(images):
+    import base64
+    import json
+
+    return [json.dumps({"inputs": [{"name": "data", "shape": [1], "datatype": "BYTES",
+                                    "data": [base64.b64encode(b).decode()]}]}).encode() for b in images]
+
+
+def v2_rows_of(label, target, bodies, concurrencies, seconds, mv):
+    """The rows of `target` (a TorchServe) over KServe's v2 protocol: JSON with one base64 BYTES image."""
     from marforge.measure.loadgen import run_load
 
-    url = f"{target.endpoints.inference}/v2/models/{mv.name}/infer"
-    v2 = [json.dumps({"inputs": [{"name": "data", "shape": [1], "datatype": "BYTES",
-                                  "data": [base64.b64encode(b).decode()]}]}).encode() for b in bodies]
+    url, v2 = v2_url(target.endpoints.inference, mv.name), v2_bodies(bodies)
 
     def load(concurrency, duration):
         return run_load(url, v2, concurrency, duration, headers=target.headers(), content_type="application/json")

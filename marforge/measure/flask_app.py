@@ -11,21 +11,22 @@ runs `serve` in a process of its own:
 
 def labels_of(model, body: bytes, config) -> tuple[dict, int]:
     """(the labels part of the answer, 200) for one image `body`, or (the error, its code): decoded,
-    preprocessed, activated and judged by the handler's own code (handlers/contract.py and image_io),
-    so a multilabel model gets its sigmoid and thresholds here as it does from TorchServe."""
+    preprocessed, activated and judged by the handler's own code (handlers/protocols.py, contract.py
+    and classification.py), so a multilabel model gets its sigmoid and thresholds here as it does from
+    TorchServe."""
     import torch
 
     from marforge import shipped
 
-    image_io, contract = shipped.module("image_io"), shipped.contract()
+    protocols, contract = shipped.module("protocols"), shipped.contract()
     try:
-        inputs = image_io.prepare({"body": body}, config)
-    except image_io.BadInput as error:
+        inputs = protocols.prepare({"body": body}, config)
+    except shipped.module("image_io").BadInput as error:
         return error.as_dict(), error.code
     with torch.inference_mode():
         outputs = model(inputs.unsqueeze(0) if config.crops == 1 else inputs)
     probabilities = contract.activate(outputs, config).mean(dim=0)  # one view, or an image's crops averaged
-    return image_io.answer(probabilities, config), 200
+    return shipped.module("classification").answer(probabilities, config), 200
 
 
 def create_app(mv, metadata):

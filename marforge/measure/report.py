@@ -18,13 +18,14 @@ from marforge.errors import DataError
 from marforge.measure import machine, tables
 
 DOC = "performance.md"
-DOCS = {"soak": "operations.md", "jvm": "operations.md", "protocols": "kserve.md"}  # each kind's page (the rest: DOC)
+DOCS = {"soak": "operations.md", "jvm": "operations.md", "protocols": "kserve.md",  # each kind's page (the rest: DOC)
+        "kserve": "kserve-performance.md"}
 # Kinds whose main block (the block named as the kind) also goes, shorter, into the README's block
 # of that name, beside docs/ (the README's endurance section is the latest long soak's own output).
 README_SUMMARIES = {"soak": tables.soak_summary_markdown}
 MARKDOWN = {"bench": tables.bench_markdown, "formats": tables.formats_markdown, "sweep": tables.sweep_markdown,
             "queue": tables.queue_markdown, "jvm": tables.jvm_markdown, "protocols": tables.protocols_markdown,
-            "soak": tables.soak_markdown}
+            "soak": tables.soak_markdown, "kserve": tables.kserve_markdown}
 
 
 def plot(results, path):

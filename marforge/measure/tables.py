@@ -1,6 +1,6 @@
 """The markdown of each kind of result: `make bench`'s table, the format comparison, the sweep, the
 queue, the experiments run in alternating rounds (`bench --jvm`, `bench --protocols`) and a soak's
-report and summary. report.py writes them (MARKDOWN names which is which)."""
+report and summary, `bench-kserve`'s report. report.py writes them (MARKDOWN names which is which)."""
 
 from marforge.measure import machine
 
@@ -165,6 +165,40 @@ def protocols_markdown(results):
     return "\n".join(_head(f"`bench --protocols`: {results['model']}, {results['seconds']:g} s per point", results,
                            ROUND_COLUMNS) + rounds_lines(results, [], [(o, c, f"{o.split()[0]} / {c.split()[0]}")
                                                                        for o, _ in others])) + "\n"
+
+
+def _mean(values):
+    return round(sum(values) / len(values), 2) if values else float("nan")
+
+
+def kserve_markdown(results):
+    """`bench-kserve`'s report: what ran where, time to first answer per pass, each row, and the means over passes."""
+    load = ", ".join(f"{v:g}" for v in results["load_at_start"])
+    lines = [f"`{results['command']}`: {results['model']}, {results['images']} images, {results['seconds']:g} s per row, "
+             f"{results['passes']} alternating pass(es). {machine.headline(results['machine'])}. Load average at the "
+             f"start: {load} (1, 5, 15 min).", "", f"Compared: {results['compared']}.", "",
+             "| pod: route | " + " | ".join(f"first answer s, pass {p}" for p in range(1, results["passes"] + 1)) + " |",
+             "| --- |" + " ---: |" * results["passes"]]
+    paths = list(dict.fromkeys(r["row"] for r in results["rows"])) or list(dict.fromkeys(
+        f"{f['runtime']}: {f['route']}" for f in results["first_answer"]))
+    for path in paths:
+        by_pass = {f["pass"]: f["seconds"] for f in results["first_answer"] if f"{f['runtime']}: {f['route']}" == path}
+        lines.append(f"| {path} | " + " | ".join(str(by_pass.get(p, "-")) for p in range(1, results["passes"] + 1)) + " |")
+    lines += ["", "| pod: route | protocol | conc. | mean req/s | mean p50 ms | mean p99 ms | worst p99 ms | errors |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for path in paths:
+        for protocol in dict.fromkeys(r["protocol"] for r in results["rows"]):
+            for concurrency in results["concurrencies"]:
+                same = [r for r in results["rows"] if (r["row"], r["protocol"], r["concurrency"]) == (path, protocol, concurrency)]
+                lines.append(f"| {path} | {protocol} | {concurrency} | {_mean([r['throughput'] for r in same])} | "
+                             f"{_mean([r['p50_ms'] for r in same])} | {_mean([r['p99_ms'] for r in same])} | "
+                             f"{max((r['p99_ms'] for r in same), default='-')} | {sum(r['errors'] for r in same)} |")
+    lines += ["", "<details><summary>every pass</summary>", "",
+              "| pod: route | protocol | pass | conc. | req/s | p50 ms | p99 ms | errors |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['row']} | {r['protocol']} | {r['pass']} | {r['concurrency']} | {r['throughput']} | {r['p50_ms']} | "
+              f"{r['p99_ms']} | {r['errors']} |" for r in results["rows"]]
+    return "\n".join([*lines, "", "</details>"]) + "\n"
 
 
 def soak_markdown(results):

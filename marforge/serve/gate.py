@@ -18,7 +18,7 @@ server's 5xx count stays put.
 import statistics
 import time
 
-from marforge import labelled, scores
+from marforge import labelled, shipped, tasks
 from marforge.archiving.mar import model_config_of
 from marforge.archiving.verify import sample_files
 from marforge.errors import ApiError, DataError, Rejected
@@ -38,57 +38,49 @@ def images_for(model, mv):
     return [(path.read_bytes(), label) for path, label in pairs], source, is_labelled
 
 
-def task_of(mar_path):
-    """The task of the archive the server serves ("multiclass" or "multilabel"), as its handler section says:
-    the archive, not weights/, which may have changed since it was built."""
-    return (model_config_of(mar_path).get("handler") or {}).get("task", "multiclass")
+def config_of(mar_path):
+    """The HandlerConfig of the archive the server serves (its task, labels, thresholds), as its handler
+    section says: the archive, not weights/, which may have changed since it was built."""
+    return shipped.contract().HandlerConfig.from_dict(model_config_of(mar_path).get("handler"))
 
 
-def measure(client, name, versions, images, task="multiclass"):
-    """Send every image to each version's URL, interleaved; per version its answers' decisions (top-1
-    label, or sorted positive labels), probabilities, errors and latency."""
-    results = {v: {"decisions": [], "probabilities": [], "errors": 0, "latencies_ms": [], "labels": None}
-               for v in versions}
+def measure(client, name, versions, images, config):
+    """Send every image to each version's URL, interleaved; per version its answers (None for a
+    failed request), errors and latency, summarised with the task's decisions and metric."""
+    results = {v: {"answers": [], "errors": 0, "latencies_ms": []} for v in versions}
     for i, (image, _) in enumerate(images):
         order = versions if i % 2 == 0 else list(reversed(versions))  # neither version always goes first
         for version in order:
             r = results[version]
             start = time.perf_counter()
             try:
-                answer = client.predict(name, image, version=version)
-                if task == "multilabel":
-                    r["decisions"].append(sorted(p["label"] for p in answer["positive"]))
-                    r["probabilities"].append([p["probability"] for p in answer["predictions"]])
-                    r["labels"] = [p["label"] for p in answer["predictions"]]
-                else:
-                    r["decisions"].append(answer["predictions"][0]["label"])
+                r["answers"].append(client.predict(name, image, version=version))
             except ApiError:
                 r["errors"] += 1
-                r["decisions"].append(None)
-                r["probabilities"].append(None)
+                r["answers"].append(None)
             r["latencies_ms"].append((time.perf_counter() - start) * 1000)
-    return {v: _summarise(r, images, task) for v, r in results.items()}
+    return {v: _summarise(r, images, config) for v, r in results.items()}
 
 
-def _summarise(r, images, task):
-    n = len(images)
+def _summarise(r, images, config):
+    n, task = len(images), tasks.of(config.task)
     latencies = sorted(r["latencies_ms"])
     truth = [label for _, label in images]
+    metric, _, _ = task.gate_metric(config.task)
     summary = {"n": n, "errors": r["errors"], "p50_ms": round(statistics.median(latencies), 2),
-               "p99_ms": round(latencies[min(n - 1, int(0.99 * n))], 2), "decisions": r["decisions"],
-               "accuracy": None, "mean_auroc": None}
-    if all(label is not None for label in truth):
-        if task == "multilabel" and not r["errors"]:
-            summary["mean_auroc"] = scores.mean_auroc(r["probabilities"], truth, r["labels"])[0]
-        elif task != "multilabel":
-            summary["accuracy"] = round(scores.accuracy(r["decisions"], truth), 4)
+               "p99_ms": round(latencies[min(n - 1, int(0.99 * n))], 2),
+               "decisions": [None if a is None else task.decision(a, config.task) for a in r["answers"]], metric: None}
+    if all(label is not None for label in truth) and not r["errors"]:
+        value = task.quality(config, r["answers"], truth).get(metric)
+        summary[metric] = None if value is None else round(value, 4)
     return summary
 
 
-def judge(candidate, baseline, rules, is_labelled, task="multiclass"):
+def judge(candidate, baseline, rules, is_labelled, config):
     """(reasons to reject, checks): every check with whether it ran and passed, and its detail (why it
     failed, or why it did not run). With no labelled eval set it also sets candidate["agreement"]."""
     checks, reasons = [], []
+    metric, stem, shown = tasks.of(config.task).gate_metric(config.task)
 
     def check(name, ran, failed=None, why=""):
         checks.append({"check": name, "ran": ran, "passed": ran and not failed, "detail": failed or why})
@@ -96,13 +88,10 @@ def judge(candidate, baseline, rules, is_labelled, task="multiclass"):
             reasons.append(failed)
 
     check("no failed request", True, candidate["errors"] and f"{candidate['errors']} of {candidate['n']} eval requests failed")
-    if is_labelled and task != "multilabel":
-        _floor_and_drop(check, "accuracy", candidate, baseline, rules["min_accuracy"], rules["max_accuracy_drop"])
-    elif is_labelled:
-        _floor_and_drop(check, "mean_auroc", candidate, baseline, rules["min_auroc"], rules["max_auroc_drop"])
+    if is_labelled:
+        _floor_and_drop(check, metric, shown, candidate, baseline, rules[f"min_{stem}"], rules[f"max_{stem}_drop"])
     else:
-        why = "no labelled eval set: the images' true labels are not known"
-        check("accuracy" if task != "multilabel" else "mean AUROC", False, why=why)
+        check(shown, False, why="no labelled eval set: the images' true labels are not known")
         same = sum(c == d for c, d in zip(candidate["decisions"], baseline["decisions"]) if c is not None)
         agreement = round(same / candidate["n"], 4)
         candidate["agreement"] = agreement
@@ -115,8 +104,7 @@ def judge(candidate, baseline, rules, is_labelled, task="multiclass"):
     return reasons, checks
 
 
-def _floor_and_drop(check, metric, candidate, baseline, floor, drop):
-    name = metric.replace("_", " ").replace("mean auroc", "mean AUROC")
+def _floor_and_drop(check, metric, name, candidate, baseline, floor, drop):
     value, theirs = candidate[metric], baseline[metric]
     if value is None:
         check(name, False, why=f"the {name} could not be computed (every label needs a positive and a negative image)")

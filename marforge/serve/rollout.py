@@ -144,7 +144,7 @@ def rollout(client, project, name, version, retire=False, watch_s=None, log=prin
     with _step(report, "preflight", log) as s:
         images, source, is_labelled = gate.images_for(registry.models[name], mv)
         needs_register = preflight(client, mv, model_store, run_dir)
-        task = gate.task_of(mv.archive_path(model_store))
+        config = gate.config_of(mv.archive_path(model_store))
         report.previous = client.default_version(name)
         if report.previous == version:
             raise Rejected(f"{name} {version} is already the default", "marforge status")
@@ -155,9 +155,9 @@ def rollout(client, project, name, version, retire=False, watch_s=None, log=prin
         client.wait_ready([(name, version)], timeout=rules["ready_timeout_s"])
         s["detail"] = f"{mv.serving['workers']} worker(s) READY"
     with _step(report, "gate", log) as s:
-        results = gate.measure(client, name, [version, report.previous], images, task)
+        results = gate.measure(client, name, [version, report.previous], images, config)
         c, d = results[version], results[report.previous]
-        reasons, checks = gate.judge(c, d, rules, is_labelled, task)
+        reasons, checks = gate.judge(c, d, rules, is_labelled, config)
         for summary in (c, d):
             summary.pop("decisions")  # judged; not worth a line each in the report
         report.gate = {"images": source, "candidate": c, "default": d, "rules": rules, "checks": checks}

@@ -109,8 +109,8 @@ def _preprocess(task, norm):
     """Detection: the model takes pixels / 255 and normalises inside (mean 0, std 1 outside);
     segmentation: the handler normalises with the training scenes' mean and std."""
     mean, std = (0.0, 1.0) if task == "detection" else norm
-    entry = shipped.contract().preprocess_metadata((scenes.CANVAS, scenes.CANVAS), "grayscale", [mean], [std])
-    return {**entry, "any_size": task == "detection"}
+    crop = "keep" if task == "detection" else "none"  # a detector takes each image at its own size
+    return shipped.contract().preprocess_metadata((scenes.CANVAS, scenes.CANVAS), "grayscale", [mean], [std], crop=crop)
 
 
 def _dataset_entry(data, spec, test):
