@@ -6,4 +6,5 @@
     scenes.py        composes detection/segmentation scenes from real Fashion-MNIST photos (synthetic composition)
     scene_recipe.py  trains the reference detector and segmenter (fashiondet, fashionseg) on them
     scene_metrics.py their held-out mAP and mIoU, by torchmetrics
+    scene_samples.py exports their sample and eval scenes, with true boxes or masks
 """
