@@ -179,6 +179,13 @@ TASKS = {"multiclass": ("softmax", "none"), "multilabel": ("sigmoid", "none"), "
          "segmentation": ("none",)}
 TASK_MODULES = {"multiclass": "classification", "multilabel": "classification", "detection": "detection",
                 "segmentation": "segmentation"}
+# the formats a task's archives can be made in (every one for a classifier; marforge/tasks/<module>.py says why not)
+TASK_FORMATS = {"detection": ("eager", "torchscript"), "segmentation": ("eager", "torchscript")}
+
+
+def formats_for(task: str) -> tuple[str, ...]:
+    """The archive formats a model of `task` can be built in."""
+    return TASK_FORMATS.get(task, FORMATS)
 CROPS = ("none", "center", "ten", "keep")
 DEFAULT_THRESHOLD = 0.5
 OUTPUT_KEYS = ("task", "activation")  # the weights metadata says how to read the model's outputs

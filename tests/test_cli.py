@@ -17,6 +17,7 @@ from conftest import ROOT
 from marforge.cli import main
 
 REGISTRY = ROOT / "models.toml"
+SCENES = [f"store/{m}-{v}.mar" for m in ("fashiondet", "fashionseg") for v in ("1.0", "2.0")]  # their registry formats
 
 
 def run(capsys, *argv):
@@ -52,7 +53,7 @@ def test_a_usage_error_exits_1_and_says_what_to_run(capsys):
 def test_an_unknown_model_names_the_known_ones_and_the_fix(capsys):
     code, out, err = run(capsys, "archive", "shoes")
     assert (code, out) == (1, "")
-    assert err == (f"error: {REGISTRY}: no model named 'shoes' (known: fashion, digits, chexnet)\n"
+    assert err == (f"error: {REGISTRY}: no model named 'shoes' (known: fashion, digits, chexnet, fashiondet, fashionseg)\n"
                    "  next: add a [models.shoes] table to models.toml\n")
     code, _, err = run(capsys, "archive", "fashion", "7.0")
     assert err == (f"error: {REGISTRY}: model 'fashion' has no version '7.0' (known: 1.0, 2.0)\n"
@@ -62,11 +63,16 @@ def test_an_unknown_model_names_the_known_ones_and_the_fix(capsys):
 def test_archives_lists_what_the_makefile_builds(capsys):
     code, out, _ = run(capsys, "archives", "--model-store", "store")
     assert code == 0 and out.split() == ["store/fashion-1.0.mar", "store/fashion-2.0.mar", "store/digits-1.0.mar",
-                                         "store/chexnet-0.1.mar"]
+                                         "store/chexnet-0.1.mar", *SCENES]
     code, out, _ = run(capsys, "archives", "--model-store", "store", "--formats", "eager,onnx")
     assert out.split() == ["store/fashion-1.0.mar", "store/fashion-2.0-eager.mar", "store/digits-1.0-eager.mar",
-                           "store/chexnet-0.1-eager.mar", "store/fashion-1.0-onnx.mar", "store/fashion-2.0.mar",
-                           "store/digits-1.0.mar", "store/chexnet-0.1.mar"]
+                           "store/chexnet-0.1-eager.mar", *SCENES,
+                           "store/fashion-1.0-onnx.mar", "store/fashion-2.0.mar", "store/digits-1.0.mar",
+                           "store/chexnet-0.1.mar"]  # a detector or segmenter is not archived as onnx
+    code, out, _ = run(capsys, "archives", "--model-store", "store", "--formats", "torchscript")
+    assert [p for p in out.split() if "scene" in p or "det" in p or "seg" in p] == [
+        "store/fashiondet-1.0-torchscript.mar", "store/fashiondet-2.0-torchscript.mar",
+        "store/fashionseg-1.0-torchscript.mar", "store/fashionseg-2.0-torchscript.mar"]
     code, _, err = run(capsys, "archives", "--formats", "tensorrt")
     assert code == 1 and err == ("error: unknown archive format(s): tensorrt\n"
                                  "  next: use some of: eager, torchscript, onnx, compile, quantized, cudagraphs\n")
@@ -75,7 +81,7 @@ def test_archives_lists_what_the_makefile_builds(capsys):
 def test_json_reaches_every_command_and_errors_too(capsys, tmp_path):
     code, out, _ = run(capsys, "--json", "archives", "--model-store", "store")
     assert code == 0 and json.loads(out) == ["store/fashion-1.0.mar", "store/fashion-2.0.mar", "store/digits-1.0.mar",
-                                             "store/chexnet-0.1.mar"]
+                                             "store/chexnet-0.1.mar", *SCENES]
     code, out, err = run(capsys, "--json", "status", "--run-dir", str(tmp_path))
     assert code == 2
     assert json.loads(out) == {"error": f"{tmp_path}/endpoints.json not found: no server was started from {tmp_path}",
@@ -95,7 +101,9 @@ def test_serving_unbuilt_archives_says_make_archive(capsys, tmp_path):
     code, _, err = run(capsys, "serve", "--model-store", str(tmp_path / "empty"), "--run-dir", str(tmp_path / "run"))
     assert code == 2
     assert err == (f"error: archives not built: {tmp_path}/empty/fashion-1.0.mar, {tmp_path}/empty/fashion-2.0.mar, "
-                   f"{tmp_path}/empty/digits-1.0.mar, {tmp_path}/empty/chexnet-0.1.mar\n  next: make archive\n")
+                   f"{tmp_path}/empty/digits-1.0.mar, {tmp_path}/empty/chexnet-0.1.mar, "
+                   + ", ".join(f"{tmp_path}/empty/{m}-{v}.mar" for m in ("fashiondet", "fashionseg") for v in ("1.0", "2.0"))
+                   + "\n  next: make archive\n")
 
 
 def test_train_without_a_version_says_how(capsys):
@@ -124,7 +132,9 @@ def test_the_makefiles_commands_need_only_the_standard_library(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[0] == ("model_store/fashion-1.0.mar model_store/fashion-2.0.mar "
-                                          "model_store/digits-1.0.mar model_store/chexnet-0.1.mar")
+                                          "model_store/digits-1.0.mar model_store/chexnet-0.1.mar "
+                                          "model_store/fashiondet-1.0.mar model_store/fashiondet-2.0.mar "
+                                          "model_store/fashionseg-1.0.mar model_store/fashionseg-2.0.mar")
     stamp = json.loads((tmp_path / ".inputs" / "fashion-2.0.json").read_text())
     assert stamp["key"] == "fashion-2.0" and stamp["format"] == "onnx" and len(stamp["eval"]) == 64
 
@@ -192,7 +202,7 @@ def test_a_path_that_does_not_exist_is_the_users_mistake_not_a_bug(capsys, tmp_p
 
 def test_a_name_not_in_the_registry_is_refused_before_any_server_is_asked(capsys, tmp_path):
     image = str(ROOT / "samples" / "fashion" / "00000-ankle-boot.png")
-    no_model = (f"error: {REGISTRY}: no model named 'shoes' (known: fashion, digits, chexnet)\n"
+    no_model = (f"error: {REGISTRY}: no model named 'shoes' (known: fashion, digits, chexnet, fashiondet, fashionseg)\n"
                 "  next: add a [models.shoes] table to models.toml\n")
     no_version = (f"error: {REGISTRY}: model 'fashion' has no version '7.0' (known: 1.0, 2.0)\n"
                   '  next: add a [models.fashion.versions."7.0"] table to models.toml\n')

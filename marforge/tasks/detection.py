@@ -19,7 +19,7 @@ from marforge.archiving.weights import build_model
 from marforge.errors import ArchiveError
 
 MIN_IOU = 0.99
-TOLERANCES = {"eager": Tolerance(1e-4, 1.0), "torchscript": Tolerance(1e-4, 1.0)}  # torchscript: torch.jit.script
+TOLERANCES = {fmt: Tolerance(1e-4, 1.0) for fmt in shipped.contract().formats_for("detection")}  # torchscript: torch.jit.script
 UNAVAILABLE = ("a detector takes a list of images of their own sizes: the formats that trace one fixed-size batch "
                "(quantized, onnx) do not apply, and compile and cudagraphs have not been measured for detectors")
 

@@ -18,7 +18,7 @@ from marforge.archiving.weights import build_model
 from marforge.errors import ArchiveError
 
 # value: the largest share of an image's pixels whose class may differ; agreement: the share of images within it
-TOLERANCES = {"eager": Tolerance(0.001, 1.0), "torchscript": Tolerance(0.001, 1.0)}  # torchscript: torch.jit.script
+TOLERANCES = {fmt: Tolerance(0.001, 1.0) for fmt in shipped.contract().formats_for("segmentation")}  # torchscript: torch.jit.script
 UNAVAILABLE = "the other formats have not been measured for segmenters yet (their masks must agree pixel by pixel)"
 
 
