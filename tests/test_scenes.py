@@ -18,7 +18,12 @@ from marforge.train import datasets, scene_metrics, scene_recipe, scenes
 
 CHECK_SCENES = 250  # the first 250 of the recorded run's held-out scenes (a composition's prefix is the same)
 METRIC_TOLERANCE = 0.05  # a metric on those vs the one recorded on all HELD_OUT_SCENES, same library
-VERSIONS = sorted(scene_recipe.RECIPES)
+REGISTRY = Project.locate().registry
+VERSIONS = [(mv.name, mv.version) for mv in REGISTRY.all_versions() if mv.train.get("dataset") == scene_recipe.DATASET_NAME]
+
+
+def spec(key):
+    return scene_recipe.spec_of(Project.locate(), REGISTRY.get(*key))
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +125,7 @@ def _load(key):
     path = project.weights_dir / f"{name}-{version}.pt"
     metadata = json.loads(path.with_suffix(".json").read_text())
     assert metadata["sha256"] == files.sha256(path) and metadata["file_size"] == path.stat().st_size
-    model = weights.build_model(project.root / scene_recipe.RECIPES[key]["model_def"], path)
+    model = weights.build_model(project.root / spec(key)["model_def"], path)
     return model, metadata
 
 
@@ -128,23 +133,25 @@ def _load(key):
 def test_committed_weights_reach_their_recorded_metrics(held_out, key):
     torch.set_num_threads(1)
     model, metadata = _load(key)
-    spec = scene_recipe.RECIPES[key]
+    recipe = spec(key)
     assert metadata["labels"] == scene_recipe.LABELS
     assert metadata["description"] == scenes.PROVENANCE == metadata["dataset"]["composition"]
     assert metadata["dataset"]["test_size"] == scene_recipe.HELD_OUT_SCENES
     assert metadata["dataset"]["held_out_seed"] == scene_recipe.HELD_OUT_SEED
     norm = (metadata["preprocess"]["mean"][0], metadata["preprocess"]["std"][0])
-    metrics = scene_recipe.evaluate(model, spec["task"], held_out, norm)
-    for name in ("map_50", "map") if spec["task"] == "detection" else ("miou", "miou_items", "pixel_accuracy"):
+    metrics = scene_recipe.evaluate(model, recipe["task"], held_out, norm)
+    for name in ("map_50", "map") if recipe["task"] == "detection" else ("miou", "miou_items", "pixel_accuracy"):
         assert metrics[name] == pytest.approx(metadata["metrics"][name], abs=METRIC_TOLERANCE), name
-    assert metadata["metrics"][spec["metric"]] >= spec["floor"]
-    assert metrics[spec["metric"]] >= spec["floor"] - METRIC_TOLERANCE
+    assert metadata["metrics"][recipe["metric"]] >= recipe["floor"] > 0
+    assert metrics[recipe["metric"]] >= recipe["floor"] - METRIC_TOLERANCE
+    shared = {k: v for k, v in REGISTRY.get(*key).train.items() if k in metadata["recipe"]}  # the run's recipe is the registry's
+    assert len(shared) >= 6 and all(metadata["recipe"][k] == v for k, v in shared.items())
 
 
 def test_versions_2_are_at_least_as_good_as_1():
     for name in ("fashiondet", "fashionseg"):
         first, second = (_load((name, v))[1] for v in ("1.0", "2.0"))
-        metric = scene_recipe.RECIPES[(name, "2.0")]["metric"]
+        metric = spec((name, "2.0"))["metric"]
         assert second["metrics"][metric] >= first["metrics"][metric]
 
 

@@ -104,12 +104,19 @@ def cmd_train(args):
 
 
 def cmd_samples(args):
-    from marforge.train import samples
+    from marforge.train import samples, scene_recipe, scene_samples
 
     registry = project_of(args).registry
     models = [registry.models[registry.get(args.name).name]] if args.name else list(registry.models.values())
     log = (lambda line: None) if args.json else print
-    written = {model.name: samples.export(model, log=log) for model in models}
+
+    def export(model):
+        train = next((mv.train for mv in model.versions.values() if mv.train), {})
+        if train.get("dataset") == scene_recipe.DATASET_NAME:
+            return scene_samples.export(model, train["task"], log=log)
+        return samples.export(model, log=log)
+
+    written = {model.name: export(model) for model in models}
     return Output("", {name: {"samples": s, "eval": e} for name, (s, e) in written.items()})
 
 

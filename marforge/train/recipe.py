@@ -133,10 +133,15 @@ def train(project, versions, log=print):
 
     Deterministic algorithms are on while training (seed_everything) and as they were afterwards.
     """
+    from marforge.train import scene_recipe  # it builds on this module
+
     deterministic = torch.are_deterministic_algorithms_enabled()
     results = []
     try:
         for mv in versions:
+            if mv.train.get("dataset") == scene_recipe.DATASET_NAME:  # a detector or segmenter on composed scenes
+                results.append(scene_recipe.train_version(project, mv, log=log))
+                continue
             metadata = train_version(project, mv, log=log)
             check_floor(mv, metadata)
             results.append(metadata)

@@ -6,15 +6,14 @@ The scenes are composed from real Fashion-MNIST photos; the composition is synth
 scored by torchmetrics (marforge/train/scene_metrics.py). Training is seeded and runs with
 deterministic algorithms on one thread (the machine is shared); AdamW with a cosine schedule.
 
-    python -m marforge.train.scene_recipe fashiondet 1.0   # writes weights/fashiondet-1.0.pt and .json
-    python -m marforge.train.scene_recipe --all            # the four versions in RECIPES
+    python -m marforge train fashiondet 1.0   # writes weights/fashiondet-1.0.pt and .json
+    python -m marforge train --all            # every version with a train table (make weights)
 
-RECIPES holds each version's model definition and recipe until the registry carries them as train
-tables; `train_version(project, name, version)` is what `python -m marforge train` can call.
+A version's recipe is its train table in models.toml, with `dataset = "fashion-mnist-scenes"` and its
+`task`; marforge/train/recipe.py hands such a version to `train_version`.
 """
 
 import json
-import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +24,6 @@ from torch.nn import functional as F
 from marforge import files, shipped
 from marforge.archiving import weights
 from marforge.errors import MarforgeError
-from marforge.project import Project
 from marforge.train import datasets, recipe, scene_metrics, scenes
 
 HELD_OUT_SCENES = 1000
@@ -34,20 +32,16 @@ DATASET = "fashion-mnist"
 LABELS = ["__background__", *datasets.FASHION_LABELS]  # index = the models' class index
 DETECTOR = "model_defs/scene_detector.py"
 SEGMENTER = "model_defs/scene_segmenter.py"
-RECIPES: dict[tuple[str, str], dict[str, Any]] = {  # (name, version): recipe; `floor` is the held-out `metric` a version must reach
-    ("fashiondet", "1.0"): {"task": "detection", "model_def": DETECTOR, "epochs": 4, "scenes_per_epoch": 4000,
-                            "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "seed": 0,
-                            "metric": "map_50", "floor": 0.7},
-    ("fashiondet", "2.0"): {"task": "detection", "model_def": DETECTOR, "epochs": 8, "scenes_per_epoch": 4000,
-                            "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "seed": 0,
-                            "metric": "map_50", "floor": 0.7},
-    ("fashionseg", "1.0"): {"task": "segmentation", "model_def": SEGMENTER, "epochs": 8, "scenes_per_epoch": 3000,
-                            "batch_size": 32, "lr": 3e-3, "weight_decay": 1e-4, "seed": 0,
-                            "metric": "miou", "floor": 0.6},
-    ("fashionseg", "2.0"): {"task": "segmentation", "model_def": SEGMENTER, "epochs": 12, "scenes_per_epoch": 3000,
-                            "batch_size": 32, "lr": 3e-3, "weight_decay": 1e-4, "seed": 0,
-                            "metric": "miou", "floor": 0.6},
-}
+DATASET_NAME = "fashion-mnist-scenes"  # what a registry train table names for these recipes
+METRICS = {"detection": ("map_50", "min_map"), "segmentation": ("miou", "min_miou")}  # task -> (metric, its floor's key)
+
+
+def spec_of(project, mv) -> dict[str, Any]:
+    """The version's recipe: its registry train table (task, epochs, scenes_per_epoch, batch_size, lr,
+    weight_decay, seed and its floor, min_map or min_miou), with its model definition and metric."""
+    spec = dict(mv.train)
+    metric, floor_key = METRICS[spec["task"]]
+    return {**spec, "model_def": project.relative(mv.model_def), "metric": metric, "floor": spec.get(floor_key, 0.0)}
 
 
 def held_out(data) -> scenes.SceneSet:
@@ -126,13 +120,10 @@ def _dataset_entry(data, spec, test):
     }
 
 
-def train_version(project, name, version, log=print) -> dict:
-    """Train one version by its RECIPES entry, write weights/<name>-<version>.pt and .json; the metadata."""
-    spec = RECIPES.get((name, version))
-    if spec is None:
-        known = ", ".join(f"{n} {v}" for n, v in RECIPES)
-        raise MarforgeError(f"{name} {version}: no scene recipe (known: {known})",
-                            "python -m marforge.train.scene_recipe --all")
+def train_version(project, mv, log=print) -> dict:
+    """Train one registry version by its train table (`spec_of`), write weights/<name>-<version>.pt and
+    .json; the metadata. Raises past the write when the held-out metric is below the table's floor."""
+    spec, name, version = spec_of(project, mv), mv.name, mv.version
     torch.set_num_threads(1)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
@@ -159,7 +150,7 @@ def train_version(project, name, version, log=print) -> dict:
         "preprocess": _preprocess(spec["task"], norm), "metrics": metrics,
         "recipe": {**spec, "optimizer": "adamw", "schedule": "onecycle", "threads": 1},
         "training_seconds": round(seconds, 1),
-        "command": f"python -m marforge.train.scene_recipe {name} {version}",
+        "command": f"python -m marforge train {name} {version}",
         "torch_version": torch.__version__,
         "created": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
     }
@@ -167,25 +158,5 @@ def train_version(project, name, version, log=print) -> dict:
     log(f"{name} {version}: {metrics} -> {path}")
     if metrics[spec["metric"]] < spec["floor"]:
         raise MarforgeError(f"{name} {version}: held-out {spec['metric']} {metrics[spec['metric']]:.4f} "
-                            f"is below its floor {spec['floor']}", "change its recipe in RECIPES and train again")
+                            f"is below its floor {spec['floor']}", "change its train table in models.toml and train again")
     return metadata
-
-
-def main(argv: list) -> int:
-    """`NAME VERSION` or `--all`."""
-    project = Project.locate()
-    versions = list(RECIPES) if argv == ["--all"] else [tuple(argv)] if len(argv) == 2 else None
-    if versions is None:
-        print("usage: python -m marforge.train.scene_recipe NAME VERSION | --all", file=sys.stderr)
-        return 2
-    try:
-        for name, version in versions:
-            train_version(project, name, version, log=lambda line: print(line, flush=True))
-    except MarforgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
