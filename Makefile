@@ -148,7 +148,7 @@ kserve: archive
 	$(PY) -m marforge kserve $(if $(filter command line,$(origin MODEL)),$(MODEL) $(VERSION)) --storage-uri $(STORAGE_URI) --model-store $(MODEL_STORE) $(KSERVE_ARGS)
 
 .PHONY: bench-kserve
-## bench-kserve: the own KServe runtime's pod against the stock runtime's (TorchServe's own v1/v2 routes; KSERVE_BENCH_ARGS="--wrapper DIR --wrapper-python PY": kserve_wrapper too), each from its bundle: first answer, req/s, p50/p99 at 1, 8, 32 clients into docs/kserve-performance.md: make bench-kserve MODEL=fashion VERSION=2.0
+## bench-kserve: the own KServe runtime's pod against the stock runtime's (TorchServe's own v1/v2 routes; KSERVE_BENCH_ARGS="--wrapper DIR --wrapper-python PY": kserve_wrapper too), each from its bundle: first answer, req/s, p50/p99 per client count (python -m marforge bench-kserve --help) into docs/kserve-performance.md: make bench-kserve MODEL=fashion VERSION=2.0
 bench-kserve: archive
 	$(PY) -m marforge bench-kserve $(if $(filter command line,$(origin MODEL)),$(MODEL) $(VERSION)) --model-store $(MODEL_STORE) --verbose $(KSERVE_BENCH_ARGS)
 

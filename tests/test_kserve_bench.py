@@ -4,7 +4,11 @@ The library's pieces run for real at a tiny scale: both bundles written with fre
 started as its runtime's container starts it (marforge/deploy/pod.py), one pass of 2 s rows at one
 client, the report written into a generated block. The command's argument errors are asserted word
 for word; the own bundle's canary files against KServe's CRD (skipped, saying why, where absent).
+With MARFORGE_KSERVE_WRAPPER and MARFORGE_KSERVE_PYTHON set, the stock proxy is measured too.
 """
+
+import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -108,3 +112,21 @@ def test_the_own_bundle_carries_both_canary_files_valid_against_the_crd(registry
     assert step["predictor"]["model"]["storageUri"] == "s3://b/m/fashion-2.0"
     crd = KSERVE / "serving.kserve.io_inferenceservices.yaml"
     assert schema.problems(knative, crd) == [] and schema.problems(standard, crd) == []
+
+
+WRAPPER = {"folder": os.environ.get("MARFORGE_KSERVE_WRAPPER"), "python": os.environ.get("MARFORGE_KSERVE_PYTHON")}
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not all(WRAPPER.values()), reason="set MARFORGE_KSERVE_WRAPPER (pytorch/serve's kserve_wrapper folder, "
+                    "with its inference_pb2 stubs) and MARFORGE_KSERVE_PYTHON (a venv with kserve[storage]==0.13.0)")
+def test_the_stock_proxy_is_measured_in_front_of_its_torchserve_when_given(registry, project, tmp_path):
+    mv = registry.get("fashion", "2.0")
+    wrapper = pod.Wrapper(Path(WRAPPER["folder"]), Path(WRAPPER["python"]))
+    [_, stock] = pod.runtimes(project, mv, tmp_path, wrapper)  # the stock runtime only
+    results = kserve_paths.compare(project, mv, [stock], pod.compared(wrapper), "test", [1], 2.0, 1, log=lambda line: None)
+    firsts = {f["route"]: f["seconds"] for f in results["first_answer"]}
+    assert list(firsts) == ["TorchServe", "kserve_wrapper"] and firsts["kserve_wrapper"] > firsts["TorchServe"]
+    assert {(r["route"], r["protocol"]) for r in results["rows"]} == {
+        (route, protocol) for route in firsts for protocol in ("v1", "v2")}
+    assert all(r["throughput"] > 0 and r["errors"] == 0 for r in results["rows"]), results["rows"]

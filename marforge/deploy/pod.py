@@ -111,7 +111,7 @@ class Pod:
         while not self.ready():
             self.check_alive()
             if time.monotonic() > deadline:
-                raise ServerError(f"{self.folder}: the readiness command never passed in {timeout:.0f} s",
+                raise ServerError(f"{self.folder}: the readiness check never passed in {timeout:.0f} s",
                                   f"read {self.run / 'torchserve.log'}")
             time.sleep(1)
 
