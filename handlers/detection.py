@@ -20,6 +20,11 @@ Detection has no explanations. Nothing here knows about TorchServe.
 EXPLAINS = False
 
 
+def batch(views):
+    """One call's input: the images of one size, as the list torchvision's detectors take."""
+    return views
+
+
 def per_image(outputs):
     """One call's outputs as its images' detection dicts: a scripted torchvision detector returns
     (losses, detections)."""

@@ -146,7 +146,7 @@ class ImageHandler(BaseHandler):
             return None, requests, sizes
         if self._decoder is not None:  # some views may be on the GPU already: all go there
             views = [view.to(self._decoder) for view in views]
-        if self.config.input_size is None:  # each image at its own size: the model takes a list
+        if self.config.input_size is None:  # each image at its own size: batched per size (_by_size)
             return views, requests, sizes
         return (torch.stack(views) if self.config.crops == 1 else torch.cat(views)), requests, sizes
 
@@ -169,17 +169,19 @@ class ImageHandler(BaseHandler):
         return results, requests, self._explanations(inputs, results, requests, sizes) if self.task.EXPLAINS else {}
 
     def _by_size(self, views, *args, **kwargs):
-        """The model's per-image outputs for images of their own sizes, each size in a call of its own:
-        a detector pads a batch to its largest image, and what it finds (near the padding, and through
-        any normalisation over the feature maps, such as FCOS's GroupNorm) would then depend on the
-        other images of the batch. Images of one size are still batched."""
+        """The model's per-image outputs for images of their own sizes, each size in a call of its own
+        (the task's `batch`: a detector's list, a segmenter's stacked tensor): a detector pads a batch
+        to its largest image, and what it finds (near the padding, and through any normalisation over
+        the feature maps, such as FCOS's GroupNorm) would then depend on the other images of the batch.
+        Images of one size are still batched."""
         sizes = {}
         for i, view in enumerate(views):
             sizes.setdefault(tuple(view.shape), []).append(i)
         outputs = [None] * len(views)
         with torch.inference_mode():
             for indexes in sizes.values():
-                found = self.model([placement.to_device(views[i], self.placement) for i in indexes], *args, **kwargs)
+                batch = self.task.batch([placement.to_device(views[i], self.placement) for i in indexes])
+                found = self.model(batch, *args, **kwargs)
                 for i, output in zip(indexes, self.task.per_image(found)):
                     outputs[i] = output
         return outputs

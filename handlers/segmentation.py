@@ -1,9 +1,10 @@
 """The segmentation task: per image, each class's share of the pixels and the mask, at the sent size.
 
 Shipped flat beside `image_handler.py` in every archive and imported as a top-level module. It
-serves any model with torchvision's segmentation interface: `model(batch)` takes N x C x H x W (the
-handler resizes each image to the model's input size, geometry "none", and normalises it) and
-returns `{"out": N x classes x H x W}` (and "aux", ignored), or that tensor itself. The class scores
+serves any model with torchvision's segmentation interface: `model(batch)` takes N x C x H x W,
+normalised by the handler: each image resized to the model's input size (geometry "none"), or at
+its own size (geometry "keep", as torchvision's segmenters take it; the images of one size are
+batched), and returns `{"out": N x classes x H x W}` (and "aux", ignored), or that tensor itself. The class scores
 are resized bilinearly to the size of the image as sent, and each pixel gets its most likely class.
 
     answer      {"classes": [{"label", "index", "fraction"}, ...],   the classes present, largest first
@@ -22,15 +23,29 @@ import io
 EXPLAINS = False
 
 
+def batch(views):
+    """One call's input for images of one size (geometry "keep"): N x C x H x W."""
+    import torch
+
+    return torch.stack(views)
+
+
+def per_image(outputs):
+    """One call's outputs as its images' class scores, each 1 x classes x H x W."""
+    scores = outputs["out"] if isinstance(outputs, dict) else outputs
+    return [scores[i:i + 1] for i in range(scores.shape[0])]
+
+
 def results(outputs, config, sizes):
-    """The model's outputs for a batch -> per image its class mask (H x W uint8) at the size it was sent."""
+    """The model's outputs for a batch (or, for images of their own sizes, `per_image`'s list) -> per
+    image its class mask (H x W uint8) at the size it was sent."""
     import torch
     from torch.nn import functional
 
-    scores = outputs["out"] if isinstance(outputs, dict) else outputs
+    scores = outputs if isinstance(outputs, list) else per_image(outputs)
     masks = []
     for i, (width, height) in enumerate(sizes):
-        one = scores[i:i + 1].float()
+        one = scores[i].float()
         if tuple(one.shape[-2:]) != (height, width):
             one = functional.interpolate(one, size=(height, width), mode="bilinear", align_corners=False)
         masks.append(one[0].argmax(0).to(torch.uint8).cpu())

@@ -27,8 +27,10 @@ def trained(registry, task):
     return found[0]
 
 
-@pytest.mark.parametrize("task", ["detection", "segmentation"])
-def test_a_scene_checkpoint_imports_archives_and_verifies_against_the_model_run_directly(registry, task, tmp_path, capsys):
+@pytest.mark.parametrize("task, geometry", [("detection", "keep"), ("segmentation", "none"), ("segmentation", "keep")])
+def test_a_scene_checkpoint_imports_archives_and_verifies_against_the_model_run_directly(registry, task, geometry, tmp_path,
+                                                                                         capsys):
+    """A segmenter imported with --crop keep takes each image at its own size, as torchvision's do."""
     mv = trained(registry, task)
     metadata = json.loads(mv.metadata.read_text())
     checkpoint = tmp_path / "checkpoint.pth"
@@ -38,6 +40,7 @@ def test_a_scene_checkpoint_imports_archives_and_verifies_against_the_model_run_
     flags = list(FLAGS[task])
     if task == "segmentation":
         flags[3], flags[5] = str(metadata["preprocess"]["mean"][0]), str(metadata["preprocess"]["std"][0])
+        flags += ["--crop", geometry]
     code = main(["--registry", str(project.registry_file), "import", "mine", "3.1", "--checkpoint", str(checkpoint),
                  "--task", task, "--labels", ",".join(metadata["labels"]), "--image-size", "96", "--color", "grayscale",
                  "--samples", str(mv.samples), *flags])
@@ -49,8 +52,8 @@ def test_a_scene_checkpoint_imports_archives_and_verifies_against_the_model_run_
     assert written["task"] == task and written["labels"] == metadata["labels"]
     path, verification = archive.build(imported, tmp_path / "store")
     assert path.is_file() and verification.agreement == 1.0 and verification.images == len(list(mv.samples.glob("*.png")))
+    assert written["preprocess"].get("crop", "none") == geometry
     if task == "detection":
-        assert written["preprocess"]["crop"] == "keep"
         assert verification.samples[0]["detections"] >= 1
 
 

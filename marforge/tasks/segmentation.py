@@ -2,8 +2,8 @@
 them (see marforge/tasks/__init__.py for the parts every task has).
 
 The source model (model definition + weights, torchvision's segmentation interface) runs in-process
-on each image alone, through torchvision's own transforms (Resize to the input size, ToTensor,
-Normalize); its class scores are resized bilinearly to the image's size and each pixel takes the
+on each image alone, through torchvision's own transforms (Resize to the input size unless the
+geometry is "keep", ToTensor, Normalize); its class scores are resized bilinearly to the image's size and each pixel takes the
 most likely class. An archive's mask (decoded from the answer's PNG) must agree with that on at
 least 1 - tolerance of each image's pixels, on every image. Labelled eval images (labels.json:
 {"mask": "<base64 8-bit PNG of class indexes>"} per image, the answers' own encoding) are scored
@@ -34,8 +34,8 @@ def reference(mv, config, image_paths):
     from torchvision import transforms
 
     image_io = shipped.module("image_io")
-    prepare = transforms.Compose([transforms.Resize(list(config.image_size)), transforms.ToTensor(),
-                                  transforms.Normalize(config.mean, config.std)])
+    resize = [] if config.crop == "keep" else [transforms.Resize(list(config.image_size))]  # keep: at its own size
+    prepare = transforms.Compose([*resize, transforms.ToTensor(), transforms.Normalize(config.mean, config.std)])
     model = build_model(mv.model_def, mv.weights)
     masks = []
     with torch.inference_mode():
