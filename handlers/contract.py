@@ -92,6 +92,7 @@ class HandlerConfig:
     pin_memory: bool = True  # copy batches to the GPU through pinned memory; on a CUDA device only
     channels_last: bool = False  # the model and its inputs in channels-last memory order; on a CUDA device only
     gpu_decode: bool = False  # JPEG bodies decoded and resized on the worker's GPU (nvJPEG); CPU elsewhere
+    warm_up: bool = True  # run the model on every batch size before the worker reports ready (image_handler._warm_up)
 
     @classmethod
     def keys(cls) -> set[str]:

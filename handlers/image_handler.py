@@ -27,6 +27,7 @@ import importlib
 import json
 import logging
 import sys
+import time
 
 import contract
 import explain
@@ -91,6 +92,22 @@ class ImageHandler(BaseHandler):
         self._decoder = self.placement.device if self.placement.gpu_decode else None  # JPEGs decoded there
         quiet_worker_log()
         self.identity = {"model": context.model_name, "version": context.manifest["model"]["modelVersion"]}
+        if self.config.warm_up:
+            self._warm_up(context.system_properties.get("batch_size") or 1)
+
+    def _warm_up(self, batch_size):
+        """Run the model once on every batch size the worker will be sent (1 to its batch_size) of
+        synthetic images of the model's input size, through `inference` as requests go, before the
+        worker reports ready: a kernel library's first call for a shape (oneDNN's primitives,
+        TorchScript's profiling runs, onnxruntime's first run, inductor's compile) then falls here,
+        not on a user's request."""
+        started = time.perf_counter()
+        height, width = self.config.image_size
+        image = torch.zeros(contract.CHANNELS[self.config.color], height, width)
+        for n in range(1, batch_size + 1):
+            views = [image] * (n * self.config.crops)
+            self.inference((views if self.config.input_size is None else torch.stack(views), [], [(width, height)] * n))
+        logger.info("warmed up on batch sizes 1 to %d in %.2f s", batch_size, time.perf_counter() - started)
 
     def _load(self, context):
         """BaseHandler's initialize, with two of its choices made by the worker's Placement instead.

@@ -113,3 +113,23 @@ def test_missing_handler_section_fails_loading_with_a_clear_error(registry, tmp_
     (model_dir / "model-config.yaml").write_text("minWorkers: 1\n")
     with pytest.raises(ValueError, match="needs a 'handler:' section"), LoadedArchive(model_dir):
         pass
+
+
+def test_a_worker_warms_up_on_every_batch_size_before_it_is_ready(registry, tmp_path, caplog):
+    """Loading runs every batch size 1..batch_size through the model (reported in the worker's log),
+    unless the handler section says warm_up: false; the shapes are those a batch of images gets."""
+    import logging
+
+    mv = registry.get("fashion", "2.0")
+    with caplog.at_level(logging.INFO):
+        with LoadedArchive(stage_model_dir(mv, tmp_path / "on"), batch_size=4):
+            pass
+        assert [r.getMessage()[:35] for r in caplog.records if "warmed up" in r.getMessage()] == [
+            "warmed up on batch sizes 1 to 4 in "]
+        caplog.clear()
+        with LoadedArchive(stage_model_dir(mv, tmp_path / "off", {"warm_up": False}), batch_size=4) as loaded:
+            assert not [r for r in caplog.records if "warmed up" in r.getMessage()]
+            seen = []
+            loaded.handler.model.register_forward_hook(lambda module, args, output: seen.append(tuple(args[0].shape)))
+            loaded.handler._warm_up(3)
+    assert seen == [(1, 1, 28, 28), (2, 1, 28, 28), (3, 1, 28, 28)]

@@ -89,3 +89,49 @@ def test_a_detector_whose_map_dropped_is_refused_by_the_gate_under_load(server):
     assert [c["check"] for c in gate["checks"]] == ["no failed request", "mAP@0.5 floor", "mAP@0.5 drop", "p99"]
     assert load.failures() == []
     assert client.default_version("fashiondet") == default.version and not client.is_registered("fashiondet", "2.9")
+
+
+@pytest.fixture(scope="module")
+def seg_server(store, registry, tmp_path_factory):
+    """fashionseg with 2.0 the default and a candidate 1.9: fashionseg 1.0's weights (a lower mIoU)."""
+    if "fashionseg" not in registry.models:
+        pytest.skip("no fashionseg in the registry")
+    root = tmp_path_factory.mktemp("seg_project")
+    text = (ROOT / "models.toml").read_text()
+    start = text.index("[models.fashionseg]")
+    seg = text[start:].replace('default_version = "1.0"', 'default_version = "2.0"', 1)
+    (root / "models.toml").write_text(text[:start] + seg + '\n[models.fashionseg.versions."1.9"]\n'
+                                      'model_def = "model_defs/scene_segmenter.py"\n')
+    for folder in ("model_defs", "samples", "eval"):
+        (root / folder).symlink_to(ROOT / folder)
+    shutil.copytree(ROOT / "weights", root / "weights")
+    for suffix in ("pt", "json"):
+        shutil.copy(ROOT / "weights" / f"fashionseg-1.0.{suffix}", root / "weights" / f"fashionseg-1.9.{suffix}")
+    model_store = tmp_path_factory.mktemp("seg_store")
+    shutil.copy(store / "fashionseg-2.0.mar", model_store)
+    project = Project.at(root / "models.toml", model_store=model_store, run_dir=tmp_path_factory.mktemp("seg_run"),
+                         config=ROOT / "config.properties")
+    started = launch.serve(project, versions=[project.registry.get("fashionseg", "2.0")], ports=process.free_listeners(),
+                           timeout=240)
+    yield project, started.client
+    process.stop(RunDir(project.run_dir))
+
+
+def test_a_segmenter_whose_miou_dropped_is_refused_by_the_gate_under_load(seg_server):
+    from marforge.archiving import archive
+
+    project, client = seg_server
+    archive.build(project.registry.get("fashionseg", "1.9"), project.model_store)
+    scene = sorted((ROOT / "samples" / "fashionseg").glob("*.png"))[0].read_bytes()
+    with Background(f"{client.endpoints.inference}/predictions/fashionseg", scene, lambda: client.key("inference"),
+                    clients=2) as load:
+        load.wait_for(10)
+        with pytest.raises(Rejected) as caught:
+            rollout.rollout(client, project, "fashionseg", "1.9", watch_s=2.0, log=lambda line: None)
+        load.wait_for(10)
+    gate = caught.value.report.gate
+    worse, current = gate["candidate"]["miou"], gate["default"]["miou"]
+    assert current >= 0.6 and worse < current - 0.02
+    assert caught.value.message == (f"fashionseg 1.9 rejected: mIoU {worse:.4f} is more than 0.02 below the current "
+                                    f"default's {current:.4f}")
+    assert load.failures() == [] and client.default_version("fashionseg") == "2.0"
