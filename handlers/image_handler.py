@@ -121,6 +121,9 @@ class ImageHandler(BaseHandler):
           `placement.onnx_session` for this worker (its share of the cores, its own GPU), so the
           session is opened once, the right way.
         """
+        if self.config.task in ("detection", "segmentation"):
+            import torchvision  # noqa: F401  # registers torchvision::nms and the other ops a scripted torchvision model calls
+
         properties = context.system_properties
         gpu_id = properties.get("gpu_id")
         if self.placement.cpu_only:

@@ -3,6 +3,8 @@ import`) with a torchvision-interface model definition: archived and verified ag
 directly, and refused with a message when the definition is not what the task needs."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -82,6 +84,13 @@ def test_a_scene_model_archives_as_torchscript_and_refuses_formats_it_cannot_tak
     mv = trained(registry, task)
     path, verification = archive.build(mv, tmp_path, fmt="torchscript")  # scripted, not traced
     assert verification.agreement == 1.0 and verification.fmt == "torchscript"
+    # A worker is a fresh process: nothing has imported torchvision (whose ops a scripted model calls) for it.
+    scene = sorted(mv.samples.glob("*.png"))[-1]
+    script = ("import sys\nfrom marforge.archiving.worker import LoadedArchive\nassert 'torchvision' not in sys.modules\n"
+              f"with LoadedArchive({str(path)!r}) as loaded:\n"
+              f"    print(loaded.predict([{{'body': open({str(scene)!r}, 'rb').read()}}])[0].status)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.split()[-1] == "200", done.stderr[-2000:]
     with pytest.raises(ArchiveError) as caught:
         archive.build(mv, tmp_path, fmt="onnx")
     why = tasks.of(task).UNAVAILABLE
