@@ -44,11 +44,13 @@ def cmd_verify(args):
 def cmd_archives(args):
     """Standard library only: the Makefile runs it before the virtualenv exists."""
     from marforge.archiving import variants
+    from marforge.measure import by_task
 
     project = project_of(args)
     formats = list(variants.BENCH_FORMATS[project.device]) if args.bench else (format_list(args.formats) or [None])
     paths = dict.fromkeys(project.relative(mv.archive_path(project.model_store, f))
-                          for f in formats for mv in project.registry.all_versions())
+                          for f in formats for mv in project.registry.all_versions()
+                          if not args.bench or f in by_task.formats_for(mv, [f])[0])  # what the task can be archived in
     return Output(" ".join(paths), list(paths))
 
 

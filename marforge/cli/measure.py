@@ -17,7 +17,7 @@ def _log(args):
 
 def cmd_bench(args):
     from marforge.archiving import variants
-    from marforge.measure import experiments, report, tuning
+    from marforge.measure import by_task, experiments, report, tuning
 
     project = project_of(args)
     seconds = experiments.SHORT_ROW_S if args.short else args.seconds
@@ -29,7 +29,8 @@ def cmd_bench(args):
     doc_dir = None if args.short or args.no_docs else project.docs_dir
     if args.compare_formats:
         formats = formats or list(variants.BENCH_FORMATS[project.device])
-        refuse_stale(project, [(mv, f) for mv in project.registry.all_versions() for f in formats])
+        refuse_stale(project, [(mv, f) for mv in project.registry.all_versions()
+                               for f in by_task.formats_for(mv, formats)[0]])
         results = experiments.compare_formats(project, project.registry.all_versions(), formats, seconds=seconds,
                                               concurrencies=[c for c in concurrencies if c > 1] or concurrencies,
                                               log=_log(args))
