@@ -8,6 +8,7 @@ log; `markdown_lines` is the report's part on them and on the rows that were lef
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 
@@ -18,8 +19,9 @@ CONTENT_TYPE = "image/png"  # what the bench's bodies are sent as (loadgen's def
 def answer_sizes(label, target, paths, bodies, content_type=CONTENT_TYPE):
     """Each of the first ANSWER_IMAGES images sent once to `target`: {"row", "sizes": {image: bytes
     of its answer's body}, "statuses": {status: count}, "error": None or the first failed answer's
-    status and body, with the last exception `target`'s worker logged}."""
+    status and body, with the exception `target`'s worker logged for it}."""
     sizes, statuses, error = {}, {}, None
+    logged = _size(target.logs)
     for path, body in list(zip(paths, bodies))[:ANSWER_IMAGES]:
         request = urllib.request.Request(target.url, data=body, method="POST",
                                          headers={"Content-Type": content_type, **(target.headers() or {})})
@@ -32,8 +34,17 @@ def answer_sizes(label, target, paths, bodies, content_type=CONTENT_TYPE):
         if status == 200:
             sizes[path.name] = len(text)
         elif error is None:
-            error = f"HTTP {status} {_brief(text)}" + (f"; the worker logged: {worker_error(target)}" if target.logs else "")
+            error = f"HTTP {status} {_brief(text)}"
+            if target.logs:
+                error += f"; the worker logged: {worker_error(target, logged)}"
     return {"row": label, "sizes": sizes, "statuses": statuses, "error": error}
+
+
+def _size(path):
+    try:
+        return path.stat().st_size if path else 0
+    except OSError:
+        return 0
 
 
 def _brief(text):
@@ -47,17 +58,24 @@ def _brief(text):
 EXCEPTION_LINE = re.compile(r"(?:^|\W)([A-Za-z_.]*(?:Error|Exception)): (.+)$")
 
 
-def worker_error(target):
-    """The last exception (type: message) in `target`'s worker log, or a note that there was none."""
-    try:
-        lines = target.logs.read_text(errors="replace").splitlines()
-    except OSError:
-        return f"nothing ({target.logs} not readable)"
-    for line in reversed(lines):
-        found = EXCEPTION_LINE.search(line)
-        if found:
-            return f"{found.group(1)}: {found.group(2).strip()[:300]}"
-    return "no exception"
+def worker_error(target, since=0, wait_s=5.0):
+    """The first exception (type: message) in `target`'s worker log after byte `since`, waiting up to
+    `wait_s` for the frontend to write it there, or a note that there was none."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with open(target.logs, "rb") as log:
+                log.seek(since)
+                lines = log.read().decode(errors="replace").splitlines()
+        except OSError:
+            return f"nothing ({target.logs} not readable)"
+        for line in lines:
+            found = EXCEPTION_LINE.search(line)
+            if found:
+                return f"{found.group(1)}: {found.group(2).strip()[:300]}"
+        if time.monotonic() > deadline:
+            return "no exception"
+        time.sleep(0.2)
 
 
 def markdown_lines(results):

@@ -59,6 +59,19 @@ class StockPlan:
     feeds: tuple[str, ...]
     source: str | None = None
     note: str = ""
+    base: str = ""  # the TorchServe handler it is or subclasses (default: `handler`)
+
+    def unloadable(self):
+        """Why a TorchServe worker of this interpreter cannot import the handler (its module's import
+        error), or None: the worker would retry the load forever."""
+        import importlib
+
+        try:
+            importlib.import_module(f"ts.torch_handler.{self.base or self.handler}")
+        except ImportError as exc:
+            return (f"its worker cannot import ts.torch_handler.{self.base or self.handler}: {type(exc).__name__}: {exc} "
+                    "(pip install -r requirements-bench.txt -c constraints.txt; make bench does)")
+        return None
 
 
 # TorchServe's own image_segmenter made for a model: its one class attribute, image_processing (a
@@ -86,10 +99,11 @@ def stock_plans(mv, fits_classifier):
     if task == "segmentation":
         pre = read_metadata(mv)["preprocess"]
         source = SEGMENTER_SUBCLASS.format(size=list(pre["image_size"]), mean=list(pre["mean"]), std=list(pre["std"]))
+        note = ("TorchServe's image_segmenter with only its image_processing set to the model's own transforms "
+                f"(Resize({list(pre['image_size'])}), ToTensor, Normalize({list(pre['mean'])}, {list(pre['std'])}))")
         return [StockPlan("(b') torchserve stock, its image_segmenter", "image_segmenter", ("as sent", "rgb")),
                 StockPlan("(b') torchserve stock, image_segmenter with the model's transforms", "model_transforms_segmenter",
-                          ("as sent",), source, "TorchServe's image_segmenter with only its image_processing set to the "
-                          f"model's own transforms (Resize({list(pre['image_size'])}), ToTensor, Normalize)")]
+                          ("as sent",), source, note, base="image_segmenter")]
     if fits_classifier:  # it answers a grayscale image 503: its normalisation has three channels
         return [StockPlan("(b') torchserve stock, its image_classifier", "image_classifier", ("rgb",))]
     return []

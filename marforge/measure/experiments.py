@@ -234,6 +234,11 @@ def stock_b_prime(project, mv, served, left_out, log):
     store = project.model_store
     plans = by_task.stock_plans(mv, fixtures.fits_stock_classifier(mv, read_metadata(mv)))
     for plan in plans:
+        unloadable = plan.unloadable()
+        if unloadable:
+            left_out.append({"row": plan.label, "reason": unloadable})
+            log(f"{left_out[-1]}")
+            continue
         if served(fixtures.stock_handler(project, mv, plan), [(plan.label, rows_of)], plan.feeds):
             return [f"{plan.label}: {plan.note}"] if plan.note else []
     if plans:
