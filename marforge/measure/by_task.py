@@ -100,7 +100,8 @@ def stock_plans(mv, fits_classifier):
         pre = read_metadata(mv)["preprocess"]
         source = SEGMENTER_SUBCLASS.format(size=list(pre["image_size"]), mean=list(pre["mean"]), std=list(pre["std"]))
         note = ("TorchServe's image_segmenter with only its image_processing set to the model's own transforms "
-                f"(Resize({list(pre['image_size'])}), ToTensor, Normalize({list(pre['mean'])}, {list(pre['std'])}))")
+                f"(Resize({list(pre['image_size'])}), ToTensor, Normalize({list(pre['mean'])}, {list(pre['std'])})); it "
+                "answers [class, probability] for each pixel of that input, not at the size of the image sent")
         return [StockPlan("(b') torchserve stock, its image_segmenter", "image_segmenter", ("as sent", "rgb")),
                 StockPlan("(b') torchserve stock, image_segmenter with the model's transforms", "model_transforms_segmenter",
                           ("as sent",), source, note, base="image_segmenter")]

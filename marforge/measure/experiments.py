@@ -90,8 +90,10 @@ def _ceiling_process(args):
 
 
 def ceiling(mar_path, paths, seconds, batch_size, processes=None):
-    """Images per second of the archive's own handler (decode, preprocess, model, activation; batches
-    of `batch_size`) run in-process, in `processes` single-threaded processes (default: one per core),
+    """Images per second of the archive's own handler (decode, preprocess, model, the task's results;
+    batches of `batch_size`: a classifier's N x C x H x W and its activation, a detector's list of
+    C x H x W images in [0, 1] in one call per image size, a segmenter's normalised N x C x H x W and
+    each image's mask) run in-process, in `processes` single-threaded processes (default: one per core),
     each with the model on GPU 0 when there is one (its decoding, on the CPU or as the handler is
     configured, included)."""
     processes = processes or len(os.sched_getaffinity(0))
