@@ -270,6 +270,13 @@ def test_an_archive_older_than_the_code_that_builds_it_is_stale(tmp_path):
     assert {str(p) for p in inputs.build_code()} >= {f"handlers/{p.name}" for p in (ROOT / "handlers").glob("*.py")}
 
 
+def test_explaining_a_detector_says_it_has_no_explanations_and_what_answers_it(capsys):
+    scene = sorted((ROOT / "samples" / "fashiondet").glob("*.png"))[0]
+    assert run(capsys, "explain", "fashiondet", str(scene), "--version", "2.0")[::2] == (
+        1, "error: fashiondet 2.0 is a detection model: it has no explanations\n"
+           f"  next: make predict MODEL=fashiondet VERSION=2.0 IMAGE={scene} answers it\n")
+
+
 def test_serve_names_a_missing_base_config(capsys, tmp_path):
     code, _, err = run(capsys, "serve", "--config", str(tmp_path / "none.properties"), "--run-dir", str(tmp_path))
     assert (code, err) == (1, f"error: {tmp_path}/none.properties: no such file (the base TorchServe config)\n"

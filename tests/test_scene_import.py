@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import ROOT, task_of, temp_project
 
+from marforge import tasks
 from marforge.archiving import archive
 from marforge.cli import main
 from marforge.project import Project
@@ -69,3 +70,17 @@ def test_a_classifier_definition_imported_as_a_detector_is_refused_saying_why(tm
     assert err == (f"error: {checkpoint}: model_defs/fashion_mlp.py cannot run as a detection model on a list of one "
                    "1 x 28 x 28 input: TypeError: flatten(): argument 'input' (position 1) must be Tensor, not list\n"
                    "  next: pass --model-def with a torchvision detection model\n")
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_a_scene_model_archives_as_torchscript_and_refuses_formats_it_cannot_take(registry, task, tmp_path):
+    from marforge.errors import ArchiveError
+
+    mv = trained(registry, task)
+    path, verification = archive.build(mv, tmp_path, fmt="torchscript")  # scripted, not traced
+    assert verification.agreement == 1.0 and verification.fmt == "torchscript"
+    with pytest.raises(ArchiveError) as caught:
+        archive.build(mv, tmp_path, fmt="onnx")
+    why = tasks.of(task).UNAVAILABLE
+    assert caught.value.message == f"{mv.key} is a {task} model: it cannot be archived as onnx ({why})"
+    assert caught.value.hint == "use one of: eager, torchscript"

@@ -87,3 +87,14 @@ def test_explanations_are_refused_with_a_4xx_that_says_where_to_go(live_server, 
     assert caught.value.status == 400 and body["type"] == "ExplanationUnavailable"
     assert body["message"] == f"a {task_of(scene_model)} model has no explanations: send the image to /predictions instead"
     assert live_server.client.predict(scene_model.name, path.read_bytes(), version=scene_model.version)
+
+
+def test_status_shows_each_versions_task(live_server, registry):
+    from marforge.serve import status
+
+    rows = status.annotate(status.collect(live_server.client), registry)
+    assert {r["task"] for r in rows if r["model"] == "fashiondet"} == {"detection"}
+    assert {r["task"] for r in rows if r["model"] == "fashion"} == {"multiclass"}
+    table = status.format_table(rows).splitlines()
+    assert table[0].split()[:3] == ["MODEL", "VERSION", "TASK"]
+    assert any(line.split()[:3] == ["fashiondet", "1.0", "detection"] for line in table)

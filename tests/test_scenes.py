@@ -157,6 +157,8 @@ def test_detector_answers_in_the_pixels_of_the_image_as_sent(held_out):
             assert (iou.max(1).values > 0.9).all()
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning",
+                            "ignore:FCOS always returns a \\(Losses, Detections\\) tuple in scripting:UserWarning")
 @pytest.mark.parametrize("key", [("fashiondet", "1.0"), ("fashionseg", "1.0")], ids=["detector", "segmenter"])
 def test_models_script_and_match_eager(held_out, key):
     model, metadata = _load(key)

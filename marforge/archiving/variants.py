@@ -6,8 +6,8 @@ verify.py). `prepare` writes the serialized file of one format into a work dir a
 archive it:
 
 - eager:       the model file and the state_dict; TorchServe builds the class and loads the weights.
-- torchscript: the eval-mode model traced on an example input; no model file, so BaseHandler uses
-               torch.jit.load.
+- torchscript: the eval-mode model traced on an example input (scripted, for a detector or a
+               segmenter); no model file, so BaseHandler uses torch.jit.load.
 - onnx:        exported with a dynamic batch dimension; BaseHandler opens an onnxruntime
                InferenceSession for a `.onnx` file and the handler feeds it numpy.
 - compile:     the eager archive plus `pt2: {compile: {enable: true, backend: inductor}}` in
@@ -138,8 +138,24 @@ def _traced(model, metadata, path):
     return path
 
 
+def _scripted(model, path):
+    """Compile `model` with torch.jit.script and save it: a detector or segmenter, whose inputs (a list of
+    images of their own sizes) or control flow a trace of one fixed-size batch would not capture."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+        torch.jit.save(torch.jit.script(model), str(path))
+    return path
+
+
 def _torchscript(mv, metadata, work_dir):
-    return Variant("torchscript", _traced(source_model(mv), metadata, work_dir / f"{mv.key}-torchscript.pt"))
+    path = work_dir / f"{mv.key}-torchscript.pt"
+    if metadata.get("task") in ("detection", "segmentation"):
+        return Variant("torchscript", _scripted(source_model(mv), path))
+    return Variant("torchscript", _traced(source_model(mv), metadata, path))
 
 
 def _quantized(mv, metadata, work_dir):

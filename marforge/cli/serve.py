@@ -94,10 +94,17 @@ def cmd_predict(args):
 
 
 def cmd_explain(args):
+    from marforge import shipped
+    from marforge.archiving.weights import read_metadata
     from marforge.serve import overlay
 
     project = project_of(args)
     image = _image_of(args, project)
+    mv = project.registry.get(args.name, args.version)
+    task = read_metadata(mv).get("task") or "multiclass"
+    if not shipped.module(shipped.contract().TASK_MODULES[task]).EXPLAINS:
+        raise MarforgeError(f"{mv.name} {mv.version} is a {task} model: it has no explanations",
+                            f"make predict MODEL={mv.name} VERSION={mv.version} IMAGE={args.image} answers it")
     out = Path(args.out or Path(args.image).with_suffix("").name + ".explained.png")
     if not out.parent.is_dir():
         raise MarforgeError(f"{out}: folder {out.parent} does not exist (--out)",

@@ -1,4 +1,4 @@
-"""What is being served right now: every model and version, the default, workers and queue depth.
+"""What is being served right now: every model and version, its task, the default, workers and queue depth.
 
 Readiness comes from the management API's describe (worker status READY), never from `/ping`,
 which answers Healthy while workers crash.
@@ -29,23 +29,24 @@ def collect(client):
 
 
 def annotate(rows, registry):
-    """Add each row's `note` from its weights' metadata (synthetic weights say so), when the registry
-    knows the version."""
+    """Add each row's `task` and `note` from its weights' metadata (synthetic weights say so), when the
+    registry knows the version (None when it does not)."""
     for row in rows:
-        row["note"] = None
+        row["task"], row["note"] = None, None
         try:
-            row["note"] = read_metadata(registry.get(row["model"], row["version"])).get("synthetic")
+            metadata = read_metadata(registry.get(row["model"], row["version"]))
         except MarforgeError:  # a version registered by hand, or files not here: nothing to add
             continue
+        row["task"], row["note"] = metadata.get("task") or "multiclass", metadata.get("synthetic")
     return rows
 
 
 def format_table(rows):
-    lines = [f"{'MODEL':<12} {'VERSION':<9} {'DEFAULT':<8} {'READY':<6} {'WORKERS':<24} {'QUEUE':>5}  ARCHIVE"]
+    lines = [f"{'MODEL':<12} {'VERSION':<9} {'TASK':<13} {'DEFAULT':<8} {'READY':<6} {'WORKERS':<24} {'QUEUE':>5}  ARCHIVE"]
     for r in rows:
         pending = "-" if r["pending"] is None else r["pending"]
         note = f"  ({r['note']})" if r.get("note") else ""
-        lines.append(f"{r['model']:<12} {r['version']:<9} {'yes' if r['default'] else '':<8} "
+        lines.append(f"{r['model']:<12} {r['version']:<9} {r.get('task') or '?':<13} {'yes' if r['default'] else '':<8} "
                      f"{'yes' if r['ready'] else 'NO':<6} {','.join(r['workers']) or 'none':<24} {pending:>5}  "
                      f"{r['archive']}{note}")
     return "\n".join(lines)

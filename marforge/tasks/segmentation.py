@@ -9,7 +9,7 @@ least 1 - tolerance of each image's pixels, on every image. Labelled eval images
 {"mask": "<base64 8-bit PNG of class indexes>"} per image, the answers' own encoding) are scored
 with the mean IoU over the classes (torchmetrics' MulticlassJaccardIndex).
 
-Formats: eager only, so far (`UNAVAILABLE` says why the others are refused).
+Formats: eager and TorchScript (scripted); `UNAVAILABLE` says why the others are refused.
 """
 
 from marforge import shipped
@@ -18,7 +18,7 @@ from marforge.archiving.weights import build_model
 from marforge.errors import ArchiveError
 
 # value: the largest share of an image's pixels whose class may differ; agreement: the share of images within it
-TOLERANCES = {"eager": Tolerance(0.001, 1.0)}
+TOLERANCES = {"eager": Tolerance(0.001, 1.0), "torchscript": Tolerance(0.001, 1.0)}  # torchscript: torch.jit.script
 UNAVAILABLE = "the other formats have not been measured for segmenters yet (their masks must agree pixel by pixel)"
 
 

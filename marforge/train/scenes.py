@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from marforge.train import datasets
+
 PROVENANCE = "scenes composed from real Fashion-MNIST photos; the composition is synthetic"
 CANVAS = 96  # scenes are CANVAS x CANVAS pixels
 MAX_ITEMS = 4
@@ -92,7 +94,8 @@ def _resized(photo: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(photo).resize((side, side), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
-def _place(rng, item, visible, full_counts, boxes):
+def _place(rng: np.random.Generator, item: np.ndarray, visible: list, full_counts: list,
+           boxes: list) -> tuple[int, int, np.ndarray] | None:
     """(top, left, canvas-sized mask) for `item` at a random position the overlap rules allow, or None."""
     side = item.shape[0]
     for _ in range(PLACEMENT_TRIES):
@@ -107,7 +110,7 @@ def _place(rng, item, visible, full_counts, boxes):
     return None
 
 
-def _compose_one(rng, photos, photo_labels):
+def _compose_one(rng: np.random.Generator, photos: np.ndarray, photo_labels: np.ndarray) -> tuple:
     """(image, instances, boxes, labels, sources, placements) of one scene drawn with `rng`."""
     image = np.zeros((CANVAS, CANVAS), dtype=np.uint8)
     visible: list = []  # each item's pixels still in view
@@ -142,7 +145,7 @@ def _compose_one(rng, photos, photo_labels):
     return image, instances, boxes, labels, sources, placements
 
 
-def compose(data, split: str, count: int, seed: int) -> SceneSet:
+def compose(data: datasets.Dataset, split: str, count: int, seed: int) -> SceneSet:
     """`count` scenes from the `split` ("train" or "test") photos of a datasets.Dataset, drawn with
     numpy's Generator seeded `seed` (the same arguments give the same scenes)."""
     if split not in SPLITS:
