@@ -4,20 +4,19 @@ image_segmenter as the (b') row or the measured reason they cannot serve the mod
 sizes per image; the integration tests run the whole bench at a tiny scale (1 client, 1 s rows)
 against real TorchServes.
 
-The segmenter here is fashionseg when the registry has it, else an UNTRAINED segmenter (seeded
-random weights of model_defs/scene_segmenter.py, imported into a temporary project and marked
-synthetic in its metadata): enough to exercise the bench's segmentation path, never a quality figure.
+The segmenter is the registry's when it has one, else fashionseg's committed weights under a
+temporary registry entry in a test project.
 """
 
 import importlib.util
 import json
+import shutil
 
 import pytest
-import torch
 from conftest import ROOT, temp_project
 
 from marforge import tasks
-from marforge.archiving import archive
+from marforge.archiving import archive, variants
 from marforge.cli import main
 from marforge.measure import answers, by_task, experiments, tables
 from marforge.project import Project
@@ -35,8 +34,10 @@ def detector(registry):
 
 def test_a_detectors_rows_are_those_its_task_applies_to_with_the_reason_for_the_rest(registry):
     mv = detector(registry)
-    kept, unavailable = by_task.formats_for(mv, ["eager", "torchscript", "onnx", "quantized"])
-    assert kept == ["eager"] and set(unavailable) == {"torchscript", "onnx", "quantized"}
+    formats = ["eager", "torchscript", "onnx", "quantized"]
+    kept, unavailable = by_task.formats_for(mv, formats)
+    assert kept == [f for f in formats if f in tasks.of("detection").TOLERANCES] and "eager" in kept
+    assert list(unavailable) == [f for f in formats if f not in kept] and "onnx" in unavailable
     assert set(unavailable.values()) == {tasks.of("detection").UNAVAILABLE}
     assert experiments.bench_formats(mv) == [f for f in kept if f != mv.format]
     assert by_task.flask_left_out(mv) == ("marforge/measure/flask_app.py serves multiclass and multilabel models "
@@ -59,7 +60,7 @@ def test_the_bench_archive_list_holds_only_formats_each_task_can_be_archived_in(
     assert main(["--registry", str(registry.path), "archives", "--model-store", "store", "--bench"]) == 0
     listed = capsys.readouterr().out.split()
     mv = detector(registry)
-    assert f"store/{mv.key}-torchscript.mar" not in listed and f"store/{mv.key}-onnx.mar" not in listed
+    assert f"store/{mv.key}-onnx.mar" not in listed and f"store/{mv.key}-quantized.mar" not in listed
     assert "store/fashion-1.0-torchscript.mar" in listed  # a classifier still gets every benchmark format
 
 
@@ -105,7 +106,10 @@ def test_a_worker_logs_last_exception_is_the_reason_quoted(tmp_path):
 
 # -- the whole bench at a tiny scale, against real TorchServes ----------------------------------------
 def tiny_bench(project, mv):
-    return experiments.bench(project, mv, seconds=1.0, concurrencies=(1,), log=lambda line: None)
+    """The bench at 1 client, 1 s rows; as (e) rows only the formats the task cannot be archived in
+    (left out with the reason, no archive to build)."""
+    unavailable = by_task.formats_for(mv, variants.BENCH_FORMATS["cpu"])[1]
+    return experiments.bench(project, mv, seconds=1.0, concurrencies=(1,), formats=list(unavailable), log=lambda line: None)
 
 
 def labels(results):
@@ -124,7 +128,7 @@ def test_a_detector_bench_runs_each_row_that_applies_and_measures_the_answers(re
     assert all(r["errors"] == 0 and r["throughput"] > 0 for r in results["rows"][1:])
     left = {r["row"]: r["reason"] for r in results["left_out"]}
     assert left["(d) flask"] == by_task.flask_left_out(mv)
-    assert left["(e) marforge torchscript"] == tasks.of("detection").UNAVAILABLE
+    assert left["(e) marforge onnx"] == tasks.of("detection").UNAVAILABLE
     said = {a["row"]: a for a in results["answers"]}
     names = [p.name for p in sorted(mv.samples.glob("*.png"))]
     assert sorted(said["(c) marforge"]["sizes"]) == names and said["(c) marforge"]["statuses"] == {"200": len(names)}
@@ -139,37 +143,37 @@ def test_a_detector_bench_runs_each_row_that_applies_and_measures_the_answers(re
     assert "| image | " + " | ".join(answered) + " |" in table and f"- (d) flask: {left['(d) flask']}" in table
 
 
+SEGMENTER = ("fashionseg", "1.0")  # trained weights committed in weights/, for a temporary registry entry
+
+
 @pytest.fixture(scope="module")
 def segmenter(registry, tmp_path_factory):
-    """(project, the segmentation version, its model store): fashionseg when registered, else an
-    untrained segmenter imported into a temporary project (see the module's docstring)."""
-    found = [mv for mv in registry.all_versions() if by_task.task_of(mv) == "segmentation"]
+    """(project, the segmentation version): the registry's first when it has one, else fashionseg's
+    committed weights under a temporary registry entry in a test project, with the detector's sample
+    scenes (several sizes, unlabelled) as its samples."""
     tmp = tmp_path_factory.mktemp("segmenter")
+    found = [mv for mv in registry.all_versions() if by_task.task_of(mv) == "segmentation"]
     if found:
         archive.build(found[0], tmp / "store")
         return Project.at(registry.path, model_store=tmp / "store", run_dir=tmp / "run"), found[0]
-    from marforge.archiving.weights import model_class
-
+    name, version = SEGMENTER
+    weights = ROOT / "weights" / f"{name}-{version}.pt"
+    if not weights.is_file():
+        pytest.skip(f"no segmentation version in the registry and no {weights}")
     (tmp / "project").mkdir()
-    project = temp_project(tmp / "project", "[serving]\nworkers = 1\n")
-    samples = tmp / "samples"
-    samples.mkdir()
-    for path in sorted((ROOT / "samples" / "fashiondet").glob("*.png")):  # scenes of several sizes
-        (samples / path.name).write_bytes(path.read_bytes())
-    (samples / "labels.json").write_text(json.dumps({p.name: None for p in samples.glob("*.png")}))
-    torch.manual_seed(0)
-    checkpoint = tmp / "untrained.pth"
-    torch.save(model_class(ROOT / "model_defs" / "scene_segmenter.py")().state_dict(), checkpoint)
-    labels_ = ["background", *"abcdefghij"]
-    assert main(["--registry", str(project.registry_file), "import", "untrainedseg", "0.1", "--checkpoint",
-                 str(checkpoint), "--task", "segmentation", "--labels", ",".join(labels_), "--image-size", "96",
-                 "--color", "grayscale", "--mean", "0.1", "--std", "0.25", "--samples", str(samples),
-                 "--model-def", "model_defs/scene_segmenter.py"]) == 0
-    project = Project.at(project.registry_file, model_store=tmp / "store", run_dir=tmp / "run",
+    temp_project(tmp / "project", f'[models.{name}]\ndefault_version = "{version}"\nserving = {{ workers = 1 }}\n\n'
+                                  f'[models.{name}.versions."{version}"]\nmodel_def = "model_defs/scene_segmenter.py"\n')
+    (tmp / "project" / "weights").mkdir()
+    for suffix in (".pt", ".json"):
+        shutil.copy(weights.with_suffix(suffix), tmp / "project" / "weights")
+    samples = tmp / "project" / "samples" / name
+    samples.mkdir(parents=True)
+    for path in sorted((ROOT / "samples" / "fashiondet").glob("*.png")):
+        shutil.copy(path, samples)
+    (samples / "labels.json").write_text(json.dumps({p.name: None for p in sorted(samples.glob("*.png"))}))
+    project = Project.at(tmp / "project" / "models.toml", model_store=tmp / "store", run_dir=tmp / "run",
                          config=ROOT / "config.properties")
-    mv = project.registry.get("untrainedseg", "0.1")
-    metadata = json.loads(mv.metadata.read_text())
-    mv.metadata.write_text(json.dumps({**metadata, "synthetic": "UNTRAINED: seeded random weights, for the bench test"}))
+    mv = project.registry.get(name, version)
     archive.build(mv, project.model_store)
     return project, mv
 
@@ -182,6 +186,7 @@ def test_a_segmenter_bench_measures_why_the_stock_image_segmenter_cannot_serve_i
                                    "(g) marforge v2 JSON"]
     left = {r["row"]: r["reason"] for r in results["left_out"]}
     assert left["(d) flask"] == by_task.flask_left_out(mv)
+    assert left["(e) marforge onnx"] == tasks.of("segmentation").UNAVAILABLE
     said = {a["row"]: a for a in results["answers"]}
     names = sorted(p.name for p in mv.samples.glob("*.png"))
     assert sorted(said["(c) marforge"]["sizes"]) == names
