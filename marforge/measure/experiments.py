@@ -22,6 +22,7 @@ the highest concurrency (`warm_up_seconds`).
 """
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import time
@@ -31,7 +32,7 @@ from marforge import labelled
 from marforge.archiving import variants
 from marforge.archiving.verify import eval_files, sample_files
 from marforge.archiving.weights import read_metadata
-from marforge.errors import DataError
+from marforge.errors import DataError, ServerError
 from marforge.measure import answers, by_task, fixtures, machine, targets
 from marforge.measure.sampling import measure, warm_up
 
@@ -189,11 +190,20 @@ def bench(project, mv, seconds=10.0, concurrencies=(1, 16, 64), formats=None, im
     rows, left_out, said = [ceiling(mv.archive_path(store), paths, seconds, mv.serving["batch_size"])], [], []
     log(f"{rows[-1]}")
 
-    def served(context, row_sets, feeds=("as sent",)):
+    def served(context, row_sets, feeds=("as sent",), required=False):
         """The rows of each (label, rows function) of `row_sets` from one server, in turn, after its
-        answers to each image (the first of `feeds` answered); none when it answers no image."""
+        answers to each image (the first of `feeds` answered); none when it answers no image, or when
+        it does not start and is not `required` (the rows left out say why)."""
         label = row_sets[0][0]
-        with context as target:
+        with contextlib.ExitStack() as stack:
+            try:
+                target = stack.enter_context(context)
+            except ServerError as exc:
+                if required:
+                    raise
+                left_out.append({"row": label, "reason": f"its server did not start: {exc.message.splitlines()[0]}"})
+                log(f"{left_out[-1]}")
+                return False
             for feed in feeds:
                 sent = by_task.fed(feed, bodies)
                 said.append({**answers.answer_sizes(label, target, paths, sent), "feed": feed})
@@ -211,8 +221,8 @@ def bench(project, mv, seconds=10.0, concurrencies=(1, 16, 64), formats=None, im
                     log(f"{row}")
         return True
 
-    served(fixtures.torchserve(project, mv, stock=True), [("(b) torchserve stock", rows_of)])
-    served(fixtures.torchserve(project, mv), PROTOCOL_ROWS)  # (c), then the same warm server over gRPC and v2 JSON
+    served(fixtures.torchserve(project, mv, stock=True), [("(b) torchserve stock", rows_of)], required=True)
+    served(fixtures.torchserve(project, mv), PROTOCOL_ROWS, required=True)  # (c), then the same server over gRPC and v2
     notes = stock_b_prime(project, mv, served, left_out, log)
     flask = by_task.flask_left_out(mv)
     if flask:
