@@ -153,7 +153,7 @@ bench-kserve: archive
 	$(PY) -m marforge bench-kserve $(if $(filter command line,$(origin MODEL)),$(MODEL) $(VERSION)) --model-store $(MODEL_STORE) --verbose $(KSERVE_BENCH_ARGS)
 
 .PHONY: bench
-## bench: ceiling, stock TorchServe, marforge (HTTP, gRPC, v2 JSON), Flask, every other format of BENCH_MODEL BENCH_VERSION (default: python -m marforge bench --help's); tables into docs/performance.md (BENCH_IMAGES=folder, BENCH_ARGS=--short)
+## bench: ceiling, stock TorchServe (and its own handler for the task: image_classifier, object_detector, image_segmenter), marforge (HTTP, gRPC, v2 JSON), Flask, every other format of BENCH_MODEL BENCH_VERSION, as its task allows, and the answer sizes (default: python -m marforge bench --help's); tables into docs/performance.md (BENCH_IMAGES=folder, BENCH_ARGS=--short)
 bench: $(BENCH_ARCHIVES)
 	@test -n "$(BENCH_MODEL)" -o -z "$(BENCH_VERSION)" || { echo "error: BENCH_VERSION=$(BENCH_VERSION) needs its model: make bench BENCH_MODEL=fashion BENCH_VERSION=$(BENCH_VERSION)" >&2; exit 1; }
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt -c constraints.txt

@@ -88,9 +88,9 @@ def live_server(store, ports, tmp_path_factory):
 
 def task_of(mv):
     """The task a version's weights were trained for (their metadata's), multiclass when it says none."""
-    from marforge.archiving.weights import read_metadata
+    from marforge.archiving.weights import task_of
 
-    return read_metadata(mv).get("task") or "multiclass"
+    return task_of(mv)
 
 
 def classifiers(registry):

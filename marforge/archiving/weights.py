@@ -73,6 +73,13 @@ def model_class(model_def):
     return classes[0]
 
 
+def task_of(mv) -> str:
+    """The task `mv`'s weights were trained for (their metadata's `task`): multiclass when it names none
+    or the metadata is not made yet (the CheXNet demo's, before make archive runs the demo). Standard
+    library only: the Makefile's archive list asks it."""
+    return (read_metadata(mv).get("task") or "multiclass") if mv.metadata.is_file() else "multiclass"
+
+
 def build_model(model_def, weights=None):
     """Instantiate the model with no arguments (as TorchServe does), load `weights` if given, eval mode."""
     model = model_class(model_def)()

@@ -44,21 +44,14 @@ def cmd_verify(args):
 def cmd_archives(args):
     """Standard library only: the Makefile runs it before the virtualenv exists."""
     from marforge.archiving import variants
+    from marforge.archiving.weights import task_of
 
     project = project_of(args)
     formats = list(variants.BENCH_FORMATS[project.device]) if args.bench else (format_list(args.formats) or [None])
     paths = dict.fromkeys(project.relative(mv.archive_path(project.model_store, f))
                           for f in formats for mv in project.registry.all_versions()
-                          if f is None or f in shipped.contract().formats_for(_task(mv)))
+                          if f is None or f in shipped.contract().formats_for(task_of(mv)))
     return Output(" ".join(paths), list(paths))
-
-
-def _task(mv):
-    """A version's task as its weights' metadata says (standard library only); a classifier's when they
-    are not made yet (the CheXNet demo's, before make archive runs the demo)."""
-    import json
-
-    return json.loads(mv.metadata.read_text()).get("task") or "multiclass" if mv.metadata.is_file() else "multiclass"
 
 
 def cmd_build_code(args):

@@ -17,7 +17,7 @@ def _log(args):
 
 def cmd_bench(args):
     from marforge.archiving import variants
-    from marforge.measure import experiments, report, tuning
+    from marforge.measure import by_task, experiments, report, tuning
 
     project = project_of(args)
     seconds = experiments.SHORT_ROW_S if args.short else args.seconds
@@ -29,7 +29,8 @@ def cmd_bench(args):
     doc_dir = None if args.short or args.no_docs else project.docs_dir
     if args.compare_formats:
         formats = formats or list(variants.BENCH_FORMATS[project.device])
-        refuse_stale(project, [(mv, f) for mv in project.registry.all_versions() for f in formats])
+        refuse_stale(project, [(mv, f) for mv in project.registry.all_versions()
+                               for f in by_task.formats_for(mv, formats)[0]])
         results = experiments.compare_formats(project, project.registry.all_versions(), formats, seconds=seconds,
                                               concurrencies=[c for c in concurrencies if c > 1] or concurrencies,
                                               log=_log(args))
@@ -149,16 +150,19 @@ def cmd_soak(args):
 def add_commands(command):
     from marforge.deploy import defaults as kserve_defaults
 
-    p = command("bench", cmd_bench, "throughput and latency: in-process ceiling, stock TorchServe, marforge, Flask",
-                "python -m marforge bench fashion 2.0 --short")
+    p = command("bench", cmd_bench, "throughput, latency and answer sizes: in-process ceiling, stock TorchServe (and "
+                "its own handler for the task), marforge, Flask: the rows that apply to the model's task",
+                "python -m marforge bench fashiondet 2.0 --short")
     p.add_argument("name", nargs="?", default=BENCH_MODEL, help="the model to measure (default: %(default)s)")
     p.add_argument("version", nargs="?", default=BENCH_VERSION, help="its version (default: %(default)s)")
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each row at each concurrency")
     p.add_argument("--short", action="store_true", help="3 s per row: a quick look (not written to docs/)")
     p.add_argument("--concurrency", default="1,16,64", help="comma-separated client counts")
     p.add_argument("--formats", help="archive formats to add as (e) rows (default: eager, torchscript, onnx and "
-                   "quantized, less the registry's own; compile on request), e.g. torchscript,compile")
-    p.add_argument("--images", help="a folder of images to send (default: the model's eval set, else its samples)")
+                   "quantized, less the registry's own and those its task cannot be archived in; compile on request), "
+                   "e.g. torchscript,compile")
+    p.add_argument("--images", help="a folder of images to send (default: a detector's or segmenter's samples, "
+                   "else the model's eval set, else its samples)")
     p.add_argument("--verbose", action="store_true", help="print each row as it is measured")
     p.add_argument("--no-docs", action="store_true", help="do not write the tables into docs/performance.md")
     mode = p.add_mutually_exclusive_group()  # one experiment per run: two of these flags are a usage error

@@ -95,13 +95,13 @@ def cmd_predict(args):
 
 def cmd_explain(args):
     from marforge import shipped
-    from marforge.archiving.weights import read_metadata
+    from marforge.archiving.weights import task_of
     from marforge.serve import overlay
 
     project = project_of(args)
     image = _image_of(args, project)
     mv = project.registry.get(args.name, args.version)
-    task = read_metadata(mv).get("task") or "multiclass"
+    task = task_of(mv)
     if not shipped.module(shipped.contract().TASK_MODULES[task]).EXPLAINS:
         raise MarforgeError(f"{mv.name} {mv.version} is a {task} model: it has no explanations",
                             f"make predict MODEL={mv.name} VERSION={mv.version} IMAGE={args.image} answers it")

@@ -6,6 +6,8 @@
     fixtures.py     the servers measured: marforge's TorchServe, stock TorchServe, the Flask baseline
     flask_app.py    the Flask baseline itself
     experiments.py  `make bench` and `make bench-formats`: the rows, the ceiling, the formats, the protocols
+    by_task.py      which rows apply to a version's task, why the others do not, TorchServe's own handler for it
+    answers.py      each server's answers to each image: their sizes, or why it answered none
     tuning.py       the server's own settings: the defaults sweep, the request queue, the JVM's bounds
     targets.py      what `make bench` must show, as data
     tables.py       the markdown of every kind of result

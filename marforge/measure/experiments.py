@@ -1,14 +1,18 @@
 """The benchmark's experiments: the same images, load generator and durations against each server.
 
-`bench` runs these rows, each at every concurrency (default 1, 16 and 64):
+`bench` runs the rows that apply to the version's task (by_task.py: the others are left out with
+the reason), each at every concurrency (default 1, 16 and 64), after each server's answer to each
+image once (the answer sizes):
   (a) ceiling   the archive's own handler run in-process (decode + preprocess + model, in batches of
                 the version's batch size), one single-threaded process per core: what the machine
                 can do with no server
   (b) stock     TorchServe with its defaults (fixtures.py) on the same archive as (c)
-  (b')          the same on the eager archive, when the version is served in another format
+  (b')          stock TorchServe with its own handler for the task (image_classifier when the model
+                fits it, object_detector, image_segmenter), or the (b) server on the eager archive when
+                the version is served in another format
   (c) marforge  TorchServe as `make serve` runs it
-  (d) flask     the Flask app of flask_app.py
-  (e) ...       each extra archive format, served with (c)'s settings
+  (d) flask     the Flask app of flask_app.py (classifiers only)
+  (e) ...       each extra archive format the task can be archived in, served with (c)'s settings
   (f) gRPC      (c)'s server through TorchServe's gRPC inference API (inference.proto)
   (g) v2 JSON   (c)'s server through KServe's v2 protocol: JSON with the image as base64 BYTES
 
@@ -18,6 +22,7 @@ the highest concurrency (`warm_up_seconds`).
 """
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import time
@@ -26,9 +31,9 @@ from pathlib import Path
 from marforge import labelled
 from marforge.archiving import variants
 from marforge.archiving.verify import eval_files, sample_files
-from marforge.archiving.weights import read_metadata
-from marforge.errors import DataError
-from marforge.measure import fixtures, machine, targets
+from marforge.archiving.weights import read_metadata, task_of
+from marforge.errors import DataError, ServerError
+from marforge.measure import answers, by_task, fixtures, machine, targets
 from marforge.measure.sampling import measure, warm_up
 
 WARM_UP_S = 5.0  # unrecorded load on each server before its rows (less when the rows are shorter)
@@ -40,7 +45,12 @@ def warm_up_seconds(row_seconds):
 
 def bench_formats(mv, asked=None, device="cpu"):
     """The (e) rows' formats: those asked for, else every benchmark format of the machine but the
-    version's own."""
+    version's own; only those its task can be archived in (by_task.formats_for says why not the rest)."""
+    return by_task.formats_for(mv, all_formats(mv, asked, device))[0]
+
+
+def all_formats(mv, asked=None, device="cpu"):
+    """The (e) rows' formats before the task is asked which apply."""
     return list(asked) if asked else [f for f in variants.BENCH_FORMATS[device] if f != mv.format]
 
 
@@ -49,13 +59,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 def images_of(mv, folder=None):
     """The images every row sends, as ([path], [bytes]): every image file in `folder` when given,
-    else the model's eval set, else the version's samples."""
+    else the version's samples for a detector or a segmenter (scenes of several sizes), else the
+    model's eval set, else the version's samples."""
     if folder is not None:
         paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise DataError(f"{folder}: no images to send (looked for {', '.join(IMAGE_SUFFIXES)})")
     else:
-        paths = [path for path, _ in (eval_files(mv) if labelled.exists(mv.eval_dir) else sample_files(mv))]
+        evals = labelled.exists(mv.eval_dir) and task_of(mv) not in by_task.SCENE_TASKS
+        paths = [path for path, _ in (eval_files(mv) if evals else sample_files(mv))]
     return paths, [p.read_bytes() for p in paths]
 
 
@@ -79,8 +91,10 @@ def _ceiling_process(args):
 
 
 def ceiling(mar_path, paths, seconds, batch_size, processes=None):
-    """Images per second of the archive's own handler (decode, preprocess, model, activation; batches
-    of `batch_size`) run in-process, in `processes` single-threaded processes (default: one per core),
+    """Images per second of the archive's own handler (decode, preprocess, model, the task's results;
+    batches of `batch_size`: a classifier's N x C x H x W and its activation, a detector's list of
+    C x H x W images in [0, 1] in one call per image size, a segmenter's normalised N x C x H x W and
+    each image's mask) run in-process, in `processes` single-threaded processes (default: one per core),
     each with the model on GPU 0 when there is one (its decoding, on the CPU or as the handler is
     configured, included)."""
     processes = processes or len(os.sched_getaffinity(0))
@@ -167,51 +181,88 @@ def protocols(project, mv, rounds=3, concurrencies=(1, 16, 64), seconds=6.0, log
     return {"seconds": seconds, "machine": machine.describe(project.root), "model": mv.key, "rows": rows}
 
 
-def _as_rgb_png(body):
-    import io
-
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.open(io.BytesIO(body)).convert("RGB").save(out, format="PNG")
-    return out.getvalue()
-
-
 def bench(project, mv, seconds=10.0, concurrencies=(1, 16, 64), formats=None, images=None, log=print):
-    """Every row at every concurrency; returns the results (machine, rows, ratios, targets). `images`: a
-    folder of images to send instead of the model's own (see images_of)."""
+    """Every row that applies to the version's task at every concurrency, and each server's answer
+    sizes; returns the results (machine, rows, the rows left out and why, answers, ratios, targets).
+    `images`: a folder of images to send instead of the model's own (see images_of)."""
     paths, bodies = images_of(mv, images)
     store = project.model_store
-    rows = [ceiling(mv.archive_path(store), paths, seconds, mv.serving["batch_size"])]
+    rows, left_out, said = [ceiling(mv.archive_path(store), paths, seconds, mv.serving["batch_size"])], [], []
     log(f"{rows[-1]}")
 
-    def served(context, row_sets, sent=bodies):
-        """The rows of each (label, rows function) of `row_sets` from one server, in turn."""
-        with context as target:
+    def served(context, row_sets, feeds=("as sent",), required=False):
+        """The rows of each (label, rows function) of `row_sets` from one server, in turn, after its
+        answers to each image (the first of `feeds` answered); none when it answers no image, or when
+        it does not start and is not `required` (the rows left out say why)."""
+        label = row_sets[0][0]
+        with contextlib.ExitStack() as stack:
+            try:
+                target = stack.enter_context(context)
+            except ServerError as exc:
+                if required:
+                    raise
+                left_out.append({"row": label, "reason": f"its server did not start: {exc.message.splitlines()[0]}"})
+                log(f"{left_out[-1]}")
+                return False
+            for feed in feeds:
+                sent = by_task.fed(feed, bodies)
+                said.append({**answers.answer_sizes(label, target, paths, sent), "feed": feed})
+                log(f"{said[-1]}")
+                if said[-1]["sizes"]:
+                    break
+            else:
+                left_out.append({"row": label, "reason": "; ".join(f"fed {a['feed']}: {a['error']}" for a in said
+                                                                    if a["row"] == label)})
+                log(f"{left_out[-1]}")
+                return False
             for label, rows_fn in row_sets:
                 for row in rows_fn(label, target, sent, concurrencies, seconds, mv):
                     rows.append(row)
                     log(f"{row}")
+        return True
 
-    served(fixtures.torchserve(project, mv, stock=True), [("(b) torchserve stock", rows_of)])
-    served(fixtures.torchserve(project, mv), PROTOCOL_ROWS)  # (c), then the same warm server over gRPC and v2 JSON
-    if fixtures.fits_stock_classifier(mv, read_metadata(mv)):
-        # What a user of TorchServe's examples runs: its own image_classifier on the eager model, fed
-        # RGB (it answers a grayscale image 503: its normalisation has three channels).
-        served(fixtures.stock_classifier(project, mv), [("(b') torchserve stock, its image_classifier", rows_of)],
-               [_as_rgb_png(b) for b in bodies])
-    elif mv.format != "eager" and mv.archive_path(store, "eager").is_file():
+    served(fixtures.torchserve(project, mv, stock=True), [("(b) torchserve stock", rows_of)], required=True)
+    served(fixtures.torchserve(project, mv), PROTOCOL_ROWS, required=True)  # (c), then the same server over gRPC and v2
+    notes = stock_b_prime(project, mv, served, left_out, log)
+    flask = by_task.flask_left_out(mv)
+    if flask:
+        left_out.append({"row": "(d) flask", "reason": flask})
+    else:
+        served(fixtures.flask_server(project, mv), [("(d) flask", rows_of)])
+    kept, unavailable = by_task.formats_for(mv, all_formats(mv, formats, project.device))
+    left_out += [{"row": f"(e) marforge {fmt}", "reason": why} for fmt, why in unavailable.items()]
+    for fmt in kept:
+        served(fixtures.format_server(project, mv, fmt), [(f"(e) marforge {fmt}", rows_of)])
+    described = machine.describe(project.root)
+    return {"model": mv.key, "format": mv.format, "task": task_of(mv), "seconds": seconds, "machine": described,
+            "images": f"{len(paths)} from {paths[0].parent}", "rows": rows, "left_out": left_out, "notes": notes, "answers": said,
+            "ratios": targets.ratios(rows, concurrencies), "targets": targets.check(rows, targets.targets_for(mv.name, described))}
+
+
+def stock_b_prime(project, mv, served, left_out, log):
+    """The (b') row: TorchServe's own handler for the task (by_task.stock_plans; the first that
+    answers), else for a version served in another format stock TorchServe on its eager archive;
+    returns the notes on what the row measured."""
+    store = project.model_store
+    plans = by_task.stock_plans(mv, fixtures.fits_stock_classifier(mv, read_metadata(mv)))
+    for plan in plans:
+        unloadable = plan.unloadable()
+        if unloadable:
+            left_out.append({"row": plan.label, "reason": unloadable})
+            log(f"{left_out[-1]}")
+            continue
+        if served(fixtures.stock_handler(project, mv, plan), [(plan.label, rows_of)], plan.feeds):
+            return [f"{plan.label}: {plan.note}"] if plan.note else []
+    if plans:
+        return []
+    if mv.format != "eager" and mv.archive_path(store, "eager").is_file():
         # What stock TorchServe does with the PyTorch model itself, which is what most users start from.
         served(fixtures.format_server(project, mv, "eager", stock=True), [("(b') torchserve stock, eager archive", rows_of)])
     elif mv.format != "eager":
-        log(f"(b') skipped: {mv.archive_path(store, 'eager')} not built (make archive FORMAT=eager)")
-    served(fixtures.flask_server(project, mv), [("(d) flask", rows_of)])
-    for fmt in bench_formats(mv, formats, project.device):
-        served(fixtures.format_server(project, mv, fmt), [(f"(e) marforge {fmt}", rows_of)])
-    described = machine.describe(project.root)
-    return {"model": mv.key, "format": mv.format, "seconds": seconds, "machine": described,
-            "images": f"{len(paths)} from {paths[0].parent}", "rows": rows, "ratios": targets.ratios(rows, concurrencies),
-            "targets": targets.check(rows, targets.targets_for(mv.name, described))}
+        left_out.append({"row": "(b') torchserve stock, eager archive",
+                         "reason": f"{mv.archive_path(store, 'eager')} not built (make archive FORMAT=eager)"})
+        log(f"{left_out[-1]}")
+    return []
 
 
 def compare_formats(project, versions, formats, seconds=5.0, concurrencies=(16, 64), log=print):
@@ -219,12 +270,14 @@ def compare_formats(project, versions, formats, seconds=5.0, concurrencies=(16, 
     rows, winners = [], {}
     for mv in versions:
         _, bodies = images_of(mv)
-        for fmt in formats:
+        for fmt in by_task.formats_for(mv, formats)[0]:
             with fixtures.format_server(project, mv, fmt) as target:
                 for row in rows_of(fmt, target, bodies, concurrencies, seconds):
                     rows.append({**row, "version": mv.key, "format": fmt})
                     log(f"{mv.key} {rows[-1]}")
-        winners[mv.key] = winner([r for r in rows if r["version"] == mv.key])
+        mine = [r for r in rows if r["version"] == mv.key]
+        if mine:
+            winners[mv.key] = winner(mine)
     return {"seconds": seconds, "machine": machine.describe(project.root), "rows": rows, "winners": winners}
 
 

@@ -4,7 +4,7 @@
     torchserve(project, mv, stock=True)  TorchServe with its defaults: a worker per core, no batching,
                                          every core in every worker, its own logging
     format_server(project, mv, fmt)      either of those, serving the version's archive in format `fmt`
-    stock_classifier(project, mv)        stock TorchServe with its own image_classifier handler
+    stock_handler(project, mv, plan)     stock TorchServe with one of its own handlers (by_task.StockPlan)
     flask_server(project, mv)            the Flask app of flask_app.py, in its own process
 
 Each yields what the load needs: the URL to post to, the headers (the inference token), and the
@@ -37,6 +37,7 @@ class Target:
     roles: dict  # pid -> role, for the processes whose CPU is reported by name
     token: object = None  # () -> the current inference key, or None
     endpoints: object = None  # a TorchServe's Endpoints (for its gRPC and v2 rows)
+    logs: Path | None = None  # a TorchServe's worker log (model_log.log), where its handlers' exceptions go
 
     def headers(self):
         key = self.token() if self.token else None
@@ -54,7 +55,8 @@ def torchserve(project, mv, stock=False, env=None):
         started = launch.serve(dataclasses.replace(project, run_dir=run_dir), versions=[mv],
                                ports=process.free_listeners(), stock=stock, env=env)
         yield Target(f"{started.client.endpoints.inference}/predictions/{mv.name}/{mv.version}", started.pid,
-                     {started.pid: "frontend"}, lambda: started.client.key("inference"), started.client.endpoints)
+                     {started.pid: "frontend"}, lambda: started.client.key("inference"), started.client.endpoints,
+                     RunDir(run_dir).log("model"))
     finally:
         process.stop(RunDir(run_dir))
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -84,12 +86,12 @@ def fits_stock_classifier(mv, metadata):
 
 
 @contextmanager
-def stock_classifier(project, mv):
-    """Stock TorchServe serving an eager archive of `mv` made with TorchServe's own `image_classifier`
-    handler (its model file, its weights, an index_to_name.json of its labels), as a user of
-    TorchServe's examples would: the (b') row for a model that fits it (fits_stock_classifier)."""
+def stock_handler(project, mv, plan):
+    """Stock TorchServe serving an eager archive of `mv` made with one of TorchServe's own handlers
+    (`plan`, a by_task.StockPlan: image_classifier, object_detector, image_segmenter, or a file of
+    `plan.source` subclassing one), its model file, its weights and an index_to_name.json of its
+    labels, as a user of TorchServe's examples would: the (b') row."""
     import json
-    import os
     import subprocess
     import sys
 
@@ -99,14 +101,18 @@ def stock_classifier(project, mv):
     try:
         labels = store / "index_to_name.json"
         labels.write_text(json.dumps({str(i): label for i, label in enumerate(read_metadata(mv)["labels"])}))
+        handler = plan.handler
+        if plan.source is not None:
+            handler = str(store / f"{plan.handler}.py")
+            Path(handler).write_text(plan.source)
         (store / "tmp").mkdir()
         done = subprocess.run([str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", mv.name,
                                "--version", mv.version, "--model-file", str(mv.model_def), "--serialized-file",
-                               str(mv.weights), "--handler", "image_classifier", "--extra-files", str(labels),
+                               str(mv.weights), "--handler", handler, "--extra-files", str(labels),
                                "--export-path", str(store)], capture_output=True, text=True,
                               env={**os.environ, "TMPDIR": str(store / "tmp")})
         if done.returncode != 0:
-            raise ServerError(f"torch-model-archiver failed for the stock image_classifier archive: {done.stderr.strip()}")
+            raise ServerError(f"torch-model-archiver failed for the stock {plan.handler} archive: {done.stderr.strip()}")
         os.replace(store / f"{mv.name}.mar", mv.archive_path(store))
         with torchserve(dataclasses.replace(project, model_store=store), mv, stock=True) as target:
             yield target

@@ -8,6 +8,8 @@ runs `serve` in a process of its own:
     curl -T samples/fashion/00000-ankle-boot.png http://127.0.0.1:<port>/predict
 """
 
+TASKS = ("multiclass", "multilabel")  # the models it serves: labels_of answers a classifier's labels
+
 
 def labels_of(model, body: bytes, config) -> tuple[dict, int]:
     """(the labels part of the answer, 200) for one image `body`, or (the error, its code): decoded,

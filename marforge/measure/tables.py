@@ -2,7 +2,7 @@
 queue, the experiments run in alternating rounds (`bench --jvm`, `bench --protocols`) and a soak's
 report and summary, `bench-kserve`'s report. report.py writes them (MARKDOWN names which is which)."""
 
-from marforge.measure import machine
+from marforge.measure import answers, machine
 
 SOAK_ROWS = 13  # rows of windows in a soak's table
 
@@ -46,7 +46,7 @@ def bench_markdown(results):
     lines += ["", "| target | value | bound | met |", "| --- | ---: | ---: | --- |"]
     for name, check in results["targets"].items():
         lines.append(f"| {name} | {check['value']} | {check['target']} | {'yes' if check['met'] else 'NO'} |")
-    return "\n".join(lines + cost_lines(results)) + "\n"
+    return "\n".join(lines + answers.markdown_lines(results) + cost_lines(results)) + "\n"
 
 
 def cost_lines(results):
