@@ -57,7 +57,7 @@ def fractions(mask, config):
     import torch
 
     counts = torch.bincount(mask.flatten().long(), minlength=len(config.labels))
-    return (counts.double() / mask.numel()).tolist()
+    return (counts.float() / mask.numel()).tolist()  # float32, as a v2 FP32 output carries it (over gRPC too)
 
 
 def png(mask):

@@ -20,6 +20,11 @@ from marforge.serve.rundir import RunDir
 
 pytestmark = pytest.mark.integration
 
+# The gate's p99 rule with a wide slack: on the 2-core CI machine a newly registered detector's or
+# segmenter's p99 over the gate's 200 scenes measured 0.5-0.6 s against 0.07-0.11 s for the default
+# (cause not found yet: issue 20's first-request work). These tests are about the mAP and mIoU checks.
+P99_SLACK = "\n[rollout]\np99_slack_ms = 2000.0\n"
+
 WORSE = '''
 [models.fashiondet.versions."2.9"]
 model_def = "model_defs/scene_detector.py"
@@ -32,7 +37,7 @@ def server(store, registry, tmp_path_factory):
     if "fashiondet" not in registry.models:
         pytest.skip("no fashiondet in the registry")
     root = tmp_path_factory.mktemp("scene_project")
-    (root / "models.toml").write_text((ROOT / "models.toml").read_text() + WORSE)
+    (root / "models.toml").write_text((ROOT / "models.toml").read_text() + WORSE + P99_SLACK)
     for folder in ("model_defs", "samples", "eval"):
         (root / folder).symlink_to(ROOT / folder)
     shutil.copytree(ROOT / "weights", root / "weights")
@@ -101,7 +106,7 @@ def seg_server(store, registry, tmp_path_factory):
     start = text.index("[models.fashionseg]")
     seg = text[start:].replace('default_version = "1.0"', 'default_version = "2.0"', 1)
     (root / "models.toml").write_text(text[:start] + seg + '\n[models.fashionseg.versions."1.9"]\n'
-                                      'model_def = "model_defs/scene_segmenter.py"\n')
+                                      'model_def = "model_defs/scene_segmenter.py"\n' + P99_SLACK)
     for folder in ("model_defs", "samples", "eval"):
         (root / folder).symlink_to(ROOT / folder)
     shutil.copytree(ROOT / "weights", root / "weights")

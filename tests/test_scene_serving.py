@@ -55,7 +55,8 @@ def test_one_request_of_images_of_several_sizes_is_answered_image_by_image(live_
             assert one["detections"], path.name
             for d in one["detections"]:
                 x1, y1, x2, y2 = d["box"]
-                assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height and d["score"] >= config.score_threshold
+                # inside the image as sent (torchvision clips a box to it, which can leave one of no width at an edge)
+                assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height and d["score"] >= config.score_threshold
 
 
 def test_concurrent_requests_of_mixed_sizes_and_bad_ones_are_answered_each_on_its_own(live_server, scene_model, samples):

@@ -109,8 +109,8 @@ def run_loaded(mar_path, mv, fmt, paths):
     size = mv.serving["batch_size"]
     rows = [{"body": path.read_bytes()} for path in paths]
     try:
+        before = variants.compile_counts() if fmt in variants.COMPILED else None  # the worker's warm-up compiles too
         with LoadedArchive(mar_path, batch_size=size) as loaded:
-            before = variants.compile_counts() if fmt in variants.COMPILED else None
             answers = [answer for i in range(0, len(rows), size) for answer in loaded.predict(rows[i:i + size])]
             graphs = variants.compile_outcome(loaded.handler.model, before) if fmt in variants.COMPILED else None
             return answers, loaded.service.context.model_yaml_config["handler"], graphs
