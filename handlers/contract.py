@@ -33,8 +33,12 @@ if TYPE_CHECKING:  # for the annotations only: nothing but the standard library 
 __all__ = ["crop_box", "fit"]  # and everything defined below
 
 CONFIG_FILE = "model-config.yaml"  # the archive's config; its `handler:` section is HandlerConfig
-FORMATS = ("eager", "torchscript", "onnx", "compile", "quantized", "cudagraphs")  # how an archive's model is made
+FORMATS = ("eager", "torchscript", "onnx", "compile", "quantized", "cudagraphs", "export")  # how an archive's model is made
 DEFAULT_FORMAT = "eager"
+# An export archive's torch.export program is named <key><EXPORT_SUFFIX>: BaseHandler hands a serialized
+# file without a model file to its TorchScript loader only when the name ends in .pt, and the handler's
+# loader (programs.py) opens it with torch.export.load instead.
+EXPORT_SUFFIX = "-export.pt"
 STAMP_SECTION = "marforge"  # model-config.yaml: {marforge: {format: ...}}
 CHANNELS = {"grayscale": 1, "rgb": 3}
 PIL_MODES = {"grayscale": "L", "rgb": "RGB"}

@@ -33,6 +33,7 @@ import contract
 import explain
 import image_io
 import placement
+import programs
 import protocols
 import torch
 from ts.torch_handler import base_handler
@@ -135,6 +136,13 @@ class ImageHandler(BaseHandler):
         finally:
             base_handler.setup_ort_session = bases_session
             properties["gpu_id"] = gpu_id
+
+    def _load_torchscript_model(self, model_pt_path):
+        """BaseHandler's loader of a serialized file with no model file: an export archive's torch.export
+        program (named <key><contract.EXPORT_SUFFIX>) through programs.py, else TorchScript as BaseHandler does."""
+        if model_pt_path.endswith(contract.EXPORT_SUFFIX):
+            return programs.load(model_pt_path, self.device)
+        return super()._load_torchscript_model(model_pt_path)
 
     def preprocess(self, data):
         """Read and decode every request; returns (the views of every good request's items stacked,

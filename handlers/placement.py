@@ -28,6 +28,7 @@ import torch
 
 CPU_ONLY_FORMATS = {"quantized"}  # dynamic int8: quantized Linear kernels exist only for the CPU
 NUMPY_FORMATS = {"onnx"}  # onnxruntime takes float32 numpy arrays and copies them itself
+EXPORTED_FORMATS = {"export"}  # a torch.export graph: its dtypes were fixed when it was exported
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ def decide(gpu_id, cuda_available, fmt, config, batch_size=1):
         ignored = [f"{fmt} archive: {flag} ignored (onnxruntime is fed float32 numpy)"
                    for flag in ("half_precision", "channels_last", "gpu_decode") if getattr(config, flag)]
         return Placement(device, notes=tuple(ignored))
+    if fmt in EXPORTED_FORMATS and config.half_precision:
+        note = f"{fmt} archive: half_precision ignored (the exported graph's dtypes were fixed at export)"
+        return Placement(device, pin=config.pin_memory, gpu_decode=config.gpu_decode, notes=(note,))
     return Placement(device, half=config.half_precision, pin=config.pin_memory, channels_last=config.channels_last,
                      gpu_decode=config.gpu_decode,
                      pad_to=batch_buckets(config, batch_size) if fmt in GRAPH_FORMATS else ())

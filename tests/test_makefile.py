@@ -47,6 +47,6 @@ def test_formats_prints_the_contracts_list(capsys):
     from marforge.cli import main
 
     assert main(["--registry", str(REGISTRY), "--device", "gpu", "formats"]) == 0
-    assert capsys.readouterr().out == "eager torchscript onnx compile quantized cudagraphs\n"
+    assert capsys.readouterr().out == "eager torchscript onnx compile quantized cudagraphs export\n"
     assert main(["--registry", str(REGISTRY), "--device", "gpu", "formats", "--bench"]) == 0
     assert capsys.readouterr().out == "eager torchscript compile cudagraphs\n"

@@ -1,6 +1,6 @@
 """Archive formats: what each one serializes, what the archiver gets, and how closely it must agree.
 
-One version's weights can be archived in six formats (`formats()`, the contract's list); the
+One version's weights can be archived in seven formats (`formats()`, the contract's list); the
 handler, its `handler:` config and the verification are the same for all of them (archive.py,
 verify.py). `prepare` writes the serialized file of one format into a work dir and says how to
 archive it:
@@ -18,6 +18,8 @@ archive it:
 - cudagraphs:  compile in torch.compile's reduce-overhead mode: on a GPU it records a CUDA graph per
                batch shape and replays it (the handler pads batches to a few shapes); on a CPU it
                compiles like compile.
+- export:      a torch.export program (torch.export.save) with a dynamic batch dimension, the successor
+               of TorchScript; no model file: the handler loads it with torch.export.load (handlers/programs.py).
 
 The archive records its format with the contract's stamp (handlers/contract.py) so that it can be
 verified later with the right tolerance, and so that a worker places it right. An archive whose
@@ -61,6 +63,7 @@ TOLERANCES = {
     "onnx": Tolerance(1e-4, 1.0),
     "compile": Tolerance(1e-4, 1.0),
     "cudagraphs": Tolerance(1e-4, 1.0),  # compile's kernels, replayed
+    "export": Tolerance(1e-4, 1.0),  # the traced graph, run by the same kernels as eager, fused differently
     # Dynamic int8 quantization scales each batch's activations by that batch's own range, so an
     # answer also depends on the other requests of its batch. The bounds were set with headroom over
     # the worst difference seen on every reference model's eval set, batched 1 to 300 in order and
@@ -185,8 +188,21 @@ def _onnx(mv, metadata, work_dir):
     return Variant("onnx", path)
 
 
+def _export(mv, metadata, work_dir):
+    """torch.export with the batch dimension dynamic, saved as a .pt2 program."""
+    import torch
+
+    path = work_dir / f"{mv.key}{shipped.contract().EXPORT_SUFFIX}"
+    batch = torch.export.Dim("batch", min=1, max=EXPORT_MAX_BATCH)
+    with torch.no_grad():
+        program = torch.export.export(source_model(mv), (example_input(metadata),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path.with_suffix(".pt2")))  # torch.export warns about any other suffix
+    return Variant("export", path.with_suffix(".pt2").rename(path))
+
+
+EXPORT_MAX_BATCH = 4096  # the largest batch an exported program accepts (its dynamic dimension's bound)
 _BUILDERS = {"eager": _eager, "torchscript": _torchscript, "onnx": _onnx, "compile": _compile, "quantized": _quantized,
-             "cudagraphs": _cudagraphs}
+             "cudagraphs": _cudagraphs, "export": _export}
 COMPILED = {"compile", "cudagraphs"}  # BaseHandler wraps them in torch.compile, and only warns when that fails
 
 
