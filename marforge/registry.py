@@ -1,11 +1,10 @@
 """The model registry: `models.toml` lists every model name and version marforge builds and serves.
 
-Each version names its model definition, how TorchServe serves it and (for `marforge train`) how it
-is trained. File names follow from `<name>-<version>`, the version's key, in the project's fixed
-folders (marforge/project.py): weights/<key>.pt with its provenance in weights/<key>.json,
-samples/<name>/ for the sample images, eval/<name>/ for the held-out images, and in the model store
-<key>.mar for the archive the server loads (built in the version's `format`, eager unless the
-registry says otherwise) and <key>-<format>.mar for any other format built on request.
+Each version names what it is built from (a model definition, whose weights are weights/<key>.pt, or
+an exported file, weights/<key><suffix>), what serves it (marforge's handler, or the user's own), how
+TorchServe serves it and (for `marforge train`) how it is trained. Files follow from `<name>-<version>`,
+the version's key (marforge/project.py's folders): weights/<key>.json for provenance, samples/<name>/,
+eval/<name>/, and <key>.mar in the model store (the version's `format`), <key>-<format>.mar for others.
 Every default is written once: here (SERVING_DEFAULTS, ROLLOUT_DEFAULTS) or in handlers/contract.py
 (HandlerConfig); models.toml only overrides them. Unknown keys are errors. Only the standard library
 is used (and handlers/contract.py, stdlib-only at import): the Makefile asks it before the venv exists.
@@ -45,8 +44,12 @@ ROLLOUT_DEFAULTS: dict[str, float] = {
     "watch_s": 10.0,  # after promotion, probe the unversioned URL this long
     "ready_timeout_s": 180.0,  # how long new workers may take to become READY
 }
-VERSION_KEYS = {"model_def", "format", "serving", "handler", "train"}
-MODEL_KEYS = {"default_version", "format", "versions", "serving", "handler", "rollout"}
+# exported: built from an exported file of that kind, no model_def; handler_file: served by the user's
+# own handler, with its extra files and requirements; its `handler` table is passed on as written.
+SOURCE_KEYS = {"exported", "handler_file", "extra_files", "requirements"}
+ANSWER_KEYS = {"tolerance", "ignore", "decision"}  # `answers`: how expected answers compare (archiving/expected.py)
+VERSION_KEYS = {"model_def", "format", "serving", "handler", "train", "answers"} | SOURCE_KEYS
+MODEL_KEYS = {"default_version", "format", "versions", "serving", "handler", "rollout", "answers"}
 TOP_KEYS = {"paths", "serving", "handler", "rollout", "models"}
 PER_DEVICE = {"serving", "handler"}  # sections that may hold a `cpu` and a `gpu` table of overrides
 
@@ -66,8 +69,7 @@ class HandlerOptions(dict[str, object]):
 
 def handler_keys() -> set[str]:
     """The registry's handler options (the contract says which; the rest come from the weights' metadata)."""
-    keys: set[str] = shipped.contract().option_keys()
-    return keys
+    return set(shipped.contract().option_keys())
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,8 @@ class ModelVersion:
 
     name: str
     version: str
-    model_def: Path
-    weights: Path
+    model_def: Path | None  # None: an exported version (its weights file is the exported model)
+    weights: Path  # the state_dict (weights/<key>.pt), or the exported file (weights/<key><its kind's suffix>)
     samples: Path
     serving: Table
     handler: HandlerOptions  # a HandlerOptions: unset defaulted keys read as the contract's defaults
@@ -85,6 +87,16 @@ class ModelVersion:
     format: str  # the archive format the server loads (one of contract.FORMATS)
     train: Table = field(default_factory=dict)
     auto_workers: bool = True  # serving.workers is "auto": one per core of the machine that serves it
+    exported: str | None = None  # the kind of exported file it is built from (archiving/exported.py KINDS)
+    handler_file: Path | None = None  # the user's own handler module; None: marforge's image handler
+    extra_files: tuple[Path, ...] = ()  # the own handler's files, shipped flat beside it
+    requirements: Path | None = None  # the own handler's requirements file, checked before archiving
+    answers: Table = field(default_factory=dict)  # how its expected answers are compared (ANSWER_KEYS)
+
+    @property
+    def own_handler(self) -> bool:
+        """Served by the user's own handler, whose answers only the expected answers describe."""
+        return self.handler_file is not None
 
     @property
     def key(self) -> str:
@@ -93,8 +105,8 @@ class ModelVersion:
 
     @property
     def metadata(self) -> Path:
-        """The provenance file that sits beside the weights (same stem, `.json`)."""
-        return self.weights.with_suffix(".json")
+        """The provenance file that sits beside the weights: weights/<key>.json."""
+        return self.weights.with_name(f"{self.key}.json")
 
     def archive_path(self, model_store: str | Path, fmt: str | None = None) -> Path:
         """`<key>.mar` for the registry's own format (what the server loads), `<key>-<fmt>.mar` otherwise."""
@@ -129,8 +141,7 @@ class Registry:
                                 f'add a [models.{name}.versions."{version}"] table to {self.path.name}')
         return model.versions[version]
 
-    def all_versions(self) -> list[ModelVersion]:
-        """Every version of every model, in registry order."""
+    def all_versions(self) -> list[ModelVersion]:  # in registry order
         return [v for m in self.models.values() for v in m.versions.values()]
 
     def by_key(self, key: str) -> ModelVersion:
@@ -151,8 +162,7 @@ class Registry:
 
 
 def _check_keys(table: Table, allowed: set[str], where: str, path: Path) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
+    if unknown := sorted(set(table) - allowed):
         raise RegistryError(f"{path}: unknown key(s) {', '.join(unknown)} in {where} (allowed: {', '.join(sorted(allowed))})")
 
 
@@ -211,14 +221,14 @@ def _format(table: Table, default: str, where: str, path: Path, device: str = "c
 def load(path: str | Path) -> Registry:
     """The registry in the models.toml at `path` (its project's paths ignore the environment)."""
     from marforge.project import Project
-
     return Project.at(path).registry
 
 
 def from_project(project: Project) -> Registry:
     """Validate the project's models.toml into a Registry; file paths come from the project's folders."""
     data, path = project.data, project.registry_file
-    allowed = {"serving": SERVING_KEYS, "handler": handler_keys(), "rollout": set(ROLLOUT_DEFAULTS), "train": TRAIN_KEYS}
+    allowed = {"serving": SERVING_KEYS, "handler": handler_keys(), "rollout": set(ROLLOUT_DEFAULTS), "train": TRAIN_KEYS,
+               "answers": ANSWER_KEYS}
     _check_keys(data, TOP_KEYS, "the top level", path)
     top = {section: _layered(defaults, data, section, "", path, allowed)
            for section, defaults in (("serving", SERVING_DEFAULTS), ("handler", {}), ("rollout", ROLLOUT_DEFAULTS))}
@@ -229,21 +239,25 @@ def from_project(project: Project) -> Registry:
         where = f"[models.{name}]"
         _check_keys(mtable, MODEL_KEYS, where, path)
         layer = {section: _layered(top[section], mtable, section, where, path, allowed) for section in top}
+        answers = _layered({}, mtable, "answers", where, path, allowed)
         model_format = _format(mtable, default_format, where, path, device)
         eval_dir = project.eval_root / name
         versions: dict[str, ModelVersion] = {}
         for version, vtable in _require(mtable, "versions", where, path).items():
             vwhere = f'[models.{name}.versions."{version}"]'
             _check_keys(vtable, VERSION_KEYS, vwhere, path)
-            serving, handler = (_for_device(_layered(layer[section], vtable, section, vwhere, path, allowed), device)
-                                for section in ("serving", "handler"))
+            source = _source(project, f"{name}-{version}", vtable, vwhere, path)
+            serving = _for_device(_layered(layer["serving"], vtable, "serving", vwhere, path, allowed), device)
+            handler = (dict(vtable.get("handler", {})) if source["handler_file"] else
+                       _for_device(_layered(layer["handler"], vtable, "handler", vwhere, path, allowed), device))
             auto = serving.get("workers", "auto") == "auto"
             serving["workers"] = _workers(serving.get("workers", "auto"), vwhere, path, device)
+            fmt = source.pop("format") or _format(vtable, model_format, vwhere, path, device)
             versions[version] = ModelVersion(
-                name=name, version=version, model_def=project.root / _require(vtable, "model_def", vwhere, path),
-                weights=project.weights_dir / f"{name}-{version}.pt", samples=project.samples_dir / name, eval_dir=eval_dir,
-                serving=serving, handler=HandlerOptions(handler), format=_format(vtable, model_format, vwhere, path, device),
-                train=_layered({}, vtable, "train", vwhere, path, allowed), auto_workers=auto)
+                name=name, version=version, samples=project.samples_dir / name, eval_dir=eval_dir,
+                serving=serving, handler=HandlerOptions(handler), format=fmt,
+                train=_layered({}, vtable, "train", vwhere, path, allowed), auto_workers=auto,
+                answers={**answers, **_layered({}, vtable, "answers", vwhere, path, allowed)}, **source)
         default = _require(mtable, "default_version", where, path)
         if default not in versions:
             raise RegistryError(f"{path}: {where} default_version {default!r} is not one of its versions")
@@ -251,50 +265,36 @@ def from_project(project: Project) -> Registry:
     return Registry(path=path, models=models, device=device)
 
 
-def add_version(path: Path, name: str, version: str, entries: Table) -> None:
-    """Add `name` `version` to the models.toml at `path` as text, keeping every comment: the version's
-    table goes after the model's last table (a new model's tables at the end, with the version as its
-    default). `entries` are the version's keys (strings, numbers, booleans and flat tables)."""
-    lines = path.read_text().splitlines()
-    block = [f'[models.{name}.versions."{version}"]'] + [f"{k} = {_toml(v)}" for k, v in entries.items()]
-    mine = [i for i, line in enumerate(lines) if line.startswith((f"[models.{name}]", f"[models.{name}."))]
-    if not mine:
-        lines += ["", f"[models.{name}]", f'default_version = "{version}"', "", *block]
-    else:
-        end = next((i for i in range(mine[-1] + 1, len(lines)) if lines[i].startswith("[")), len(lines))
-        while end > mine[-1] + 1 and not lines[end - 1].strip():
-            end -= 1
-        lines[end:end] = ["", *block]
-    path.write_text("\n".join(lines) + "\n")
+def _source(project: Project, key: str, vtable: Table, where: str, path: Path) -> Table:
+    """What a version is built from and served by: its model_def or exported kind (and the format that
+    kind fixes), its weights file, and its own handler's files (ModelVersion's fields, by name)."""
+    from marforge.archiving.exported import KINDS
 
-
-def set_default_version(path: Path, name: str, version: str) -> None:
-    """Make `version` the default of `name` in the models.toml at `path`, changing only that line."""
-    lines = path.read_text().splitlines()
-    start = lines.index(f"[models.{name}]")
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
-    for i in range(start + 1, end):
-        if lines[i].split("=", 1)[0].strip() == "default_version":
-            comment = lines[i].split("#", 1)[1] if "#" in lines[i] else None
-            lines[i] = f'default_version = "{version}"' + (f"  #{comment}" if comment else "")
-            path.write_text("\n".join(lines) + "\n")
-            return
-    raise RegistryError(f"{path}: [models.{name}] has no default_version line to change")
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_key(k)} = {_toml(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to models.toml")
-
-
-def _key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else _toml(key)
+    kind = vtable.get("exported")
+    if kind is not None and kind not in KINDS:
+        raise RegistryError(f"{path}: {where} exported {kind!r} is not one of {', '.join(KINDS)}")
+    if kind is not None and "model_def" in vtable:
+        raise RegistryError(f"{path}: {where} has both model_def and exported: an exported model needs no model definition",
+                            "remove one of them")
+    if kind is not None and "format" in vtable:
+        raise RegistryError(f"{path}: {where} is an exported {kind} file: it is archived as it is, in format "
+                            f"{KINDS[kind].format}; formats built from the Python module are unavailable for it",
+                            "remove its format key")
+    own = vtable.get("handler_file")
+    for entry in ("extra_files", "requirements"):
+        if entry in vtable and own is None:
+            raise RegistryError(f"{path}: {where} {entry} belong to a version's own handler, and it names no handler_file",
+                                "add handler_file = \"handlers/<your handler>.py\", or remove the key")
+    extra = vtable.get("extra_files", [])
+    bad = [e for e in ("handler_file", "requirements") if e in vtable and not isinstance(vtable[e], str)]
+    if bad or not (isinstance(extra, list) and all(isinstance(item, str) for item in extra)):
+        raise RegistryError(f"{path}: {where} {(bad or ['extra_files'])[0]} must be a path (extra_files: a list of paths)")
+    return {
+        "exported": kind,
+        "model_def": None if kind else project.root / _require(vtable, "model_def", where, path),
+        "weights": project.weights_dir / (f"{key}{KINDS[kind].suffix}" if kind else f"{key}.pt"),
+        "format": KINDS[kind].format if kind else None,
+        "handler_file": project.root / own if own else None,
+        "extra_files": tuple(project.root / item for item in extra),
+        "requirements": project.root / vtable["requirements"] if "requirements" in vtable else None,
+    }
