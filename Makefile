@@ -25,6 +25,10 @@ KSERVE_BENCH_ARGS ?=
 OUT ?=
 NAME ?=
 CHECKPOINT ?=
+EXPORTED ?=
+HANDLER_FILE ?=
+EXTRA_FILES ?=
+REQUIREMENTS ?=
 PRESET ?=
 SAMPLES ?=
 IMPORT_ARGS ?=
@@ -32,6 +36,7 @@ PYTEST_ARGS ?=
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
 PY := $(VENV)/bin/python
+comma := ,
 SETUP_STAMP := $(VENV)/.marforge-setup
 MARFORGE := $(PYTHON) -m marforge --registry models.toml
 # The archive lists come from models.toml (read with the standard library only: no venv needed).
@@ -40,8 +45,9 @@ BENCH_ARCHIVES = $(shell $(MARFORGE) archives --model-store $(MODEL_STORE) --ben
 # Every archive format, from handlers/contract.py's FORMATS (one rule each, below).
 FORMATS := $(shell $(MARFORGE) formats)
 # What an archive is built from. The code that builds it (BUILD_CODE in marforge/archiving/inputs.py, which
-# bench's staleness check reads too) and its weights are file prerequisites; the version's own registry
-# entry, model definition, samples and eval images are in its stamp
+# bench's staleness check reads too) and its weights' metadata are file prerequisites; the version's own
+# registry entry, and the hashes of its weights (or exported file), model definition, own handler's files,
+# samples and eval images are in its stamp
 # $(MODEL_STORE)/.inputs/<key>.json, rewritten only when they change (marforge/archiving/inputs.py): so a
 # change to a rollout threshold, a serving setting or another version rebuilds nothing.
 ARCHIVE_INPUTS := $(shell $(MARFORGE) build-code)
@@ -80,12 +86,12 @@ weights: $(SETUP_STAMP)
 ## archive: build and verify model_store/<name>-<version>.mar for every version (make -j safe; FORMAT=<one of `python3 -m marforge formats`> builds <name>-<version>-<format>.mar)
 archive: $(ARCHIVES)
 
-$(MODEL_STORE)/%.mar: weights/%.pt weights/%.json $(MODEL_STORE)/.inputs/%.json $(ARCHIVE_INPUTS) | $(SETUP_STAMP)
+$(MODEL_STORE)/%.mar: weights/%.json $(MODEL_STORE)/.inputs/%.json $(ARCHIVE_INPUTS) | $(SETUP_STAMP)
 	$(PY) -m marforge archive --key $* --model-store $(MODEL_STORE)
 
 # One rule per optional format; make prefers these (the shorter stem) for <key>-<format>.mar.
 define VARIANT_RULE
-$(MODEL_STORE)/%-$(1).mar: weights/%.pt weights/%.json $(MODEL_STORE)/.inputs/%.json $(ARCHIVE_INPUTS) | $(SETUP_STAMP)
+$(MODEL_STORE)/%-$(1).mar: weights/%.json $(MODEL_STORE)/.inputs/%.json $(ARCHIVE_INPUTS) | $(SETUP_STAMP)
 	$(PY) -m marforge archive --key $$* --format $(1) --model-store $(MODEL_STORE)
 endef
 $(foreach format,$(FORMATS),$(eval $(call VARIANT_RULE,$(format))))
@@ -97,18 +103,24 @@ weights/chexnet-0.1.pt weights/chexnet-0.1.json &: model_defs/chexnet.py marforg
 		marforge/archiving/importer.py marforge/archiving/checkpoints.py marforge/archiving/presets.py | $(SETUP_STAMP)
 	$(PY) -m marforge demo
 
-# Checked on every make run, rewritten only when the version's inputs changed.
-$(MODEL_STORE)/.inputs/%.json: FORCE
+# Checked on every make run (after the weights are made: it hashes them), rewritten only when the version's inputs changed.
+$(MODEL_STORE)/.inputs/%.json: weights/%.json FORCE
 	@$(MARFORGE) stamp $* --model-store $(MODEL_STORE) >/dev/null
 .PRECIOUS: $(MODEL_STORE)/.inputs/%.json
 .PHONY: FORCE
 FORCE:
 
 .PHONY: import
-## import: a checkpoint trained elsewhere as NAME VERSION: make import NAME=chexnet VERSION=1.0 CHECKPOINT=model.pth.tar PRESET=chexnet
+## import: a model trained elsewhere as NAME VERSION: CHECKPOINT=model.pth.tar PRESET=chexnet, or EXPORTED=model.onnx|.pt2|.pt (TorchScript), with HANDLER_FILE=handlers/mine.py EXTRA_FILES=a,b REQUIREMENTS=req.txt for your own handler
 import: | $(SETUP_STAMP)
-	@test -n "$(NAME)" -a -n "$(VERSION)" -a -n "$(CHECKPOINT)" || { echo "error: set NAME, VERSION and CHECKPOINT, e.g. make import NAME=chexnet VERSION=1.0 CHECKPOINT=model.pth.tar PRESET=chexnet" >&2; exit 1; }
-	$(PY) -m marforge import $(NAME) $(VERSION) --checkpoint $(CHECKPOINT) $(if $(PRESET),--preset $(PRESET)) $(if $(SAMPLES),--samples $(SAMPLES)) $(IMPORT_ARGS)
+	@test -n "$(NAME)" -a -n "$(VERSION)" -a -n "$(CHECKPOINT)$(EXPORTED)" || { echo "error: set NAME, VERSION and CHECKPOINT or EXPORTED, e.g. make import NAME=chexnet VERSION=1.0 CHECKPOINT=model.pth.tar PRESET=chexnet" >&2; exit 1; }
+	$(PY) -m marforge import $(NAME) $(VERSION) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(EXPORTED),--exported $(EXPORTED)) $(if $(PRESET),--preset $(PRESET)) $(if $(SAMPLES),--samples $(SAMPLES)) $(if $(HANDLER_FILE),--handler-file $(HANDLER_FILE)) $(foreach f,$(subst $(comma), ,$(EXTRA_FILES)),--extra-file $(f)) $(if $(REQUIREMENTS),--requirements $(REQUIREMENTS)) $(IMPORT_ARGS)
+
+.PHONY: expect
+## expect: record what NAME VERSION (served by its own handler) answers to its samples, as the answers its archive must give: make expect NAME=debsections VERSION=1.0
+expect: | $(SETUP_STAMP)
+	@test -n "$(NAME)" -a -n "$(VERSION)" || { echo "error: set NAME and VERSION, e.g. make expect NAME=debsections VERSION=1.0" >&2; exit 1; }
+	$(PY) -m marforge expect $(NAME) $(VERSION)
 
 .PHONY: serve
 ## serve: build what is missing, start TorchServe, wait until every version is READY, print URLs and a curl

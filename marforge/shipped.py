@@ -17,13 +17,17 @@ from pathlib import Path
 from types import ModuleType
 
 HANDLERS_DIR = Path(__file__).resolve().parent.parent / "handlers"
-HANDLER_FILE = "image_handler.py"  # the BaseHandler subclass; every other .py beside it ships too
+HANDLER_FILE = "image_handler.py"  # the BaseHandler subclass
+# The modules shipped beside it. handlers/ also holds users' own handlers (a version's handler_file),
+# which are archived alone, as they are written (tests/test_layout.py: every file there is one or the other).
+MODULES = ("classification.py", "contract.py", "detection.py", "explain.py", "geometry.py", "image_io.py",
+           "placement.py", "programs.py", "protocols.py", "segmentation.py")
 
 
 def files(handlers_dir: Path | str = HANDLERS_DIR) -> tuple[Path, list[Path]]:
     """(the handler file, the modules shipped beside it) of a handlers folder."""
     handlers_dir = Path(handlers_dir)
-    return handlers_dir / HANDLER_FILE, sorted(p for p in handlers_dir.glob("*.py") if p.name != HANDLER_FILE)
+    return handlers_dir / HANDLER_FILE, [handlers_dir / name for name in MODULES]
 
 
 def module(name: str) -> ModuleType:
@@ -64,7 +68,7 @@ def _import_isolated(name: str) -> dict[str, ModuleType]:
     with isolated(HANDLERS_DIR):
         sys.modules.update(_loaded)  # modules loaded before are shared, not loaded twice
         importlib.import_module(name)
-        names = {p.stem for p in HANDLERS_DIR.glob("*.py")}
+        names = {Path(n).stem for n in (HANDLER_FILE, *MODULES)}
         return {n: m for n, m in sys.modules.items()
                 if n in names and Path(getattr(m, "__file__", None) or "/").resolve().parent == HANDLERS_DIR}
 

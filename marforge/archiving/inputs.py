@@ -3,8 +3,9 @@
 The Makefile's archive rules depend on the code that builds and serves (`BUILD_CODE`: handlers/,
 marforge/archiving/ and the modules they read; the Makefile takes the list from `python -m marforge
 build-code`), on the version's weights and metadata, and on one stamp per version,
-`<model_store>/.inputs/<key>.json`: the version's own registry entry (its model definition and that
-file's hash, its format, its handler options) and the hashes of its sample and eval images. The
+`<model_store>/.inputs/<key>.json`: the version's own registry entry (its format, its handler options),
+the hashes of its model files (its weights or exported file, its model definition, its own handler's
+files) and of its sample and eval files. The
 stamp is rewritten only when its content changes, so a change to another version, to a rollout
 threshold or to serving settings in models.toml rebuilds nothing. Standard library only.
 """
@@ -13,11 +14,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from marforge import files
+from marforge import files, shipped
 
 STAMP_DIR = ".inputs"
 CHECKOUT = Path(__file__).resolve().parents[2]  # the code's own checkout: handlers/ beside marforge/
-BUILD_CODE = ("handlers/*.py", "marforge/archiving/*.py", "marforge/registry.py", "marforge/project.py",
+BUILD_CODE = (*(f"handlers/{name}" for name in (shipped.HANDLER_FILE, *shipped.MODULES)), "marforge/archiving/*.py", "marforge/registry.py", "marforge/project.py",
               "marforge/shipped.py", "marforge/labelled.py", "marforge/files.py")
 
 
@@ -41,12 +42,23 @@ def _folder_digest(folder):
     return digest.hexdigest()
 
 
+def _file_digest(path):
+    """{path: sha256} of a file (None when it is missing)."""
+    return {str(path): files.sha256(path) if Path(path).is_file() else None}
+
+
 def inputs_of(mv):
-    """The version's archive inputs that the Makefile cannot name as file prerequisites."""
+    """The version's archive inputs that the Makefile cannot name as file prerequisites: its registry
+    entry, and the hashes of its model file (a model definition or exported file), its own handler's
+    files, and its samples (with their expected answers) and eval images."""
+    sources = [mv.weights, *([mv.model_def] if mv.model_def else [])]
+    own = [mv.handler_file, *mv.extra_files, *([mv.requirements] if mv.requirements else [])] if mv.own_handler else []
     return {
         "key": mv.key,
-        "model_def": str(mv.model_def),
-        "model_def_sha256": files.sha256(mv.model_def) if Path(mv.model_def).is_file() else None,
+        "model": {k: v for path in sources for k, v in _file_digest(path).items()},
+        "exported": mv.exported,
+        "own_handler": {k: v for path in own for k, v in _file_digest(path).items()},
+        "answers": mv.answers,
         "format": mv.format,
         "handler": mv.handler,
         "samples": _folder_digest(mv.samples),

@@ -27,11 +27,12 @@ serialized file is not the eager model (torchscript, onnx, quantized) also carri
 and the weights, named in the stamp, for explanations, which need the eager model's gradients.
 """
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from marforge import shipped
-from marforge.archiving.weights import build_model
+from marforge.archiving.weights import source_model
 from marforge.errors import ArchiveError
 
 ONNX_OPSET = 17
@@ -92,6 +93,8 @@ def prepare(mv, fmt, metadata, work_dir):
     """Write `fmt`'s serialized file for version `mv` into `work_dir`; returns its Variant."""
     if fmt not in formats():
         raise ArchiveError(f"unknown archive format {fmt!r} for {mv.key}", f"use one of: {', '.join(formats())}")
+    if mv.exported:
+        return _as_exported(mv, fmt, Path(work_dir))
     try:
         variant = _BUILDERS[fmt](mv, metadata, Path(work_dir))
     except Exception as exc:  # e.g. onnx missing, or a model the tracer or exporter cannot handle
@@ -102,9 +105,17 @@ def prepare(mv, fmt, metadata, work_dir):
     return Variant(variant.fmt, variant.serialized_file, variant.model_file, {**variant.config, **stamp}, eager or ())
 
 
-def source_model(mv):
-    """The eager model every format starts from (model definition + weights, eval mode)."""
-    return build_model(mv.model_def, mv.weights)
+def _as_exported(mv, fmt, work_dir):
+    """An exported version's own file, as it is, named as its format is loaded: a torch.export program
+    for marforge's handler as <key><contract.EXPORT_SUFFIX> (an own handler gets its .pt2 file's name)."""
+    if fmt != mv.format:
+        raise ArchiveError(f"{mv.key} is an exported {mv.exported} file: it is archived as it is, in format {mv.format}; "
+                           f"{fmt} is built from the Python model definition, which an exported version does not have",
+                           f"build it as {mv.format} (the default), or import the model's definition and weights instead")
+    contract = shipped.contract()
+    name = f"{mv.key}{contract.EXPORT_SUFFIX}" if fmt == "export" and not mv.own_handler else mv.weights.name
+    shutil.copyfile(mv.weights, work_dir / name)
+    return Variant(fmt, work_dir / name, config=contract.format_stamp(fmt))
 
 
 def example_input(metadata, batch=2):

@@ -15,7 +15,7 @@ import time
 import zipfile
 
 from marforge import labelled, shipped, tasks
-from marforge.archiving import variants
+from marforge.archiving import expected, variants
 from marforge.archiving.mar import archive_format, manifest_of
 from marforge.archiving.worker import LoadedArchive
 from marforge.errors import ArchiveError, DataError
@@ -74,10 +74,7 @@ def eval_files(mv):
 def check(mar_path, mv):
     """Check an archive against the eager source model on the samples and the eval set; a Verification."""
     started = time.monotonic()
-    manifest = manifest_of(mar_path)
-    if (manifest.get("modelName"), manifest.get("modelVersion")) != (mv.name, mv.version):
-        raise ArchiveError(f"{mar_path}: manifest says {manifest.get('modelName')} "
-                           f"{manifest.get('modelVersion')}, expected {mv.name} {mv.version}")
+    manifest = _manifest(mar_path, mv)
     fmt = archive_format(mar_path)
     try:
         samples = sample_files(mv)
@@ -101,6 +98,58 @@ def check(mar_path, mv):
                         verify_s=time.monotonic() - started, compiled_graphs=graphs, notes=notes)
 
 
+def check_answers(mar_path, mv):
+    """Check an own handler's archive: loaded as a worker does, its answers to the version's samples must
+    be the expected answers recorded for them (archiving/expected.py), compared as the registry's
+    `answers` table says; a labelled eval set is scored by the decision field's accuracy. A Verification."""
+    from marforge.tasks import custom
+
+    started = time.monotonic()
+    manifest = _manifest(mar_path, mv)
+    fmt = archive_format(mar_path)
+    config = custom.AnswersConfig(expected.comparison_of(mv))
+    try:
+        samples = sample_files(mv)
+        evals = eval_files(mv) if labelled.exists(mv.eval_dir) else []
+        wanted = expected.read(mv.samples, mv.version, [path.name for path, _ in samples])
+    except DataError as exc:
+        raise ArchiveError(f"{mar_path}: cannot verify: {exc.message}", exc.hint) from None
+    paths = [path for path, _ in samples + evals]
+    answers, _, _ = run_loaded(mar_path, mv, fmt, paths)
+    bodies = [json_answer(mar_path, path, answer) for path, answer in zip(paths, answers)]
+    expected.check(wanted, {path.name: body for (path, _), body in zip(samples, bodies)}, config.comparison)
+    quality = custom.quality(config, bodies[len(samples):], [label for _, label in evals])
+    notes = () if evals else (f"no eval set in {mv.eval_dir}: the {len(samples)} sample(s) only",)
+    return Verification(fmt=fmt, samples=[{"sample": path.name, **custom.sample_summary(body, config)}
+                                          for (path, _), body in zip(samples, bodies)],
+                        images=len(samples), agreement=1.0, max_diff=0.0, quality=quality,
+                        tolerance=variants.Tolerance(config.comparison.tolerance, 1.0),
+                        serialized_bytes=serialized_size(mar_path, manifest), verify_s=time.monotonic() - started,
+                        notes=(f"{len(samples)} sample(s) answered as expected ({expected.described(config.comparison)})",
+                               *notes))
+
+
+def json_answer(mar_path, path, answer):
+    """An own handler's answer to one sample, as JSON; ArchiveError naming the sample when it failed or is not JSON."""
+    if answer.status != 200:
+        raise ArchiveError(f"{mar_path}: sample {path.name} got HTTP {answer.status}: {answer.body[:300]!r}",
+                           "fix the handler (the worker's error is in the body) and rebuild")
+    try:
+        return answer.json()
+    except ValueError:
+        raise ArchiveError(f"{mar_path}: sample {path.name} was answered with something that is not JSON: "
+                           f"{answer.body[:120]!r}", "marforge compares JSON answers: return a dict or list per "
+                           "request from the handler's postprocess") from None
+
+
+def _manifest(mar_path, mv):
+    manifest = manifest_of(mar_path)
+    if (manifest.get("modelName"), manifest.get("modelVersion")) != (mv.name, mv.version):
+        raise ArchiveError(f"{mar_path}: manifest says {manifest.get('modelName')} "
+                           f"{manifest.get('modelVersion')}, expected {mv.name} {mv.version}")
+    return manifest
+
+
 def run_loaded(mar_path, mv, fmt, paths):
     """Predict `paths` with the archive loaded as a worker does, in batches of the version's batch_size.
 
@@ -113,7 +162,7 @@ def run_loaded(mar_path, mv, fmt, paths):
         with LoadedArchive(mar_path, batch_size=size) as loaded:
             answers = [answer for i in range(0, len(rows), size) for answer in loaded.predict(rows[i:i + size])]
             graphs = variants.compile_outcome(loaded.handler.model, before) if fmt in variants.COMPILED else None
-            return answers, loaded.service.context.model_yaml_config["handler"], graphs
+            return answers, (loaded.service.context.model_yaml_config or {}).get("handler"), graphs
     except ArchiveError as exc:
         raise ArchiveError(f"{mar_path}: {exc.message}", exc.hint) from None
     except Exception as exc:  # the worker would die the same way: report it as a failed check

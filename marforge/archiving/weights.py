@@ -39,7 +39,15 @@ def verified_metadata(mv) -> dict:
             f"({str(metadata.get('sha256'))[:12]}...): the weights were changed or corrupted",
             f"git checkout {mv.weights.name} or retrain with: {metadata.get('command', 'make weights')}",
         )
-    load_state_dict(mv.weights)
+    if mv.exported:
+        from marforge.archiving import exported
+
+        found = exported.identify(mv.weights)
+        if found != mv.exported:
+            raise WeightsError(f"{mv.weights}: holds a {found} model, but models.toml says exported = {mv.exported!r}",
+                               f'set exported = "{found}" for {mv.name} {mv.version} in models.toml, or import the right file')
+    else:
+        load_state_dict(mv.weights)
     return metadata
 
 
@@ -78,6 +86,16 @@ def task_of(mv) -> str:
     or the metadata is not made yet (the CheXNet demo's, before make archive runs the demo). Standard
     library only: the Makefile's archive list asks it."""
     return (read_metadata(mv).get("task") or "multiclass") if mv.metadata.is_file() else "multiclass"
+
+
+def source_model(mv):
+    """The model a version is built from, run directly, eval mode, on the CPU: its exported file loaded
+    as its kind says (exported.py), else its model definition with its weights."""
+    if mv.exported:
+        from marforge.archiving import exported
+
+        return exported.load(mv.weights, mv.exported)
+    return build_model(mv.model_def, mv.weights)
 
 
 def build_model(model_def, weights=None):

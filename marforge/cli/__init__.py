@@ -1,7 +1,8 @@
 """The marforge command line: `python -m marforge COMMAND ...`. It parses, calls the library, formats.
 
     build    archive, verify, archives, formats, build-code, stamp,  marforge/cli/build.py
-             import, demo, kserve, stubs
+             demo, kserve, stubs
+    import   import, expect                                          marforge/cli/imports.py
     train    train, samples                                          marforge/cli/build.py
     serve    serve, stop, status, predict, explain, token            marforge/cli/serve.py
     rollout  rollout, rollback                                       marforge/cli/serve.py
@@ -99,7 +100,7 @@ def add_paths(parser, *names):
 
 
 def build_parser():
-    from marforge.cli import build, measure, serve
+    from marforge.cli import build, imports, measure, serve
 
     parser = Parser(prog="marforge", description="Trained PyTorch models in, served TorchServe archives out.",
                     epilog=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,7 +116,7 @@ def build_parser():
         p.set_defaults(func=func)
         return p
 
-    for module in (build, serve, measure):
+    for module in (build, imports, serve, measure):
         module.add_commands(command)
     return parser
 

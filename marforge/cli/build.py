@@ -1,11 +1,11 @@
-"""Commands that build: archive, verify, archives, formats, build-code, stamp, import, demo, kserve, stubs, train, samples."""
+"""Commands that build: archive, verify, archives, formats, build-code, stamp, demo, kserve, stubs, train, samples."""
 
 import dataclasses
 import zipfile
 from pathlib import Path
 
 from marforge import shipped
-from marforge.cli import Output, add_paths, existing, format_list, numbers, project_of
+from marforge.cli import Output, add_paths, existing, format_list, project_of
 from marforge.errors import ArchiveError, MarforgeError
 
 
@@ -113,48 +113,6 @@ def cmd_samples(args):
     return Output("", {name: {"samples": s, "eval": e} for name, (s, e) in written.items()})
 
 
-def _floats(text, flag):
-    return numbers(text, flag, "0.485,0.456,0.406", kind=float) if text else None
-
-
-def cmd_import(args):
-    from marforge.archiving import importer
-
-    project = project_of(args)
-    labels = args.labels.split(",") if args.labels else None
-    if args.labels_file:
-        hint = "pass a file with one label name per line, in output order"
-        text = existing(args.labels_file, "--labels-file", hint).read_text()
-        labels = [line.strip() for line in text.splitlines() if line.strip()]
-    size = numbers(args.image_size, "--image-size", "224,224 (or 224)") if args.image_size else None
-    preprocess = {"image_size": size if size is None or len(size) == 2 else size * 2, "color": args.color,
-                  "mean": _floats(args.mean, "--mean"), "std": _floats(args.std, "--std"), "resize": args.resize,
-                  "crop": args.crop}
-    bad = [item for item in args.handler or () if "=" not in item]
-    if bad:
-        raise MarforgeError(f"--handler {bad[0]!r}: not KEY=VALUE", "e.g. --handler crop=center")
-    handler = dict(item.split("=", 1) for item in args.handler) if args.handler else None
-    metadata, report = importer.import_checkpoint(
-        project, args.name, args.version, args.checkpoint, preset=args.preset, fmt=args.format,
-        handler=handler and {k: _number(v) for k, v in handler.items()}, strip_prefix=args.strip_prefix,
-        add_prefix=args.add_prefix, force=args.force, model_def=args.model_def, labels=labels, key=args.key,
-        task=args.task, activation=args.activation, preprocess=preprocess)
-    ready, line = importer.provide_samples(project, args.name, args.samples, args.preset)
-    report.append(line)
-    if ready:
-        report.append(f"next: make archive && make serve (or python -m marforge archive {args.name} {args.version})")
-    return Output("\n".join(report), metadata)
-
-
-def _number(text):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            continue
-    return {"true": True, "false": False}.get(text, text)
-
-
 def cmd_demo(args):
     from marforge.archiving import synthetic
 
@@ -218,38 +176,6 @@ def add_commands(command):
                 "changed (for the Makefile)", "python3 -m marforge stamp fashion-2.0")
     p.add_argument("key", help="the version's file stem, e.g. fashion-2.0")
     add_paths(p, "model_store")
-
-    p = command("import", cmd_import, "turn a checkpoint trained elsewhere into weights/<name>-<version>.pt with "
-                "provenance, and add the version to models.toml",
-                "python -m marforge import chexnet 1.0 --checkpoint model.pth.tar --preset chexnet")
-    p.add_argument("name")
-    p.add_argument("version")
-    p.add_argument("--checkpoint", required=True, help="the file: torch.save (zip or legacy) or safetensors")
-    p.add_argument("--preset", help="what the checkpoint is: chexnet (model, labels, preprocessing, outputs)")
-    p.add_argument("--samples", help="a folder of sample images (with a labels.json where labels are known), "
-                   "copied to samples/<name>/ for make archive to verify with (default: the preset's, if any)")
-    p.add_argument("--model-def", help="the model definition file (one nn.Module built with no arguments)")
-    p.add_argument("--key", help="the checkpoint entry holding the tensors (default: the whole file, or its "
-                   "state_dict, model_state_dict or model entry)")
-    p.add_argument("--labels", help="comma-separated label names in output order")
-    p.add_argument("--labels-file", help="a file with one label name per line, in output order")
-    p.add_argument("--image-size", help="H,W (or one number) of the model's input")
-    p.add_argument("--color", choices=("grayscale", "rgb"))
-    p.add_argument("--mean", help="comma-separated, one per channel, for pixels scaled to [0, 1]")
-    p.add_argument("--std", help="comma-separated, one per channel")
-    p.add_argument("--resize", type=int, help="resize the shorter side to this before a center or ten crop")
-    p.add_argument("--crop", choices=shipped.contract().CROPS,
-                   help="keep: each image at its own size (a torchvision detector resizes inside)")
-    p.add_argument("--task", choices=tuple(shipped.contract().TASKS),
-                   help="detection and segmentation: a model with torchvision's interface (default: multiclass)")
-    p.add_argument("--activation", choices=("softmax", "sigmoid", "none"),
-                   help="how outputs become probabilities (none: the model outputs probabilities)")
-    p.add_argument("--format", help="the archive format make serve loads (default: eager)")
-    p.add_argument("--handler", action="append", metavar="KEY=VALUE",
-                   help="a handler option for the registry entry, e.g. crop=center (repeatable)")
-    p.add_argument("--strip-prefix", help="remove this prefix from every checkpoint key first")
-    p.add_argument("--add-prefix", help="add this prefix to every checkpoint key")
-    p.add_argument("--force", action="store_true", help="replace the version's weights if they exist")
 
     p = command("demo", cmd_demo, "make the CheXNet demo's synthetic weights (and samples): a seeded "
                 "DenseNet121 in CheXNet's checkpoint format, imported like a real one",

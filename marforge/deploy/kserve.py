@@ -201,6 +201,12 @@ def bundle(project, mv, out, storage_uri, target=Target(), protocol=defaults.PRO
     if runtime_name not in defaults.RUNTIMES:
         raise RegistryError(f"unknown KServe runtime {runtime_name!r}", f"use one of: {', '.join(defaults.RUNTIMES)}")
     ports = ports or PORTS[runtime_name]
+    if mv.own_handler and protocol != "v1":
+        raise RegistryError(f"{mv.key} is served by its own handler ({mv.handler_file.name}): KServe's {protocol} protocol "
+                            "sends tensors (named inputs with a datatype and a shape), which marforge's handler decodes "
+                            "and yours would be handed as they are: marforge cannot serve them through it",
+                            "make kserve PROTOCOL=v1 (your handler receives each v1 request's JSON body, "
+                            '{"instances": [...]}, as it is sent)')
     archive = mv.archive_path(project.model_store)
     if not archive.is_file():
         raise ArchiveError(f"{archive}: archive not built",

@@ -36,10 +36,10 @@ def create_app(mv, metadata):
 
     from marforge import shipped
     from marforge.archiving.archive import handler_section
-    from marforge.archiving.weights import build_model
+    from marforge.archiving.weights import source_model
 
     config = shipped.contract().HandlerConfig.from_dict(handler_section(mv, metadata))
-    model = build_model(mv.model_def, mv.weights)
+    model = source_model(mv)
     app = Flask(__name__)
 
     @app.post("/predict")

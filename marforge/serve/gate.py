@@ -7,8 +7,10 @@ eval set (eval/<name>/), or, when it has none, the version's samples; what it ch
     always               no failed request; p99 at most max_p99_ratio x the default's + p99_slack_ms
     labelled, one label  accuracy >= min_accuracy, and at most max_accuracy_drop below the default's
     labelled, several    mean AUROC >= min_auroc, and at most max_auroc_drop below the default's
-    unlabelled           the same decision as the default (top-1 label, or set of positive labels)
-                         on at least min_agreement of the images
+    own handler          accuracy of the answers' `decision` field (registry `answers`), as one label
+    unlabelled           the same decision as the default (top-1 label, or set of positive labels;
+                         an own handler's decision field, or its whole answer without ignored
+                         fields) on at least min_agreement of the images
 
 and every check it could not run is reported with the reason. The watch probes the unversioned URL
 after promotion: every answer must come from the new default, its workers stay READY and the
@@ -19,10 +21,12 @@ import statistics
 import time
 
 from marforge import labelled, shipped, tasks
+from marforge.archiving import expected
 from marforge.archiving.mar import model_config_of
 from marforge.archiving.verify import sample_files
 from marforge.errors import ApiError, DataError, Rejected
 from marforge.serve.client import version_ready
+from marforge.tasks import custom
 
 
 def images_for(model, mv):
@@ -40,8 +44,13 @@ def images_for(model, mv):
 
 def config_of(mar_path):
     """The HandlerConfig of the archive the server serves (its task, labels, thresholds), as its handler
-    section says: the archive, not weights/, which may have changed since it was built."""
-    return shipped.contract().HandlerConfig.from_dict(model_config_of(mar_path).get("handler"))
+    section says: the archive, not weights/, which may have changed since it was built. An own
+    handler's archive: the comparison its stamp records (tasks/custom.py AnswersConfig)."""
+    contract, config = shipped.contract(), model_config_of(mar_path)
+    stamp = config.get(contract.STAMP_SECTION) or {}
+    if stamp.get("own_handler"):
+        return custom.config_from(stamp, f"{mar_path} ({contract.CONFIG_FILE})")
+    return contract.HandlerConfig.from_dict(config.get("handler"))
 
 
 def measure(client, name, versions, images, config):
@@ -69,7 +78,8 @@ def _summarise(r, images, config):
     metric, _, _ = task.gate_metric(config.task)
     summary = {"n": n, "errors": r["errors"], "p50_ms": round(statistics.median(latencies), 2),
                "p99_ms": round(latencies[min(n - 1, int(0.99 * n))], 2),
-               "decisions": [None if a is None else task.decision(a, config.task) for a in r["answers"]], metric: None}
+               "decisions": [None if a is None else task.decision(a, config) for a in r["answers"]], metric: None,
+               "answers": r["answers"]}
     if all(label is not None for label in truth) and not r["errors"]:
         value = task.quality(config, r["answers"], truth).get(metric)
         summary[metric] = None if value is None else round(value, 4)
@@ -88,6 +98,8 @@ def judge(candidate, baseline, rules, is_labelled, config):
             reasons.append(failed)
 
     check("no failed request", True, candidate["errors"] and f"{candidate['errors']} of {candidate['n']} eval requests failed")
+    if config.task == tasks.CUSTOM and not config.comparison.decision:
+        is_labelled = False  # an own handler's answers meet the labels only through their decision field
     if is_labelled:
         _floor_and_drop(check, metric, shown, candidate, baseline, rules[f"min_{stem}"], rules[f"max_{stem}_drop"])
     else:
@@ -114,19 +126,26 @@ def _floor_and_drop(check, metric, name, candidate, baseline, floor, drop):
         f"{name} {value:.4f} is more than {drop} below the current default's {theirs:.4f}"))
 
 
-def watch(client, name, version, images, seconds):
-    """Probe the unversioned URL; returns (problems, probes sent); no problems: the new default behaves."""
+def watch(client, name, version, images, seconds, config=None, answers=None):
+    """Probe the unversioned URL; returns (problems, probes sent); no problems: the new default behaves.
+    An answer names the version that gave it; an own handler's does not, so with its AnswersConfig
+    (`config`) each answer must agree with the new default's own answer to the image in the gate (`answers`)."""
     problems, probes = [], 0
     errors_before = client.metric_total("Requests5XX")
     deadline = time.monotonic() + seconds
     next_describe = 0.0
     while time.monotonic() < deadline and not problems:
-        image, _ = images[probes % len(images)]
+        index = probes % len(images)
+        image, _ = images[index]
         probes += 1
         try:
-            answered = client.predict(name, image)["version"]
-            if answered != version:
-                problems.append(f"an unversioned request was answered by {name} {answered}, not {version}")
+            answer = client.predict(name, image)
+            if getattr(config, "task", None) == tasks.CUSTOM:
+                if answers and answers[index] is not None and not expected.agrees(answer, answers[index], config.comparison):
+                    problems.append(f"an unversioned request was answered otherwise than {name} {version} answered "
+                                    f"the same input in the gate (compared by {expected.described(config.comparison)})")
+            elif answer["version"] != version:
+                problems.append(f"an unversioned request was answered by {name} {answer['version']}, not {version}")
         except ApiError as exc:
             problems.append(f"an unversioned request failed: HTTP {exc.status} {exc.body.strip()[:200]}")
         if time.monotonic() >= next_describe:

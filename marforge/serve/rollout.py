@@ -158,8 +158,9 @@ def rollout(client, project, name, version, retire=False, watch_s=None, log=prin
         results = gate.measure(client, name, [version, report.previous], images, config)
         c, d = results[version], results[report.previous]
         reasons, checks = gate.judge(c, d, rules, is_labelled, config)
+        answers = c["answers"]  # the watch compares an own handler's answers with them
         for summary in (c, d):
-            summary.pop("decisions")  # judged; not worth a line each in the report
+            summary.pop("decisions"), summary.pop("answers")  # judged; not worth a line each in the report
         report.gate = {"images": source, "candidate": c, "default": d, "rules": rules, "checks": checks}
         s["detail"] = gate_detail(c, d, source, checks)
         if reasons:
@@ -172,7 +173,8 @@ def rollout(client, project, name, version, retire=False, watch_s=None, log=prin
         state.record_promotion(run_dir, name, report.previous, version)
         s["detail"] = f"default {report.previous} -> {version}"
     with _step(report, "watch", log) as s:
-        problems, probes = gate.watch(client, name, version, images, rules["watch_s"] if watch_s is None else watch_s)
+        problems, probes = gate.watch(client, name, version, images, rules["watch_s"] if watch_s is None else watch_s,
+                                      config, answers)
         s["detail"] = f"{probes} probes"
         if problems:
             client.set_default(name, report.previous)

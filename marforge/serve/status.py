@@ -28,25 +28,35 @@ def collect(client):
     return rows
 
 
+def source_of(mv):
+    """What a version is built from and served by, in a few words: `model_def` (a model definition and
+    its state_dict) or `<kind> file`, and `+ own handler <file>` when it brings its own handler."""
+    built = f"{mv.exported} file" if mv.exported else "model_def"
+    return f"{built} + own {mv.handler_file.name}" if mv.own_handler else built
+
+
 def annotate(rows, registry):
-    """Add each row's `task` and `note` from its weights' metadata (synthetic weights say so), when the
-    registry knows the version (None when it does not)."""
+    """Add each row's `task`, `source` and `note` from the registry and its weights' metadata (synthetic
+    weights say so), when the registry knows the version (None when it does not)."""
     for row in rows:
-        row["task"], row["note"] = None, None
+        row["task"], row["source"], row["note"] = None, None, None
         try:
-            metadata = read_metadata(registry.get(row["model"], row["version"]))
+            mv = registry.get(row["model"], row["version"])
+            metadata = read_metadata(mv)
         except MarforgeError:  # a version registered by hand, or files not here: nothing to add
             continue
-        row["task"], row["note"] = metadata.get("task") or "multiclass", metadata.get("synthetic")
+        row["task"], row["source"], row["note"] = metadata.get("task") or "multiclass", source_of(mv), metadata.get("synthetic")
     return rows
 
 
 def format_table(rows):
-    lines = [f"{'MODEL':<12} {'VERSION':<9} {'TASK':<13} {'DEFAULT':<8} {'READY':<6} {'WORKERS':<24} {'QUEUE':>5}  ARCHIVE"]
+    lines = [f"{'MODEL':<12} {'VERSION':<9} {'TASK':<13} {'SOURCE':<34} {'DEFAULT':<8} {'READY':<6} {'WORKERS':<24} "
+             f"{'QUEUE':>5}  ARCHIVE"]
     for r in rows:
         pending = "-" if r["pending"] is None else r["pending"]
         note = f"  ({r['note']})" if r.get("note") else ""
-        lines.append(f"{r['model']:<12} {r['version']:<9} {r.get('task') or '?':<13} {'yes' if r['default'] else '':<8} "
+        lines.append(f"{r['model']:<12} {r['version']:<9} {r.get('task') or '?':<13} {r.get('source') or '?':<34} "
+                     f"{'yes' if r['default'] else '':<8} "
                      f"{'yes' if r['ready'] else 'NO':<6} {','.join(r['workers']) or 'none':<24} {pending:>5}  "
                      f"{r['archive']}{note}")
     return "\n".join(lines)

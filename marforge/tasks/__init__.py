@@ -7,6 +7,8 @@ answers against the source model and score them.
     detection.py       torchvision's detection interface run directly: boxes matched by IoU, labels,
                        scores within the tolerance; COCO mAP
     segmentation.py    torchvision's segmentation interface run directly: masks agreeing pixel by pixel; mIoU
+    custom.py          a version served by the user's own handler (task "custom"): its answers against the
+                       expected answers recorded for its samples; the accuracy of their `decision` field
 
 Each module has the same parts: `TOLERANCES` (the formats the task can be archived in, and how
 far each may be from the source; `UNAVAILABLE` says why the others are not), `reference` (the source
@@ -23,6 +25,9 @@ from types import ModuleType
 from marforge import shipped
 
 
+CUSTOM = "custom"  # the task of a version served by its own handler (its weights' metadata says so)
+
+
 def of(task: str) -> ModuleType:
-    """The module of marforge.tasks for a handler task name (contract.TASKS)."""
-    return importlib.import_module(f"marforge.tasks.{shipped.contract().TASK_MODULES[task]}")
+    """The module of marforge.tasks for a handler task name (contract.TASKS), or for CUSTOM."""
+    return importlib.import_module(f"marforge.tasks.{CUSTOM if task == CUSTOM else shipped.contract().TASK_MODULES[task]}")

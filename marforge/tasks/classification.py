@@ -12,7 +12,7 @@ mean AUROC for several.
 
 from marforge import scores, shipped
 from marforge.archiving import variants
-from marforge.archiving.weights import build_model
+from marforge.archiving.weights import source_model
 from marforge.errors import ArchiveError
 
 TOLERANCES = variants.TOLERANCES  # every format
@@ -43,7 +43,7 @@ def reference(mv, config, image_paths):
                                     lambda image: [image]])
     else:
         views = transforms.Compose([transforms.Resize(config.resize), transforms.TenCrop(list(config.image_size))])
-    model = build_model(mv.model_def, mv.weights)
+    model = source_model(mv)
     rows = []
     with torch.inference_mode():
         for path in image_paths:
@@ -90,12 +90,12 @@ def quality(config, bodies, labels):
     if config.task == "multilabel":
         probabilities = [[p["probability"] for p in body["predictions"]] for body in bodies]
         return {"mean_auroc": scores.mean_auroc(probabilities, labels, config.labels)[0]}
-    return {"accuracy": scores.accuracy([decision(body, config.task) for body in bodies], labels)}
+    return {"accuracy": scores.accuracy([decision(body, config) for body in bodies], labels)}
 
 
-def decision(answer, task):
+def decision(answer, config):
     """What a rollout gate compares two versions' answers by: the label, or the sorted positive labels."""
-    return _task().stated_labels(answer, task)
+    return _task().stated_labels(answer, config.task)
 
 
 def sample_summary(answer):

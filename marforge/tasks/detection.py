@@ -15,7 +15,7 @@ Formats: eager and TorchScript (scripted); `UNAVAILABLE` says why the others are
 
 from marforge import shipped
 from marforge.archiving.variants import Tolerance
-from marforge.archiving.weights import build_model
+from marforge.archiving.weights import source_model
 from marforge.errors import ArchiveError
 
 MIN_IOU = 0.99
@@ -35,7 +35,7 @@ def reference(mv, config, image_paths):
     from torchvision.transforms import functional
 
     image_io = shipped.module("image_io")
-    model = build_model(mv.model_def, mv.weights)
+    model = source_model(mv)
     found = []
     with torch.inference_mode():
         for path in image_paths:
@@ -112,7 +112,7 @@ def quality(config, bodies, labels):
     return {"map_50": round(float(result["map_50"]), 4), "map_50_95": round(float(result["map"]), 4)}
 
 
-def decision(answer, task):
+def decision(answer, config):
     """What an unlabelled rollout gate compares two versions' answers by: the sorted labels detected."""
     return sorted(d["label"] for d in answer["detections"])
 

@@ -14,7 +14,7 @@ Formats: eager and TorchScript (scripted); `UNAVAILABLE` says why the others are
 
 from marforge import shipped
 from marforge.archiving.variants import Tolerance
-from marforge.archiving.weights import build_model
+from marforge.archiving.weights import source_model
 from marforge.errors import ArchiveError
 
 # value: the largest share of an image's pixels whose class may differ; agreement: the share of images within it
@@ -36,7 +36,7 @@ def reference(mv, config, image_paths):
     image_io = shipped.module("image_io")
     resize = [] if config.crop == "keep" else [transforms.Resize(list(config.image_size))]  # keep: at its own size
     prepare = transforms.Compose([*resize, transforms.ToTensor(), transforms.Normalize(config.mean, config.std)])
-    model = build_model(mv.model_def, mv.weights)
+    model = source_model(mv)
     masks = []
     with torch.inference_mode():
         for path in image_paths:
@@ -81,7 +81,7 @@ def quality(config, bodies, labels):
     return {"miou": round(float(metric.compute()), 4)}
 
 
-def decision(answer, task):
+def decision(answer, config):
     """What an unlabelled rollout gate compares two versions' answers by: the sorted classes present."""
     return sorted(c["label"] for c in answer["classes"])
 
