@@ -19,7 +19,7 @@ from marforge.errors import ArchiveError, RegistryError
 
 FORMATS = variants.formats()
 BUILDS = [("1.0", fmt) for fmt in FORMATS] + [("2.0", fmt) for fmt in FORMATS if fmt not in variants.COMPILED]
-SELF_CONTAINED = {"torchscript", "onnx", "quantized"}  # archived without a model file
+SELF_CONTAINED = {"torchscript", "onnx", "quantized", "export"}  # archived without a model file
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_formats_are_named_after_the_registry_format(registry, built):
 
 
 def test_self_contained_formats_load_without_a_model_file_and_carry_the_eager_one_for_explanations(registry, built):
-    suffix = {"eager": ".pt", "compile": ".pt", "cudagraphs": ".pt", "torchscript": ".pt", "quantized": ".pt", "onnx": ".onnx"}
+    suffix = {"eager": ".pt", "compile": ".pt", "cudagraphs": ".pt", "torchscript": ".pt", "quantized": ".pt", "onnx": ".onnx", "export": ".pt"}
     for (version, fmt), (path, _) in built.items():
         mv = registry.get("fashion", version)
         manifest = mar.manifest_of(path)
