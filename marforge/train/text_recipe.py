@@ -5,7 +5,7 @@ package name. The text becomes the model's input through the user's own handler 
 `tokenize` and `encode`, loaded by path as plain code), so that training and serving cannot differ.
 The vocabulary is the train split's VOCAB_SIZE most frequent tokens (words, with `ngrams = 2` also
 word bigrams; ties by the token), written in the handler's `Vocabulary` format. Training is seeded,
-on one thread with deterministic algorithms: Adam on the NLL of the model's log-probabilities.
+on one thread with deterministic algorithms (both as they were afterwards): Adam on the NLL of the model's log-probabilities.
 
     python -m marforge train debsections 1.0   # weights/debsections-1.0.pt, .vocab.json and .json
 
@@ -133,8 +133,8 @@ def train(project: Project, name: str, version: str, table: dict, *, model_def: 
     corpus = debian_text.load()
     train_records, held_out = corpus.split()
     vocabulary = build_vocabulary(handler, [r.text for r in train_records], table["vocab_size"], table["ngrams"])
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(1)
-    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         recipe.seed_everything(table["seed"])
         model_class = weights.model_class(model_def)
@@ -151,6 +151,7 @@ def train(project: Project, name: str, version: str, table: dict, *, model_def: 
         eval_accuracy, _ = score(model, test_docs[:EVAL_COUNT], test_labels[:EVAL_COUNT])
     finally:
         torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
     weights_file, vocab_file = project.weights_dir / f"{key}.pt", project.weights_dir / f"{key}{VOCAB_SUFFIX}"
     weights_file.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), weights_file)

@@ -13,8 +13,9 @@ Answer:   {"section": "python", "probability": 0.93, "top": [{"section": ..., "p
 Error:    {"error": "...", "code": 400} with HTTP 400 for that request only (set_response_status);
           the other requests of the batch are answered as usual.
 
-Not called text_classifier.py on purpose: a handler that fails to import makes TorchServe fall back
-to `ts.torch_handler.<same name>`, and it would serve its own handler instead.
+Named debsections_handler.py on purpose: not text_classifier.py (a handler that fails to import makes
+TorchServe fall back to `ts.torch_handler.<same name>`, and it would serve its own handler instead),
+and not debsections.py (an archive is flat, and that is the model file's name).
 """
 
 import contextlib
