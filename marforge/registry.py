@@ -30,7 +30,7 @@ SERVING_DEFAULTS: Table = {"workers": "auto", "batch_size": 16, "max_batch_delay
 SERVING_KEYS = set(SERVING_DEFAULTS)
 HANDLER_DEFAULTED = ("top_k", "max_pixels", "min_side")  # filled from handlers/contract.py's HandlerConfig
 TRAIN_KEYS = {"dataset", "epochs", "batch_size", "lr", "seed", "min_accuracy",  # + composed scenes' (train/scene_recipe.py)
-              "task", "scenes_per_epoch", "weight_decay", "min_map", "min_miou"}
+              "task", "scenes_per_epoch", "weight_decay", "min_map", "min_miou", "ngrams", "vocab_size"}  # + text_recipe.py's
 ROLLOUT_DEFAULTS: dict[str, float] = {
     "min_accuracy": 0.0,  # the candidate's accuracy on the eval set must reach this floor ...
     "max_accuracy_drop": 0.02,  # ... and be at most this far below the current default's

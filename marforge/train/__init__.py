@@ -7,4 +7,6 @@
     scene_recipe.py  trains the reference detector and segmenter (fashiondet, fashionseg) on them
     scene_metrics.py their held-out mAP and mIoU, by torchmetrics
     scene_samples.py exports their sample and eval scenes, with true boxes or masks
+    debian_text.py   Debian package descriptions and their sections, from apt-cache (the text corpus)
+    text_recipe.py   trains the own-handler text example (debsections) through its handler's tokenizer
 """

@@ -133,7 +133,7 @@ def train(project, versions, log=print):
 
     Deterministic algorithms are on while training (seed_everything) and as they were afterwards.
     """
-    from marforge.train import scene_recipe  # it builds on this module
+    from marforge.train import scene_recipe, text_recipe  # they build on this module
 
     deterministic = torch.are_deterministic_algorithms_enabled()
     results = []
@@ -141,6 +141,9 @@ def train(project, versions, log=print):
         for mv in versions:
             if mv.train.get("dataset") == scene_recipe.DATASET_NAME:  # a detector or segmenter on composed scenes
                 results.append(scene_recipe.train_version(project, mv, log=log))
+                continue
+            if mv.train.get("dataset") == text_recipe.DATASET_NAME:  # the own-handler text example (debsections)
+                results.append(text_recipe.train_version(project, mv, log=log))
                 continue
             metadata = train_version(project, mv, log=log)
             check_floor(mv, metadata)
