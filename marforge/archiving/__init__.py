@@ -11,4 +11,6 @@
     presets.py   what an import knows about a known network (chexnet)
     synthetic.py labelled synthetic stand-ins: a CheXNet-format checkpoint, the demo's samples
     inputs.py    what an archive is built from, for the Makefile's rebuild decisions
+    expected.py  a user's handler's expected answers per sample (samples/<name>/expected-<version>.json), compared
+    requirements.py  a version's requirements file, checked against the serving environment before archiving
 """
