@@ -239,6 +239,32 @@ def read(samples_dir: Path, version: str, sample_names: list[str]) -> dict[str, 
     return {name: answers[name] for name in sample_names}
 
 
-def write(samples_dir: Path, version: str, answers: dict[str, Any]) -> None:
-    """Write `version`'s expected answers (sample name -> answer) atomically: indented, keys sorted."""
-    write_atomic(expected_file(samples_dir, version), json.dumps(answers, indent=2, sort_keys=True) + "\n")
+def write(samples_dir: Path, version: str, answers: dict[str, Any]) -> Path:
+    """Write `version`'s expected answers (sample name -> answer) atomically: indented, keys sorted; the file."""
+    path = expected_file(samples_dir, version)
+    write_atomic(path, json.dumps(answers, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def comparison_of(mv: Any) -> Comparison:
+    """The Comparison of a registry version's `answers` table (the model's, overridden by the version's)."""
+    return Comparison.from_table(dict(mv.answers), f"[models.{mv.name}] answers", "models.toml")
+
+
+def described(comparison: Comparison) -> str:
+    """The comparison in a few words, for reports: e.g. `numbers within 1e-05, ignoring took_ms`."""
+    how = f"numbers within {comparison.tolerance:g}" if comparison.tolerance else "exactly"
+    ignoring = f", ignoring {', '.join(comparison.ignore)}" if comparison.ignore else ""
+    return how + ignoring
+
+
+def without_ignored(answer: Any, comparison: Comparison, at: tuple[str, ...] = ()) -> Any:
+    """`answer` with every field `comparison` ignores left out (what a gate compares when it names no decision)."""
+    if _ignored(list(at), comparison.ignore):
+        return ABSENT
+    if isinstance(answer, dict):
+        kept = {k: without_ignored(v, comparison, (*at, str(k))) for k, v in answer.items()}
+        return {k: v for k, v in kept.items() if v is not ABSENT}
+    if isinstance(answer, list):
+        return [without_ignored(v, comparison, (*at, str(i))) for i, v in enumerate(answer)]
+    return answer

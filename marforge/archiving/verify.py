@@ -117,7 +117,8 @@ def check_answers(mar_path, mv):
     paths = [path for path, _ in samples + evals]
     answers, _, _ = run_loaded(mar_path, mv, fmt, paths)
     bodies = [json_answer(mar_path, path, answer) for path, answer in zip(paths, answers)]
-    expected.check(wanted, {path.name: body for (path, _), body in zip(samples, bodies)}, config.comparison)
+    expected.check(wanted, {path.name: body for (path, _), body in zip(samples, bodies)}, config.comparison,
+                   source=expected.expected_file(mv.samples, mv.version))
     quality = custom.quality(config, bodies[len(samples):], [label for _, label in evals])
     notes = () if evals else (f"no eval set in {mv.eval_dir}: the {len(samples)} sample(s) only",)
     return Verification(fmt=fmt, samples=[{"sample": path.name, **custom.sample_summary(body, config)}

@@ -97,10 +97,12 @@ def cmd_train(args):
 
 
 def cmd_samples(args):
-    from marforge.train import samples, scene_recipe, scene_samples
+    from marforge.train import samples, scene_recipe, scene_samples, text_recipe
 
     registry = project_of(args).registry
     models = [registry.models[registry.get(args.name).name]] if args.name else list(registry.models.values())
+    # the text recipe writes its samples and eval set as it trains
+    models = [m for m in models if all(mv.train.get("dataset") != text_recipe.DATASET_NAME for mv in m.versions.values())]
     log = (lambda line: None) if args.json else print
 
     def export(model):
