@@ -51,6 +51,10 @@ class CheckpointError(WeightsError):
     """A foreign checkpoint cannot be imported: not a checkpoint, unsafe, or not this model's."""
 
 
+class ExportedModelError(MarforgeError):
+    """A file given as an exported model (TorchScript, ONNX, torch.export) is not one, or cannot be loaded."""
+
+
 class ArchiveError(MarforgeError):
     """Building or verifying a .mar archive failed."""
 
