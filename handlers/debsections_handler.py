@@ -4,7 +4,7 @@ Written as a TorchServe user writes one, on TorchServe's BaseHandler alone, and 
 with its vocabulary file; it imports nothing of marforge. BaseHandler loads the model
 (model_defs/debsections.py, log-probabilities over the sections); `initialize` then reads the
 vocabulary: the file the `handler:` section of model-config.yaml names as `vocab_file`, else the one
-`*.vocab.json` in the model dir. The vocabulary (`Vocabulary`) holds the tokens (token i is
+`*.vocab.json` in the model dir. The vocabulary (`make_vocabulary`) holds the tokens (token i is
 embedding row i), the section labels (label i is output i) and `ngrams` (1: words, 2: words and
 word bigrams). Tokens are the lowercased text's words (WORD); unknown ones are dropped.
 
@@ -24,7 +24,7 @@ import itertools
 import json
 import os
 import re
-from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
@@ -34,29 +34,27 @@ TOP = 3
 VOCAB_SUFFIX = ".vocab.json"
 
 
-class BadRequest(ValueError):
-    """A request that cannot be answered (HTTP 400); the message says why."""
+def make_vocabulary(tokens: list[str], labels: list[str], ngrams: int = 1) -> SimpleNamespace:
+    """The vocabulary: token i is embedding row i, label i is output i, ngrams 1 (words) or 2 (and bigrams).
+    A namespace, not a class of this module: TorchServe wants exactly one class in a handler module."""
+    return SimpleNamespace(tokens=list(tokens), labels=list(labels), ngrams=int(ngrams))
 
 
-@dataclass(frozen=True)
-class Vocabulary:
-    tokens: list[str]
-    labels: list[str]
-    ngrams: int = 1
+def token_index(vocabulary: SimpleNamespace) -> dict[str, int]:
+    return {token: i for i, token in enumerate(vocabulary.tokens)}
 
-    def index(self) -> dict[str, int]:
-        return {token: i for i, token in enumerate(self.tokens)}
 
-    def to_json(self) -> str:
-        return json.dumps({"ngrams": self.ngrams, "labels": self.labels, "tokens": self.tokens}, ensure_ascii=False) + "\n"
+def vocabulary_json(vocabulary: SimpleNamespace) -> str:
+    return json.dumps({"ngrams": vocabulary.ngrams, "labels": vocabulary.labels, "tokens": vocabulary.tokens},
+                      ensure_ascii=False) + "\n"
 
-    @classmethod
-    def read(cls, path: str) -> "Vocabulary":
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        if data.get("ngrams", 1) not in (1, 2) or not data.get("tokens") or not data.get("labels"):
-            raise ValueError(f"{path}: a vocabulary needs tokens, labels and ngrams 1 or 2")
-        return cls(list(data["tokens"]), list(data["labels"]), int(data.get("ngrams", 1)))
+
+def read_vocabulary(path: str) -> SimpleNamespace:
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if data.get("ngrams", 1) not in (1, 2) or not data.get("tokens") or not data.get("labels"):
+        raise ValueError(f"{path}: a vocabulary needs tokens, labels and ngrams 1 or 2")
+    return make_vocabulary(data["tokens"], data["labels"], data.get("ngrams", 1))
 
 
 def tokenize(text: str, ngrams: int = 1) -> list[str]:
@@ -66,30 +64,30 @@ def tokenize(text: str, ngrams: int = 1) -> list[str]:
 
 
 def request_text(row: dict) -> str:
-    """The text of one request (TorchServe's dict for it: `data` or `body`); BadRequest when it has none."""
+    """The text of one request (TorchServe's dict for it: `data` or `body`); ValueError saying why when it has none."""
     body = row.get("data", row.get("body")) if isinstance(row, dict) else None
     if isinstance(body, (bytes, bytearray)):
         try:
             body = bytes(body).decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise BadRequest(f"the body is not UTF-8 text (byte {exc.start})") from None
+            raise ValueError(f"the body is not UTF-8 text (byte {exc.start})") from None
         if body.lstrip().startswith("{"):
             with contextlib.suppress(json.JSONDecodeError):  # else it is text that starts with a brace
                 body = json.loads(body)
     if isinstance(body, dict):
         body = body.get("text")
         if not isinstance(body, str):
-            raise BadRequest('a JSON body needs a "text" string: {"text": "..."}')
+            raise ValueError('a JSON body needs a "text" string: {"text": "..."}')
     if not isinstance(body, str):
-        raise BadRequest("the body must be UTF-8 text or JSON {\"text\": \"...\"}")
+        raise ValueError("the body must be UTF-8 text or JSON {\"text\": \"...\"}")
     if not body.strip():
-        raise BadRequest("the text is empty")
+        raise ValueError("the text is empty")
     return body
 
 
-def encode(texts: list[str], vocabulary: Vocabulary, index: dict[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def encode(texts: list[str], vocabulary: SimpleNamespace, index: dict[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(token ids of all texts, one after another; each text's offset into them): the model's input."""
-    index = vocabulary.index() if index is None else index
+    index = token_index(vocabulary) if index is None else index
     ids: list[int] = []
     offsets: list[int] = []
     for text in texts:
@@ -122,17 +120,17 @@ class DebSectionsHandler(BaseHandler):
     def initialize(self, context):
         super().initialize(context)
         config = getattr(context, "model_yaml_config", None) or {}
-        self.vocabulary = Vocabulary.read(vocabulary_path(context.system_properties["model_dir"], config))
-        self.token_index = self.vocabulary.index()
+        self.vocabulary = read_vocabulary(vocabulary_path(context.system_properties["model_dir"], config))
+        self.token_index = token_index(self.vocabulary)
 
     def preprocess(self, data):
-        """(model input of the good requests, their request indexes, {index: BadRequest} of the others)."""
+        """(model input of the good requests, their request indexes, {index: the ValueError saying why} of the others)."""
         texts, good, bad = [], [], {}
         for i, row in enumerate(data):
             try:
                 texts.append(request_text(row))
                 good.append(i)
-            except BadRequest as exc:
+            except ValueError as exc:
                 bad[i] = exc
         return encode(texts, self.vocabulary, self.token_index), good, bad
 

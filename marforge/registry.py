@@ -286,7 +286,7 @@ def _source(project: Project, key: str, vtable: Table, where: str, path: Path) -
             raise RegistryError(f"{path}: {where} {entry} belong to a version's own handler, and it names no handler_file",
                                 "add handler_file = \"handlers/<your handler>.py\", or remove the key")
     extra = vtable.get("extra_files", [])
-    bad = [e for e in ("handler_file", "requirements") if e in vtable and not isinstance(vtable[e], str)]
+    bad: list[str] = [e for e in ("handler_file", "requirements") if e in vtable and not isinstance(vtable[e], str)]
     if bad or not (isinstance(extra, list) and all(isinstance(item, str) for item in extra)):
         raise RegistryError(f"{path}: {where} {(bad or ['extra_files'])[0]} must be a path (extra_files: a list of paths)")
     return {

@@ -1,5 +1,6 @@
 """Edits of models.toml as text, keeping every comment: a version added (`marforge import`), a model's
-default changed (`marforge import` of a version over a default with synthetic weights). Reading and validating the registry is marforge/registry.py's.
+default changed (`marforge import` of a version over a default with synthetic weights). Reading and
+validating the registry is marforge/registry.py's.
 Standard library only, as the registry.
 """
 

@@ -53,8 +53,11 @@ def stage_model_dir(mv, dest, handler=None):
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    for handler_file in (ROOT / "handlers").glob("*.py"):
-        shutil.copy(handler_file, dest)
+    from marforge import shipped
+
+    handler_file, modules = shipped.files()
+    for path in (handler_file, *modules):
+        shutil.copy(path, dest)
     shutil.copy(mv.model_def, dest)
     shutil.copy(mv.weights, dest)
     metadata = json.loads(mv.metadata.read_text())

@@ -78,7 +78,7 @@ def test_the_pt2_markers_are_torchs_own():
     from torch._C._export import pt2_archive_constants as c
 
     assert (exported.PT2_FORMAT_PATH, exported.PT2_FORMAT_VALUE.decode()) == (c.ARCHIVE_FORMAT_PATH, c.ARCHIVE_FORMAT_VALUE)
-    assert exported.PT2_MODEL_PATH == c.MODELS_FILENAME_FORMAT.format("model")
+    assert c.MODELS_FILENAME_FORMAT.format("model") == exported.PT2_MODEL_PATH
     assert exported.PT2_AOTINDUCTOR_DIR == c.AOTINDUCTOR_DIR
 
 

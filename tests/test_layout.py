@@ -61,6 +61,17 @@ def test_the_shipped_handler_code_imports_nothing_of_marforge():
         assert not imports_of(path, path.stem), path
 
 
+def test_every_handler_file_is_marforges_or_a_versions_own():
+    from marforge import shipped
+    from marforge.project import Project
+
+    own = {mv.handler_file.name for mv in Project.at(ROOT / "models.toml").registry.all_versions() if mv.own_handler}
+    assert own  # the text example's
+    theirs = {p.name for p in (ROOT / "handlers").glob("*.py")}
+    assert theirs == {shipped.HANDLER_FILE, *shipped.MODULES} | own
+    assert not own & {shipped.HANDLER_FILE, *shipped.MODULES}
+
+
 def test_modules_stay_short_enough_to_read():
     long = {str(p.relative_to(ROOT)): n for p in [*ROOT.joinpath("marforge").rglob("*.py"), *ROOT.joinpath("handlers").glob("*.py")]
             if (n := len(p.read_text().splitlines())) > MAX_LINES}

@@ -55,7 +55,8 @@ def test_formats_are_named_after_the_registry_format(registry, built):
 
 
 def test_self_contained_formats_load_without_a_model_file_and_carry_the_eager_one_for_explanations(registry, built):
-    suffix = {"eager": ".pt", "compile": ".pt", "cudagraphs": ".pt", "torchscript": ".pt", "quantized": ".pt", "onnx": ".onnx", "export": ".pt"}
+    suffix = {"eager": ".pt", "compile": ".pt", "cudagraphs": ".pt", "torchscript": ".pt", "quantized": ".pt",
+              "onnx": ".onnx", "export": ".pt"}
     for (version, fmt), (path, _) in built.items():
         mv = registry.get("fashion", version)
         manifest = mar.manifest_of(path)

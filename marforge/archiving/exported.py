@@ -32,11 +32,12 @@ class Kind:
     suffix: str  # marforge stores the file as <name>-<version><suffix>
     needs: str  # the package that loads it
     saved_by: str  # what writes it
+    format: str  # the archive format (handlers/contract.py FORMATS) it is served as, as it is
 
 
-KINDS = {kind.name: kind for kind in (Kind(TORCHSCRIPT, ".torchscript.pt", "torch", "torch.jit.save"),
-                                       Kind(ONNX, ".onnx", "onnxruntime", "torch.onnx.export"),
-                                       Kind(TORCH_EXPORT, ".pt2", "torch", "torch.export.save"))}
+KINDS = {kind.name: kind for kind in (Kind(TORCHSCRIPT, ".torchscript.pt", "torch", "torch.jit.save", "torchscript"),
+                                       Kind(ONNX, ".onnx", "onnxruntime", "torch.onnx.export", "onnx"),
+                                       Kind(TORCH_EXPORT, ".pt2", "torch", "torch.export.save", "export"))}
 ACCEPTED = "accepted: " + ", ".join(f"{k.name} ({k.saved_by})" for k in KINDS.values())
 # torch.export.save's PT2 archive (torch._C._export.pt2_archive_constants; tests check them against torch)
 PT2_FORMAT_PATH, PT2_FORMAT_VALUE, PT2_MODEL_PATH = "archive_format", b"pt2", "models/model.json"

@@ -18,7 +18,8 @@ from marforge import files, shipped
 
 STAMP_DIR = ".inputs"
 CHECKOUT = Path(__file__).resolve().parents[2]  # the code's own checkout: handlers/ beside marforge/
-BUILD_CODE = (*(f"handlers/{name}" for name in (shipped.HANDLER_FILE, *shipped.MODULES)), "marforge/archiving/*.py", "marforge/registry.py", "marforge/project.py",
+BUILD_CODE = (*(f"handlers/{name}" for name in (shipped.HANDLER_FILE, *shipped.MODULES)),
+              "marforge/archiving/*.py", "marforge/registry.py", "marforge/project.py",
               "marforge/shipped.py", "marforge/labelled.py", "marforge/files.py")
 
 

@@ -24,7 +24,6 @@ from types import ModuleType
 
 from marforge import shipped
 
-
 CUSTOM = "custom"  # the task of a version served by its own handler (its weights' metadata says so)
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from marforge import scores
 from marforge.archiving import expected
-from marforge.tasks import CUSTOM
 from marforge.archiving.variants import Tolerance
+from marforge.tasks import CUSTOM
 
 TOLERANCES = {"eager": Tolerance(0.0, 1.0), "torchscript": Tolerance(0.0, 1.0), "onnx": Tolerance(0.0, 1.0),
               "export": Tolerance(0.0, 1.0)}  # the formats an own handler's version is archived in: its source's
@@ -53,7 +53,7 @@ def decision(answer: Any, config: AnswersConfig) -> Any:
     return json.dumps(expected.without_ignored(answer, comparison), sort_keys=True)
 
 
-def quality(config: AnswersConfig, bodies: list[Any], labels: list[Any]) -> dict[str, float]:
+def quality(config: AnswersConfig, bodies: list[Any], labels: list[Any]) -> dict[str, float | None]:
     """{"accuracy": the decision's} on a labelled eval set when the comparison names a decision field."""
     if not config.comparison.decision or not labels or any(label is None for label in labels):
         return {}

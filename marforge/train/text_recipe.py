@@ -4,7 +4,7 @@ The corpus is this machine's apt lists (marforge/train/debian_text.py), split by
 package name. The text becomes the model's input through the user's own handler file (its
 `tokenize` and `encode`, loaded by path as plain code), so that training and serving cannot differ.
 The vocabulary is the train split's VOCAB_SIZE most frequent tokens (words, with `ngrams = 2` also
-word bigrams; ties by the token), written in the handler's `Vocabulary` format. Training is seeded,
+word bigrams; ties by the token), written by the handler's `vocabulary_json`. Training is seeded,
 on one thread with deterministic algorithms (both as they were afterwards): Adam on the NLL of the model's log-probabilities.
 
     python -m marforge train debsections 1.0   # weights/debsections-1.0.pt, .vocab.json and .json
@@ -40,15 +40,15 @@ TEXT_SUFFIX = ".txt"
 
 
 def handler_module(handler_file: str | Path) -> ModuleType:
-    """The user's handler file as a plain module (its tokenizer, encoder and Vocabulary)."""
+    """The user's handler file as a plain module (its tokenizer, encoder and vocabulary functions)."""
     return weights.import_file(handler_file, f"marforge_user_handler_{Path(handler_file).stem}")
 
 
 def build_vocabulary(handler: ModuleType, texts: list[str], size: int, ngrams: int) -> Any:
-    """The handler's Vocabulary of the `size` most frequent tokens of `texts` (ties by the token)."""
+    """The handler's vocabulary of the `size` most frequent tokens of `texts` (ties by the token)."""
     counts = Counter(token for text in texts for token in handler.tokenize(text, ngrams))
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]
-    return handler.Vocabulary([token for token, _ in ranked], list(debian_text.SECTIONS), ngrams)
+    return handler.make_vocabulary([token for token, _ in ranked], list(debian_text.SECTIONS), ngrams)
 
 
 def encoded(handler: ModuleType, vocabulary: Any, records: list[debian_text.Record]) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -155,7 +155,7 @@ def train(project: Project, name: str, version: str, table: dict, *, model_def: 
     weights_file, vocab_file = project.weights_dir / f"{key}.pt", project.weights_dir / f"{key}{VOCAB_SUFFIX}"
     weights_file.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), weights_file)
-    vocab_file.write_text(vocabulary.to_json(), encoding="utf-8")
+    vocab_file.write_text(handler.vocabulary_json(vocabulary), encoding="utf-8")
     write_texts(project.samples_dir / name, samples_of(held_out))
     write_texts(project.eval_root / name, held_out[:EVAL_COUNT])
     metadata = {
