@@ -23,9 +23,22 @@ SCENE_TASKS = ("detection", "segmentation")  # bench sends their samples: scenes
 
 
 def formats_for(mv, formats):
-    """(the formats of `formats` that mv's task can be archived in, {the others: why not})."""
-    task = tasks.of(task_of(mv))
+    """(the formats of `formats` that mv's task can be archived in, {the others: why not}). An exported
+    version, or one served by its own handler, is archived in its own format only."""
+    task = tasks.of(tasks.CUSTOM if mv.own_handler else task_of(mv))
+    if mv.exported or mv.own_handler:
+        why = (f"an exported {mv.exported} file is archived as it is, in format {mv.format}" if mv.exported
+               else task.UNAVAILABLE)
+        return [f for f in formats if f == mv.format], {f: why for f in formats if f != mv.format}
     return [f for f in formats if f in task.TOLERANCES], {f: task.UNAVAILABLE for f in formats if f not in task.TOLERANCES}
+
+
+def protocols_left_out(mv):
+    """{row label: why} of marforge's protocol rows that do not apply: KServe v2 for an own handler."""
+    if mv.own_handler:
+        return {"(g) marforge v2 JSON": "an own handler is handed a v2 request's tensors as they are (make kserve "
+                                        "refuses v2 for it): marforge does not send it v2"}
+    return {}
 
 
 def flask_left_out(mv):

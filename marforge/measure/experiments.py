@@ -222,7 +222,9 @@ def bench(project, mv, seconds=10.0, concurrencies=(1, 16, 64), formats=None, im
         return True
 
     served(fixtures.torchserve(project, mv, stock=True), [("(b) torchserve stock", rows_of)], required=True)
-    served(fixtures.torchserve(project, mv), PROTOCOL_ROWS, required=True)  # (c), then the same server over gRPC and v2
+    skipped = by_task.protocols_left_out(mv)
+    left_out += [{"row": row, "reason": why} for row, why in skipped.items()]
+    served(fixtures.torchserve(project, mv), [r for r in PROTOCOL_ROWS if r[0] not in skipped], required=True)  # (c), gRPC, v2
     notes = stock_b_prime(project, mv, served, left_out, log)
     flask = by_task.flask_left_out(mv)
     if flask:
@@ -259,8 +261,9 @@ def stock_b_prime(project, mv, served, left_out, log):
         # What stock TorchServe does with the PyTorch model itself, which is what most users start from.
         served(fixtures.format_server(project, mv, "eager", stock=True), [("(b') torchserve stock, eager archive", rows_of)])
     elif mv.format != "eager":
-        left_out.append({"row": "(b') torchserve stock, eager archive",
-                         "reason": f"{mv.archive_path(store, 'eager')} not built (make archive FORMAT=eager)"})
+        why = (f"an exported {mv.exported} file has no eager model" if mv.exported else
+               f"{mv.archive_path(store, 'eager')} not built (make archive FORMAT=eager)")
+        left_out.append({"row": "(b') torchserve stock, eager archive", "reason": why})
         log(f"{left_out[-1]}")
     return []
 
