@@ -82,7 +82,8 @@ def fits_stock_classifier(mv, metadata):
     (Resize(256), CenterCrop(224)): a model trained on those can be served by it as it is (from a model
     definition and weights: the eager archive it is given)."""
     pre = metadata.get("preprocess")
-    return mv.model_def is not None and pre is not None and (pre["color"], list(pre["image_size"]), tuple(pre["mean"]), tuple(pre["std"])) == (
+    return mv.model_def is not None and pre is not None and (
+        pre["color"], list(pre["image_size"]), tuple(pre["mean"]), tuple(pre["std"])) == (
         "rgb", [224, 224], IMAGENET_MEAN, IMAGENET_STD)
 
 
