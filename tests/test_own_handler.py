@@ -191,3 +191,25 @@ def test_served_and_rolled_out_under_load_with_the_gate_on_the_section(built):
         assert client.default_version(NAME) == "1.0"
     finally:
         process.stop(RunDir(project.run_dir))
+
+
+@pytest.mark.integration
+def test_make_bench_sends_the_samples_as_bodies_and_leaves_out_what_cannot_apply(built):
+    from marforge.measure import by_task, experiments
+
+    project, _ = built
+    mv = project.registry.get(NAME, "1.0")
+    results = experiments.bench(project, mv, seconds=1.0, concurrencies=(1,), formats=["onnx"],
+                                log=lambda line: None)
+    assert [r["row"] for r in results["rows"]] == ["(a) ceiling", "(b) torchserve stock", "(c) marforge",
+                                                   "(f) marforge gRPC"]
+    assert results["rows"][0]["throughput"] > 0
+    assert all(r["errors"] == 0 and r["throughput"] > 0 for r in results["rows"][1:])
+    left = {r["row"]: r["reason"] for r in results["left_out"]}
+    assert left["(g) marforge v2 JSON"] == by_task.protocols_left_out(mv)["(g) marforge v2 JSON"]
+    assert left["(d) flask"] == "marforge/measure/flask_app.py serves multiclass and multilabel models only, not custom"
+    assert left["(e) marforge onnx"].startswith("a version served by its own handler is archived from its source")
+    said = {a["row"]: a for a in results["answers"]}
+    sent = {p.name for p in experiments.images_of(mv)[0]}  # the eval descriptions, as request bodies
+    sizes = said["(c) marforge"]["sizes"]
+    assert sizes and set(sizes) <= sent and said["(c) marforge"]["statuses"] == {"200": len(sizes)}
