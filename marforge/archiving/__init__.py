@@ -9,6 +9,8 @@
     checkpoints.py  foreign checkpoints: what a file is, where its tensors are, key matching by rules
     importer.py  `marforge import`: a foreign checkpoint becomes weights/<key>.pt with provenance
     presets.py   what an import knows about a known network (chexnet)
+    exported.py  a model exported elsewhere (TorchScript, ONNX, torch.export): told by content, loaded, described
+    onnx_model.py  an ONNX file through onnx and onnxruntime: checked, its graph's inputs, a CPU session
     synthetic.py labelled synthetic stand-ins: a CheXNet-format checkpoint, the demo's samples
     inputs.py    what an archive is built from, for the Makefile's rebuild decisions
 """
