@@ -37,6 +37,18 @@ def onnx_export(model, inputs, path, names):
                           output_names=names[1], dynamic_axes={n: {0: "batch"} for n in names[0] + names[1]})
 
 
+def write_legacy_pt2(program, path):
+    """What torch.export.save wrote before its PT2 archive (torch <= 2.7): members at the zip's root."""
+    from torch._export.serde.schema import SCHEMA_VERSION
+    from torch._export.serde.serialize import serialize
+
+    artifact = serialize(program)
+    with zipfile.ZipFile(path, "w") as z:
+        for name in ("exported_program", "state_dict", "constants", "example_inputs"):
+            z.writestr(f"serialized_{name}.{'json' if name == 'exported_program' else 'pt'}", getattr(artifact, name))
+        z.writestr("version", ".".join(map(str, SCHEMA_VERSION)))
+
+
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """{name: path} of every file the tests read, and the two source models."""
@@ -53,6 +65,7 @@ def made(tmp_path_factory):
     torch.export.save(torch.export.export(one, (x,), dynamic_shapes=({0: batch},)), d / "model.pt2")
     torch.export.save(torch.export.export(two, pair, dynamic_shapes=({0: batch}, {0: batch})), d / "two.pt2")
     torch.export.save(torch.export.export(one, (x,)), d / "static.pt2")
+    write_legacy_pt2(torch.export.load(d / "model.pt2"), d / "legacy.pt2")
     shutil.copy(d / "model.torchscript.pt", d / "x.onnx")
     shutil.copy(d / "model.onnx", d / "x.pt")
     torch.save(one.state_dict(), d / "weights.pt")
@@ -85,7 +98,7 @@ def test_the_pt2_markers_are_torchs_own():
 @pytest.mark.parametrize("name, kind", [("model.torchscript.pt", "torchscript"), ("x.onnx", "torchscript"),
                                         ("model.onnx", "onnx"), ("x.pt", "onnx"), ("two.onnx", "onnx"),
                                         ("model.pt2", "torch.export"), ("two.pt2", "torch.export"),
-                                        ("static.pt2", "torch.export")])
+                                        ("static.pt2", "torch.export"), ("legacy.pt2", "torch.export")])
 def test_identify_reads_the_content_not_the_name(made, name, kind):
     assert exported.identify(made[name]) == kind
 
@@ -121,8 +134,8 @@ def test_anything_else_is_refused_saying_what_it_is(made, name, what):
 
 
 def test_an_image_and_a_missing_file_are_refused(made):
-    size = made["image.png"].stat().st_size
-    assert refusal(made["image.png"]).message == f"{made['image.png']}: not an exported model: it is a PNG image ({size} bytes); {ACCEPTED}"
+    png = made["image.png"]
+    assert refusal(png).message == f"{png}: not an exported model: it is a PNG image ({png.stat().st_size} bytes); {ACCEPTED}"
     missing = made["dir"] / "nothing.onnx"
     error = refusal(missing)
     assert (error.message, error.hint) == (f"{missing}: not an exported model: it is not a readable file "
@@ -132,7 +145,8 @@ def test_an_image_and_a_missing_file_are_refused(made):
 @pytest.mark.parametrize("name, phrase", [
     ("truncated-model.torchscript.pt", "a truncated or damaged zip file ({size} bytes, begun like a torchscript file: "),
     ("truncated-model.pt2", "a truncated or damaged zip file ({size} bytes, begun like a torch.export file: "),
-    ("truncated-model.onnx", "{size} bytes that begin like an ONNX model, truncated or damaged: it does not parse as ONNX (DecodeError: "),
+    ("truncated-model.onnx",
+     "{size} bytes that begin like an ONNX model, truncated or damaged: it does not parse as ONNX (DecodeError: "),
 ])
 def test_a_truncated_file_of_each_kind_is_refused(made, name, phrase):
     error = refusal(made[name])
@@ -140,7 +154,7 @@ def test_a_truncated_file_of_each_kind_is_refused(made, name, phrase):
     assert error.message.endswith(ACCEPTED) and error.hint == "copy or export the model again"
 
 
-@pytest.mark.parametrize("name", ["model.torchscript.pt", "model.onnx", "x.pt", "model.pt2"])
+@pytest.mark.parametrize("name", ["model.torchscript.pt", "model.onnx", "x.pt", "model.pt2", "legacy.pt2"])
 def test_load_answers_like_the_source_model(made, name):
     model, x = exported.load(made[name]), torch.randn(2, 1, 4, 4)
     with torch.no_grad():
@@ -191,7 +205,8 @@ def test_describe_torch_export(made):
     [value] = facts["inputs"]
     batch = value["shape"][0]
     assert (value["name"], value["shape"][1:], value["dtype"], facts["kind"]) == ("input", [1, 4, 4], "float32", "torch.export")
-    assert facts["dims"] == {batch: {"min": 1, "max": 64}} and facts["outputs"] == [{"name": "linear", "shape": [batch, 3], "dtype": "float32"}]
+    assert facts["dims"] == {batch: {"min": 1, "max": 64}}
+    assert facts["outputs"] == [{"name": "linear", "shape": [batch, 3], "dtype": "float32"}]
     assert facts["producer"]["torch_version"] == torch.__version__
     assert exported.describe(made["static.pt2"])["inputs"] == [{"name": "input", "shape": [2, 1, 4, 4], "dtype": "float32"}]
 

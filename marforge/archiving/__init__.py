@@ -11,6 +11,8 @@
     exported.py  exported models (TorchScript, ONNX, torch.export): what a file is, by content; run and describe it
     import_exported.py  `marforge import --exported`: a TorchScript, ONNX or torch.export file becomes a version
     presets.py   what an import knows about a known network (chexnet)
+    exported.py  a model exported elsewhere (TorchScript, ONNX, torch.export): told by content, loaded, described
+    onnx_model.py  an ONNX file through onnx and onnxruntime: checked, its graph's inputs, a CPU session
     synthetic.py labelled synthetic stand-ins: a CheXNet-format checkpoint, the demo's samples
     inputs.py    what an archive is built from, for the Makefile's rebuild decisions
     expected.py  a user's handler's expected answers per sample (samples/<name>/expected-<version>.json), compared

@@ -1,15 +1,12 @@
-"""Models exported elsewhere as a version's source: what a file is, by its content, and how to run it.
-
-A version can start from a model saved with no Python definition: a TorchScript file
-(torch.jit.save), an ONNX model or a torch.export program (torch.export.save). `identify` says which
-from the bytes alone, never from the file name, and refuses anything else with what the file looks
-like instead: a torch.save checkpoint of weights (zip or legacy; it goes through `make import`), an
-AOTInductor package, a TorchServe archive, an image, text, an empty, missing or truncated file.
-`load` returns a callable on CPU tensors, `describe` the JSON-able facts recorded at import (inputs
-and outputs with their shapes and dtypes, where the format keeps them, the producer, size and
-sha256), and `example_inputs` a zero batch shaped like the model's inputs. `KINDS` owns each kind's
-name and the suffix marforge stores it under (TorchServe's BaseHandler opens `.onnx` with
-onnxruntime and, with no model file, anything else with torch.jit.load).
+"""Models exported elsewhere as a version's source, with no Python definition: a TorchScript file
+(torch.jit.save), an ONNX model or a torch.export program (torch.export.save). `identify` tells them
+apart by content alone, never by name, and refuses anything else saying what it is: a torch.save
+checkpoint of weights (zip or legacy: `make import` takes those), an AOTInductor package, a .mar, an
+image, text, an empty, missing or truncated file. `load` gives a callable on CPU tensors, `describe`
+the JSON-able facts recorded at import (inputs and outputs with shapes and dtypes where the format
+keeps them, producer, size, sha256), `example_inputs` a zero batch shaped like the inputs. `KINDS`
+owns each kind's name and stored suffix (TorchServe's BaseHandler opens `.onnx` with onnxruntime and,
+with no model file, anything else with torch.jit.load).
 """
 
 import re
@@ -20,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from marforge import files
-from marforge.archiving import checkpoints
+from marforge.archiving import checkpoints, onnx_model
 from marforge.errors import CheckpointError, ExportedModelError
 
 TORCHSCRIPT, ONNX, TORCH_EXPORT = "torchscript", "onnx", "torch.export"
@@ -45,6 +42,7 @@ PT2_AOTINDUCTOR_DIR = "data/aotinductor/"
 PT2_LEGACY_PATH = "serialized_exported_program.json"  # torch.export.save before the PT2 archive; torch still loads it
 IMPORT_HINT = ('import a checkpoint of weights with its model definition: make import NAME=<name> VERSION=<version> '
                'CHECKPOINT=<file> IMPORT_ARGS="--model-def model_defs/<file>.py"')
+DEFAULT_DTYPE = "float32"  # of example inputs where the file does not say (TorchScript)
 MAGIC = {b"\x89PNG\r\n\x1a\n": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
          b"%PDF": "a PDF document", b"\x1f\x8b": "a gzip file", b"version https://git-lfs": "a Git LFS pointer"}
 
@@ -79,7 +77,7 @@ def identify(path: str | Path) -> str:
         serialization = None
     if serialization in ("legacy", "safetensors"):
         raise _checkpoint(path, "torch.save's legacy format" if serialization == "legacy" else "safetensors")
-    problem = _onnx_problem(path)
+    problem = onnx_model.problem(path)
     if problem is None:
         return ONNX
     raise _refuse(path, *_looks_like(head, size, problem))
@@ -109,8 +107,8 @@ def _identify_zip(path: Path, size: int) -> str:
                       "save the program itself with torch.export.save(torch.export.export(model, inputs), path)")
     if kind == "mar":
         raise _refuse(path, "a TorchServe archive (.mar)", "put it in the model store and serve it as it is")
-    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    raise _refuse(path, f"a zip archive of {len(names)} file(s) ({shown or 'empty'}) and no model in a format known here")
+    raise _refuse(path, f"a zip archive of {len(names)} file(s) ({', '.join(names[:3]) or 'empty'}{', ...' * (len(names) > 3)}) "
+                  "and no model in a format known here")
 
 
 def _relative(names: list[str]) -> set[str]:
@@ -120,12 +118,8 @@ def _relative(names: list[str]) -> set[str]:
 
 def _local_names(data: bytes) -> list[str]:
     """The member names in the local file headers of the first bytes of a zip whose directory is lost."""
-    names = []
-    for found in re.finditer(rb"PK\x03\x04", data):
-        start = found.start() + 30
-        length = int.from_bytes(data[found.start() + 26:start - 2], "little")
-        names.append(data[start:start + length].decode("utf-8", "replace"))
-    return names
+    starts = [found.start() for found in re.finditer(rb"PK\x03\x04", data)]  # name length at +26, the name at +30
+    return [data[s + 30:s + 30 + int.from_bytes(data[s + 26:s + 28], "little")].decode("utf-8", "replace") for s in starts]
 
 
 def _zip_kind(rel: set[str]) -> str | None:
@@ -151,20 +145,6 @@ def _begun_like(rel: set[str]) -> str | None:
     return "torch.save checkpoint" if {".format_version", ".storage_alignment"} & rel else None
 
 
-def _onnx_problem(path: Path) -> str | None:
-    """None when `path` holds an ONNX ModelProto with an ir_version and a graph with inputs and outputs, else why not."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError, and whatever a damaged file makes onnx raise
-        return f"it does not parse as ONNX ({type(exc).__name__}: {str(exc)[:120]})"
-    missing = [what for what, ok in (("an ir_version", model.ir_version > 0), ("graph nodes", len(model.graph.node) > 0),
-                                     ("graph inputs", len(_onnx_inputs(model)) > 0),
-                                     ("graph outputs", len(model.graph.output) > 0)) if not ok]
-    return f"a protobuf that parses as ONNX but has no {', '.join(missing)}" if missing else None
-
-
 def _looks_like(head: bytes, size: int, onnx_problem: str) -> tuple[str, str | None]:
     """What a file that is none of the kinds looks like, from its first bytes, and the hint when it has its own."""
     for magic, what in MAGIC.items():
@@ -184,15 +164,8 @@ def _looks_like(head: bytes, size: int, onnx_problem: str) -> tuple[str, str | N
     return f"{size} bytes of binary data starting {head[:8].hex(' ')}: {onnx_problem}", None
 
 
-def _onnx_inputs(model: Any) -> list[Any]:
-    """The graph's real inputs (older exporters also list initializers, the weights, as inputs)."""
-    weights = {w.name for w in model.graph.initializer}
-    return [v for v in model.graph.input if v.name not in weights]
-
-
 def _checked(kind: str | None, path: Path) -> str:
-    kind = kind or identify(path)
-    if kind not in KINDS:
+    if (kind := kind or identify(path)) not in KINDS:
         raise ExportedModelError(f"{path}: unknown exported-model kind {kind!r}", f"use one of: {', '.join(KINDS)}")
     return kind
 
@@ -226,29 +199,7 @@ def _load_export(path: Path) -> Any:
     return torch.export.load(str(path)).module()
 
 
-class OnnxSession:
-    """An ONNX model on onnxruntime's CPU provider as a callable: tensors in, by position in the
-    session's input order; a tensor out (one output) or a tuple of tensors."""
-
-    def __init__(self, path: str | Path) -> None:
-        import onnxruntime
-
-        self.path = Path(path)
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-
-    def __call__(self, *tensors: Any) -> Any:
-        import torch
-
-        if len(tensors) != len(self.input_names):
-            raise TypeError(f"{self.path}: the model takes {len(self.input_names)} input(s) "
-                            f"({', '.join(self.input_names)}), got {len(tensors)}")
-        feed = {name: t.detach().cpu().numpy() for name, t in zip(self.input_names, tensors)}
-        outputs = tuple(torch.from_numpy(o) for o in self.session.run(None, feed))
-        return outputs[0] if len(outputs) == 1 else outputs
-
-
-_LOADERS = {TORCHSCRIPT: _load_torchscript, ONNX: OnnxSession, TORCH_EXPORT: _load_export}
+_LOADERS = {TORCHSCRIPT: _load_torchscript, ONNX: onnx_model.OnnxSession, TORCH_EXPORT: _load_export}
 
 
 def describe(path: str | Path, kind: str | None = None) -> dict[str, Any]:
@@ -256,15 +207,17 @@ def describe(path: str | Path, kind: str | None = None) -> dict[str, Any]:
     shape with a str or None for a dynamic dimension, dtype; None where the format does not say), the
     producer, and per format: ONNX opsets, torch.export dims (their ranges), TorchScript's schema."""
     path = Path(path)
+    kind, facts = _facts(path, kind)
+    return {"kind": kind, "file": path.name, "size": path.stat().st_size, "sha256": files.sha256(path), **facts}
+
+
+def _facts(path: Path, kind: str | None) -> tuple[str, dict[str, Any]]:
     kind = _checked(kind, path)
     try:
-        facts = _DESCRIBERS[kind](path)
-    except ExportedModelError:
-        raise
-    except Exception as exc:
+        return kind, _DESCRIBERS[kind](path)
+    except Exception as exc:  # as in load: a damaged file fails in each format's own way
         raise ExportedModelError(f"{path}: cannot read what this {kind} model takes and returns: {type(exc).__name__}: {exc}",
                                  f"check that the file is complete, or write it again with {KINDS[kind].saved_by}") from exc
-    return {"kind": kind, "file": path.name, "size": path.stat().st_size, "sha256": files.sha256(path), **facts}
 
 
 def _value(name: str, shape: list[Any] | None, dtype: str | None) -> dict[str, Any]:
@@ -272,23 +225,8 @@ def _value(name: str, shape: list[Any] | None, dtype: str | None) -> dict[str, A
 
 
 def _describe_onnx(path: Path) -> dict[str, Any]:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-
-    def value(v: Any) -> dict[str, Any]:
-        t = v.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim] \
-            if v.type.HasField("tensor_type") and t.HasField("shape") else None
-        try:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else None
-        except (KeyError, ValueError):
-            dtype = onnx.TensorProto.DataType.Name(t.elem_type).lower()
-        return _value(v.name, shape, dtype)
-
-    return {"inputs": [value(v) for v in _onnx_inputs(model)], "outputs": [value(v) for v in model.graph.output],
-            "producer": {"name": model.producer_name, "version": model.producer_version, "ir_version": model.ir_version},
-            "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import}}
+    facts = onnx_model.describe(path)
+    return facts | {side: [_value(*v) for v in facts[side]] for side in ("inputs", "outputs")}
 
 
 def _describe_export(path: Path) -> dict[str, Any]:
@@ -337,15 +275,14 @@ def example_inputs(path: str | Path, kind: str | None = None, batch: int = 2, sh
     import torch
 
     path = Path(path)
-    kind = _checked(kind, path)
-    facts = _DESCRIBERS[kind](path)
+    kind, facts = _facts(path, kind)
     inputs = facts["inputs"]
     hint = "pass one sample's input shape, e.g. --input-shape 1,28,28"
     if shape is not None:
         if len(inputs) != 1:
             raise ExportedModelError(f"{path}: an input shape sets one input, and this model takes {len(inputs)}",
                                      "export the model with its input shapes recorded (ONNX, torch.export)")
-        return (torch.zeros(batch, *shape, dtype=getattr(torch, inputs[0]["dtype"] or "float32")),)
+        return (torch.zeros(batch, *shape, dtype=getattr(torch, inputs[0]["dtype"] or DEFAULT_DTYPE)),)
     made = []
     for value in inputs:
         dims, name = value["shape"], value["name"]
@@ -360,5 +297,5 @@ def example_inputs(path: str | Path, kind: str | None = None, batch: int = 2, sh
         if not (limits.get("min") or 0) <= batch <= (limits.get("max") or batch):
             raise ExportedModelError(f"{path}: batch size {batch} is outside the exported range of {fixed}: {limits}",
                                      f"use a batch size from {limits.get('min')} to {limits.get('max')}")
-        made.append(torch.zeros(batch, *dims[1:], dtype=getattr(torch, value["dtype"] or "float32")))
+        made.append(torch.zeros(batch, *dims[1:], dtype=getattr(torch, value["dtype"] or DEFAULT_DTYPE)))
     return tuple(made)
