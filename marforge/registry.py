@@ -268,7 +268,7 @@ def from_project(project: Project) -> Registry:
 def _source(project: Project, key: str, vtable: Table, where: str, path: Path) -> Table:
     """What a version is built from and served by: its model_def or exported kind (and the format that
     kind fixes), its weights file, and its own handler's files (ModelVersion's fields, by name)."""
-    from marforge.archiving.exported import KINDS
+    from marforge.export_kinds import KINDS
 
     kind = vtable.get("exported")
     if kind is not None and kind not in KINDS:

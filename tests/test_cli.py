@@ -17,7 +17,7 @@ from conftest import ROOT
 from marforge.cli import main
 
 REGISTRY = ROOT / "models.toml"
-SCENES = [f"store/{m}-{v}.mar" for m in ("fashiondet", "fashionseg") for v in ("1.0", "2.0")]  # their registry formats
+SCENES = [f"store/{m}-{v}.mar" for m in ("fashiondet", "fashionseg", "debsections") for v in ("1.0", "2.0")]  # their registry formats
 
 
 def run(capsys, *argv):
@@ -53,7 +53,8 @@ def test_a_usage_error_exits_1_and_says_what_to_run(capsys):
 def test_an_unknown_model_names_the_known_ones_and_the_fix(capsys):
     code, out, err = run(capsys, "archive", "shoes")
     assert (code, out) == (1, "")
-    assert err == (f"error: {REGISTRY}: no model named 'shoes' (known: fashion, digits, chexnet, fashiondet, fashionseg)\n"
+    assert err == (f"error: {REGISTRY}: no model named 'shoes' "
+                   "(known: fashion, digits, chexnet, fashiondet, fashionseg, debsections)\n"
                    "  next: add a [models.shoes] table to models.toml\n")
     code, _, err = run(capsys, "archive", "fashion", "7.0")
     assert err == (f"error: {REGISTRY}: model 'fashion' has no version '7.0' (known: 1.0, 2.0)\n"
@@ -68,14 +69,14 @@ def test_archives_lists_what_the_makefile_builds(capsys):
     assert out.split() == ["store/fashion-1.0.mar", "store/fashion-2.0-eager.mar", "store/digits-1.0-eager.mar",
                            "store/chexnet-0.1-eager.mar", *SCENES,
                            "store/fashion-1.0-onnx.mar", "store/fashion-2.0.mar", "store/digits-1.0.mar",
-                           "store/chexnet-0.1.mar"]  # a detector or segmenter is not archived as onnx
+                           "store/chexnet-0.1.mar"]  # a detector, segmenter or own handler is not archived as onnx
     code, out, _ = run(capsys, "archives", "--model-store", "store", "--formats", "torchscript")
     assert [p for p in out.split() if "scene" in p or "det" in p or "seg" in p] == [
         "store/fashiondet-1.0-torchscript.mar", "store/fashiondet-2.0-torchscript.mar",
         "store/fashionseg-1.0-torchscript.mar", "store/fashionseg-2.0-torchscript.mar"]
     code, _, err = run(capsys, "archives", "--formats", "tensorrt")
     assert code == 1 and err == ("error: unknown archive format(s): tensorrt\n"
-                                 "  next: use some of: eager, torchscript, onnx, compile, quantized, cudagraphs\n")
+                                 "  next: use some of: eager, torchscript, onnx, compile, quantized, cudagraphs, export\n")
 
 
 def test_json_reaches_every_command_and_errors_too(capsys, tmp_path):
@@ -102,7 +103,8 @@ def test_serving_unbuilt_archives_says_make_archive(capsys, tmp_path):
     assert code == 2
     assert err == (f"error: archives not built: {tmp_path}/empty/fashion-1.0.mar, {tmp_path}/empty/fashion-2.0.mar, "
                    f"{tmp_path}/empty/digits-1.0.mar, {tmp_path}/empty/chexnet-0.1.mar, "
-                   + ", ".join(f"{tmp_path}/empty/{m}-{v}.mar" for m in ("fashiondet", "fashionseg") for v in ("1.0", "2.0"))
+                   + ", ".join(f"{tmp_path}/empty/{m}-{v}.mar" for m in ("fashiondet", "fashionseg", "debsections")
+                               for v in ("1.0", "2.0"))
                    + "\n  next: make archive\n")
 
 
@@ -134,7 +136,8 @@ def test_the_makefiles_commands_need_only_the_standard_library(tmp_path):
     assert done.stdout.split("\n")[0] == ("model_store/fashion-1.0.mar model_store/fashion-2.0.mar "
                                           "model_store/digits-1.0.mar model_store/chexnet-0.1.mar "
                                           "model_store/fashiondet-1.0.mar model_store/fashiondet-2.0.mar "
-                                          "model_store/fashionseg-1.0.mar model_store/fashionseg-2.0.mar")
+                                          "model_store/fashionseg-1.0.mar model_store/fashionseg-2.0.mar "
+                                          "model_store/debsections-1.0.mar model_store/debsections-2.0.mar")
     stamp = json.loads((tmp_path / ".inputs" / "fashion-2.0.json").read_text())
     assert stamp["key"] == "fashion-2.0" and stamp["format"] == "onnx" and len(stamp["eval"]) == 64
 
@@ -202,7 +205,7 @@ def test_a_path_that_does_not_exist_is_the_users_mistake_not_a_bug(capsys, tmp_p
 
 def test_a_name_not_in_the_registry_is_refused_before_any_server_is_asked(capsys, tmp_path):
     image = str(ROOT / "samples" / "fashion" / "00000-ankle-boot.png")
-    no_model = (f"error: {REGISTRY}: no model named 'shoes' (known: fashion, digits, chexnet, fashiondet, fashionseg)\n"
+    no_model = (f"error: {REGISTRY}: no model named 'shoes' (known: fashion, digits, chexnet, fashiondet, fashionseg, debsections)\n"
                 "  next: add a [models.shoes] table to models.toml\n")
     no_version = (f"error: {REGISTRY}: model 'fashion' has no version '7.0' (known: 1.0, 2.0)\n"
                   '  next: add a [models.fashion.versions."7.0"] table to models.toml\n')
@@ -222,7 +225,7 @@ def test_a_bad_bench_flag_names_itself_and_a_good_value(capsys, tmp_path):
                "  next: e.g. --concurrency 1,16,64\n")
     assert run(capsys, "bench", "--formats", "eager,tensorrt")[::2] == (
         1, "error: unknown archive format(s): tensorrt\n"
-           "  next: use some of: eager, torchscript, onnx, compile, quantized, cudagraphs\n")
+           "  next: use some of: eager, torchscript, onnx, compile, quantized, cudagraphs, export\n")
     assert run(capsys, "bench", "--images", str(tmp_path / "none"))[::2] == (
         1, f"error: {tmp_path}/none: no such folder (--images)\n  next: pass a folder of images, e.g. --images eval/fashion\n")
 
@@ -277,7 +280,10 @@ def test_an_archive_older_than_the_code_that_builds_it_is_stale(tmp_path):
     os.utime(checkout / "handlers" / "protocols.py", (built + 1, built + 1))  # edited after the build
     assert inputs.stale(archive.parent, mv, archive, checkout) == (
         "the code that builds it changed after it was built (handlers/protocols.py)")
-    assert {str(p) for p in inputs.build_code()} >= {f"handlers/{p.name}" for p in (ROOT / "handlers").glob("*.py")}
+    from marforge import shipped
+
+    shipped_files = {f"handlers/{name}" for name in (shipped.HANDLER_FILE, *shipped.MODULES)}
+    assert {str(p) for p in inputs.build_code() if str(p).startswith("handlers/")} == shipped_files  # not users' own
 
 
 def test_explaining_a_detector_says_it_has_no_explanations_and_what_answers_it(capsys):

@@ -121,7 +121,7 @@ def test_a_checkpoint_is_refused_with_the_import_command(made, name, form):
 def test_the_import_hint_names_the_makefiles_variables_and_the_clis_flag():
     target = re.search(r"^import:.*?(?=^\S)", (ROOT / "Makefile").read_text(), re.M | re.S).group(0)
     assert all(f"$({v})" in target for v in ("NAME", "VERSION", "CHECKPOINT", "IMPORT_ARGS"))
-    assert 'add_argument("--model-def"' in (ROOT / "marforge" / "cli" / "build.py").read_text()
+    assert 'add_argument("--model-def"' in (ROOT / "marforge" / "cli" / "imports.py").read_text()
 
 
 @pytest.mark.parametrize("name, what", [

@@ -77,7 +77,7 @@ def test_samples_given_are_copied_with_their_labels_or_null(project, tmp_path):
     (given / "notes.txt").write_text("not an image")
     (given / "labels.json").write_text(json.dumps({"red.png": "red", "blue.png": "blue"}))
     ready, line = importer.provide_samples(project, "tiny", given, preset="chexnet")
-    assert ready and line == f"copied 3 sample image(s) from {given} to samples/tiny/"
+    assert ready and line == f"copied 3 sample(s) from {given} to samples/tiny/"
     folder = project.samples_dir / "tiny"
     assert json.loads((folder / "labels.json").read_text()) == {"blue.png": "blue", "green.png": None, "red.png": "red"}
     assert sorted(p.name for p in folder.iterdir()) == ["blue.png", "green.png", "labels.json", "red.png"]
@@ -92,4 +92,4 @@ def test_a_samples_folder_that_is_not_one_is_refused(project, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError) as error:
         importer.provide_samples(project, "tiny", tmp_path / "empty")
-    assert error.value.message.startswith(f"--samples {tmp_path / 'empty'}: no images (looked for .png, .jpg")
+    assert error.value.message.startswith(f"--samples {tmp_path / 'empty'}: no samples (looked for .png, .jpg")

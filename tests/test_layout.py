@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT
 
 LAYERS = {"errors": 0, "files": 0, "project": 0, "registry": 0, "labelled": 0, "shipped": 0, "scores": 0, "device": 0, "__init__": 0,
+          "registry_text": 0, "export_kinds": 0,
           "archiving": 1, "tasks": 1, "serve": 2, "train": 2, "measure": 3, "deploy": 3, "cli": 4, "__main__": 4}
 SIBLINGS = ({"serve", "train"}, {"measure", "deploy"})  # the same layer, and independent of each other
 MAX_LINES = 300

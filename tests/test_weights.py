@@ -12,7 +12,8 @@ from marforge.errors import WeightsError
 
 def version(tmp_path, sha="0" * 64):
     (tmp_path / "m-1.0.json").write_text(json.dumps({"sha256": sha, "labels": ["a", "b"], "task": "multilabel"}))
-    return SimpleNamespace(name="m", version="1.0", metadata=tmp_path / "m-1.0.json", weights=tmp_path / "m-1.0.pt")
+    return SimpleNamespace(name="m", version="1.0", metadata=tmp_path / "m-1.0.json", weights=tmp_path / "m-1.0.pt",
+                           exported=None)
 
 
 def test_reading_metadata_neither_hashes_nor_loads_the_weights(tmp_path, monkeypatch):

@@ -12,29 +12,14 @@ with no model file, anything else with torch.jit.load).
 import re
 import warnings
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from marforge import files
 from marforge.archiving import checkpoints, onnx_model
 from marforge.errors import CheckpointError, ExportedModelError
+from marforge.export_kinds import KINDS, ONNX, TORCH_EXPORT, TORCHSCRIPT, Kind  # noqa: F401  (re-exported)
 
-TORCHSCRIPT, ONNX, TORCH_EXPORT = "torchscript", "onnx", "torch.export"
-
-
-@dataclass(frozen=True)
-class Kind:
-    name: str
-    suffix: str  # marforge stores the file as <name>-<version><suffix>
-    needs: str  # the package that loads it
-    saved_by: str  # what writes it
-    format: str  # the archive format (handlers/contract.py FORMATS) it is served as, as it is
-
-
-KINDS = {kind.name: kind for kind in (Kind(TORCHSCRIPT, ".torchscript.pt", "torch", "torch.jit.save", "torchscript"),
-                                       Kind(ONNX, ".onnx", "onnxruntime", "torch.onnx.export", "onnx"),
-                                       Kind(TORCH_EXPORT, ".pt2", "torch", "torch.export.save", "export"))}
 ACCEPTED = "accepted: " + ", ".join(f"{k.name} ({k.saved_by})" for k in KINDS.values())
 # torch.export.save's PT2 archive (torch._C._export.pt2_archive_constants; tests check them against torch)
 PT2_FORMAT_PATH, PT2_FORMAT_VALUE, PT2_MODEL_PATH = "archive_format", b"pt2", "models/model.json"

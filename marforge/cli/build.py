@@ -50,7 +50,8 @@ def cmd_archives(args):
     formats = list(variants.BENCH_FORMATS[project.device]) if args.bench else (format_list(args.formats) or [None])
     paths = dict.fromkeys(project.relative(mv.archive_path(project.model_store, f))
                           for f in formats for mv in project.registry.all_versions()
-                          if f is None or f in shipped.contract().formats_for(task_of(mv)))
+                          if f is None or (f in shipped.contract().formats_for(task_of(mv))  # an exported or
+                                           and (f == mv.format or not (mv.exported or mv.own_handler))))  # own: its own
     return Output(" ".join(paths), list(paths))
 
 
