@@ -76,7 +76,7 @@ def _v2_over_http(live_server, name, version, images, request_id):
 
 
 def test_open_inference_grpc_answers_as_v2_json_does(live_server, grpc, registry, samples):
-    for mv in registry.all_versions():
+    for mv in (mv for mv in registry.all_versions() if not mv.own_handler):  # v2 tensors are not for an own handler
         images, labels = zip(*[(path.read_bytes(), label) for path, label in samples[mv.name][:3]])
         over_grpc = grpc.infer(mv.name, list(images), version=mv.version, request_id=f"req-{mv.key}")
         assert over_grpc == _v2_over_http(live_server, mv.name, mv.version, images, f"req-{mv.key}"), mv.key
