@@ -178,5 +178,6 @@ def test_registry_format_defaults_overrides_and_errors(tmp_path):
     assert [mv.format for mv in loaded.all_versions()] == ["quantized", "onnx", "eager"]
     assert loaded.get("a", "2.0").eval_dir == tmp_path / "eval" / "a"
     path.write_text('[models.a]\ndefault_version = "1.0"\n[models.a.versions."1.0"]\nmodel_def = "m.py"\nformat = "trt"\n')
-    with pytest.raises(RegistryError, match=r"format 'trt' is not one of eager, torchscript, onnx, compile, quantized, cudagraphs$"):
+    formats = "eager, torchscript, onnx, compile, quantized, cudagraphs, export"
+    with pytest.raises(RegistryError, match=rf"format 'trt' is not one of {formats}$"):
         registry_module.load(path)
