@@ -31,3 +31,10 @@ def copy_atomic(source: str | Path, target: str | Path) -> None:
     partial = target.with_name(target.name + ".partial")
     shutil.copyfile(source, partial)
     os.replace(partial, target)
+
+
+def utc_now() -> str:
+    """The time now in UTC, to the second, as ISO 8601 with a Z: when weights were made or imported."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")

@@ -19,7 +19,6 @@ The version is added to models.toml as `exported = "<kind>"`.
 
 import json
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 
 from marforge import files, shipped, tasks
@@ -59,7 +58,7 @@ def import_exported(project, name, version, path, own=None, preset=None, handler
                    **({"preset": preset} if preset else {})},
         "command": command or f"python -m marforge import {name} {version} --exported {path}",
         "torch_version": torch.__version__,
-        "imported": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "imported": files.utc_now(),
     }
     metadata_path = weights.with_name(f"{name}-{version}.json")
     files.write_atomic(metadata_path, json.dumps(metadata, indent=2, sort_keys=True) + "\n")

@@ -15,7 +15,6 @@ from there, and `make weights` leaves it alone (it has no train table).
 
 import json
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 
 from marforge import files, labelled, registry, registry_text, shipped
@@ -86,7 +85,7 @@ def import_checkpoint(project, name, version, checkpoint, preset=None, fmt=None,
         "command": command or f"python -m marforge import {name} {version} --checkpoint {checkpoint}"
                               + (f" --preset {preset}" if preset else ""),
         "torch_version": torch.__version__,
-        "imported": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "imported": files.utc_now(),
     }
     if synthetic:
         metadata["synthetic"] = synthetic
@@ -271,7 +270,7 @@ def _import_for_own_handler(project, name, version, checkpoint, own, force, comm
                 "source": {"file": Path(checkpoint).name, "sha256": files.sha256(checkpoint), "remaps": matched.remaps},
                 "command": command or f"python -m marforge import {name} {version} --checkpoint {checkpoint}",
                 "torch_version": torch.__version__,
-                "imported": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")}
+                "imported": files.utc_now()}
     metadata_path = weights.with_suffix(".json")
     files.write_atomic(metadata_path, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     line = register(project, name, version, {"model_def": project.relative(model_def), **own})

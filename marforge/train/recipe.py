@@ -14,7 +14,6 @@ weights are a plain state_dict; the metadata records where they came from and ho
 import json
 import random
 import time
-from datetime import UTC, datetime
 
 import numpy as np
 import torch
@@ -110,7 +109,7 @@ def train_version(project, mv, log=print):
         "recipe": {**recipe, "optimizer": "adam"},
         "command": f"python -m marforge train {mv.name} {mv.version}",
         "torch_version": torch.__version__,
-        "created": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "created": files.utc_now(),
     }
     mv.metadata.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     log(f"{mv.key}: test accuracy {accuracy:.4f}, test loss {test_loss:.4f} -> {mv.weights}")

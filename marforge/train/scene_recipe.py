@@ -15,7 +15,6 @@ A version's recipe is its train table in models.toml, with `dataset = "fashion-m
 
 import json
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import torch
@@ -152,7 +151,7 @@ def train_version(project, mv, log=print) -> dict:
         "training_seconds": round(seconds, 1),
         "command": f"python -m marforge train {name} {version}",
         "torch_version": torch.__version__,
-        "created": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "created": files.utc_now(),
     }
     path.with_suffix(".json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     log(f"{name} {version}: {metrics} -> {path}")

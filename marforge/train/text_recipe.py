@@ -18,7 +18,6 @@ epochs, batch_size, lr, seed, ngrams, vocab_size and min_accuracy (the held-out 
 import json
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -172,7 +171,7 @@ def train(project: Project, name: str, version: str, table: dict, *, model_def: 
         "training_seconds": round(seconds, 1),
         "command": f"python -m marforge train {name} {version}",
         "torch_version": torch.__version__,
-        "created": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "created": files.utc_now(),
     }
     weights_file.with_suffix(".json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     log(f"{key}: held-out accuracy {accuracy:.4f} ({len(held_out)}), eval {eval_accuracy:.4f} -> {weights_file}")
