@@ -8,8 +8,10 @@ vocabulary: the file the `handler:` section of model-config.yaml names as `vocab
 embedding row i), the section labels (label i is output i) and `ngrams` (1: words, 2: words and
 word bigrams). Tokens are the lowercased text's words (WORD); unknown ones are dropped.
 
-Request:  the body as raw UTF-8 text, or JSON {"text": "..."}.
-Answer:   {"section": "python", "probability": 0.93, "top": [{"section": ..., "probability": ...}, x3]}
+Request:  the body as raw UTF-8 text, or JSON {"text": "..."}; or KServe's v1 body, {"instances": [...]}
+          with each instance a text or {"text": "..."} (all of them in the one forward pass).
+Answer:   {"section": "python", "probability": 0.93, "top": [{"section": ..., "probability": ...}, x3]};
+          for a v1 body {"predictions": [one such answer per instance, in order]}.
 Error:    {"error": "...", "code": 400} with HTTP 400 for that request only (set_response_status);
           the other requests of the batch are answered as usual.
 
@@ -63,8 +65,8 @@ def tokenize(text: str, ngrams: int = 1) -> list[str]:
     return words + [f"{a} {b}" for a, b in itertools.pairwise(words)] if ngrams == 2 else words
 
 
-def request_text(row: dict) -> str:
-    """The text of one request (TorchServe's dict for it: `data` or `body`); ValueError saying why when it has none."""
+def request_body(row: dict):
+    """One request's body (TorchServe's dict for it: `data` or `body`), UTF-8 bytes decoded and a JSON object parsed."""
     body = row.get("data", row.get("body")) if isinstance(row, dict) else None
     if isinstance(body, (bytes, bytearray)):
         try:
@@ -74,15 +76,36 @@ def request_text(row: dict) -> str:
         if body.lstrip().startswith("{"):
             with contextlib.suppress(json.JSONDecodeError):  # else it is text that starts with a brace
                 body = json.loads(body)
+    return body
+
+
+def text_of(body, where: str = "") -> str:
+    """The text a body (or one v1 instance, `where` naming it) holds; ValueError saying why when it holds none."""
     if isinstance(body, dict):
         body = body.get("text")
         if not isinstance(body, str):
-            raise ValueError('a JSON body needs a "text" string: {"text": "..."}')
+            raise ValueError(f'{where}a JSON body needs a "text" string: {{"text": "..."}}')
     if not isinstance(body, str):
-        raise ValueError("the body must be UTF-8 text or JSON {\"text\": \"...\"}")
+        raise ValueError(f'{where}the body must be UTF-8 text or JSON {{"text": "..."}}')
     if not body.strip():
-        raise ValueError("the text is empty")
+        raise ValueError(f"{where}the text is empty")
     return body
+
+
+def request_text(row: dict) -> str:
+    """The text of one request that is not a v1 body; ValueError saying why when it has none."""
+    return text_of(request_body(row))
+
+
+def request_texts(row: dict) -> tuple[list[str], bool]:
+    """(the texts of one request, whether it is KServe's v1 body {"instances": [...]}, answered in kind)."""
+    body = request_body(row)
+    if not (isinstance(body, dict) and "instances" in body):
+        return [text_of(body)], False
+    instances = body["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise ValueError('"instances" must be a non-empty list of texts or {"text": "..."} objects')
+    return [text_of(instance, f"instance {i}: ") for i, instance in enumerate(instances)], True
 
 
 def encode(texts: list[str], vocabulary: SimpleNamespace, index: dict[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,14 +147,18 @@ class DebSectionsHandler(BaseHandler):
         self.token_index = token_index(self.vocabulary)
 
     def preprocess(self, data):
-        """(model input of the good requests, their request indexes, {index: the ValueError saying why} of the others)."""
-        texts, good, bad = [], [], {}
+        """(model input of the good requests' texts, [(request index, its first text, how many, v1?)] of those
+        requests, {index: the ValueError saying why} of the others)."""
+        texts: list[str] = []
+        good, bad = [], {}
         for i, row in enumerate(data):
             try:
-                texts.append(request_text(row))
-                good.append(i)
+                mine, v1 = request_texts(row)
             except ValueError as exc:
                 bad[i] = exc
+                continue
+            good.append((i, len(texts), len(mine), v1))
+            texts.extend(mine)
         return encode(texts, self.vocabulary, self.token_index), good, bad
 
     def inference(self, data, *args, **kwargs):
@@ -145,8 +172,9 @@ class DebSectionsHandler(BaseHandler):
     def postprocess(self, data):
         output, good, bad = data
         answers: list[dict] = [{}] * (len(good) + len(bad))
-        for row, i in enumerate(good):
-            answers[i] = answer(output[row], self.vocabulary.labels)
+        for i, first, count, v1 in good:
+            mine = [answer(output[row], self.vocabulary.labels) for row in range(first, first + count)]
+            answers[i] = {"predictions": mine} if v1 else mine[0]
         for i, exc in bad.items():
             self.context.set_response_status(400, str(exc), i)
             answers[i] = {"error": str(exc), "code": 400}
