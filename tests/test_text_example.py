@@ -243,8 +243,8 @@ def test_samples_are_held_out_descriptions_of_different_sections():
 
 def test_retraining_reproduces_the_committed_weights(tmp_path):
     """Version 1.0 retrained into a scratch project, on the same apt state, gives the same vocabulary and
-    metrics, and the same weights up to float rounding: a CPU other than the one that trained them
-    (measured: AMD EPYC against the recording machine) sums in another order, 4.4e-6 at most apart."""
+    metrics, and the same weights up to float rounding: on a machine other than the one that trained
+    them the float kernels may round otherwise (measured on one: 4.4e-6 apart at most)."""
     recorded = metadata("1.0")
     try:
         corpus = debian_text.load()
