@@ -41,6 +41,10 @@ SETUP_STAMP := $(VENV)/.marforge-setup
 MARFORGE := $(PYTHON) -m marforge --registry models.toml
 # The archive lists come from models.toml (read with the standard library only: no venv needed).
 ARCHIVES = $(shell $(MARFORGE) archives --model-store $(MODEL_STORE) $(if $(FORMAT),--formats $(FORMAT)))
+# The two real NIH chest X-rays the CheXNet demo is measured with (read from ../shared, never copied here).
+CHEST_XRAYS ?= ../shared/data/chest-xray
+# bench-first's versions (model:version): a version with a previous one gets the rollout rows too.
+BENCH_FIRST ?= fashion:2.0 chexnet:0.1
 BENCH_ARCHIVES = $(shell $(MARFORGE) archives --model-store $(MODEL_STORE) --bench)
 # Every archive format, from handlers/contract.py's FORMATS (one rule each, below).
 FORMATS := $(shell $(MARFORGE) formats)
@@ -170,6 +174,18 @@ bench: $(BENCH_ARCHIVES)
 	@test -n "$(BENCH_MODEL)" -o -z "$(BENCH_VERSION)" || { echo "error: BENCH_VERSION=$(BENCH_VERSION) needs its model: make bench BENCH_MODEL=fashion BENCH_VERSION=$(BENCH_VERSION)" >&2; exit 1; }
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt -c constraints.txt
 	$(PY) -m marforge bench $(strip $(BENCH_MODEL) $(BENCH_VERSION)) --model-store $(MODEL_STORE) --verbose $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES)) $(BENCH_ARGS)
+
+.PHONY: bench-first
+## bench-first: the first requests after READY and after a rollout, with the workers' warm-up on and off, for each BENCH_FIRST model:version (default fashion:2.0 chexnet:0.1), into docs/performance.md
+bench-first: $(BENCH_ARCHIVES)
+	@set -e; for mv in $(BENCH_FIRST); do $(PY) -m marforge bench $${mv%%:*} $${mv#*:} --first --model-store $(MODEL_STORE) --verbose; done
+
+.PHONY: bench-lone
+## bench-lone: one client: where its requests' time goes (outside the server, queued with the batch window, in the worker), as shipped, with no window and with batches of one, against Flask, for fashion 2.0 and the CheXNet demo (its real radiographs from ../shared when there), into docs/performance.md
+bench-lone: $(BENCH_ARCHIVES)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt -c constraints.txt
+	$(PY) -m marforge bench fashion 2.0 --lone --model-store $(MODEL_STORE) --verbose
+	$(PY) -m marforge bench chexnet 0.1 --lone --model-store $(MODEL_STORE) --verbose $(if $(wildcard $(CHEST_XRAYS)),--images $(CHEST_XRAYS))
 
 .PHONY: bench-formats
 ## bench-formats: every version in every format at 16 and 64 clients: which format wins for each model

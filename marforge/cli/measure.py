@@ -1,4 +1,4 @@
-"""Commands that measure: bench (with --compare-formats, --sweep, --queue, --jvm and --protocols),
+"""Commands that measure: bench (with --compare-formats, --sweep, --queue, --jvm, --protocols, --first and --lone),
 bench-kserve and soak."""
 
 from pathlib import Path
@@ -37,7 +37,7 @@ def cmd_bench(args):
         kind = "formats"
     else:
         mv = project.registry.get(args.name, args.version)
-        others = [] if args.sweep or args.queue or args.protocols or args.jvm else \
+        others = [] if args.sweep or args.queue or args.protocols or args.jvm or args.first or args.lone else \
             experiments.bench_formats(mv, formats, project.device)
         refuse_stale(project, [(mv, mv.format)] + [(mv, f) for f in others])
         if args.sweep:
@@ -45,6 +45,14 @@ def cmd_bench(args):
                                          log=_log(args)), "sweep"
         elif args.queue:
             results, kind = tuning.queue(project, mv, seconds=seconds, log=_log(args)), "queue"
+        elif args.first:
+            from marforge.measure import first
+
+            results, kind = first.first(project, mv, log=_log(args)), "first"
+        elif args.lone:
+            from marforge.measure import lone
+
+            results, kind = lone.lone(project, mv, seconds=seconds, images=args.images, log=_log(args)), "lone"
         elif args.protocols:
             results, kind = experiments.protocols(project, mv, seconds=seconds, concurrencies=concurrencies,
                                                   log=_log(args)), "protocols"
@@ -54,7 +62,7 @@ def cmd_bench(args):
         else:
             results, kind = experiments.bench(project, mv, seconds=seconds, concurrencies=concurrencies,
                                               formats=formats, images=args.images, log=_log(args)), "bench"
-    block = f"{kind}-{args.name}" if kind == "bench" else kind  # docs/performance.md has a bench block per model
+    block = f"{kind}-{args.name}" if kind in ("bench", "first", "lone") else kind  # docs/performance.md: a block per model
     out_dir, table = report.write(kind, results, project.bench_results, doc_dir, block)
     where = f"written to {out_dir}/" + (f" and {doc_dir / report.DOCS.get(kind, report.DOC)}" if doc_dir else "")
     return Output(f"{table}{where}", results)
@@ -173,6 +181,12 @@ def add_commands(command):
     mode.add_argument("--jvm", action="store_true", help="instead: marforge's server with the frontend's shipped memory "
                       "bounds and with TorchServe's JVM defaults, alternating, at the concurrencies above 1 (into "
                       "docs/operations.md)")
+    mode.add_argument("--first", action="store_true", help="instead: the first requests after READY and after a "
+                      "rollout from the model's previous version, with the workers' warm-up on and off, two alternating "
+                      "rounds (measure/first.py)")
+    mode.add_argument("--lone", action="store_true", help="instead: one client, where its requests' time goes "
+                      "(outside the server, queued with the batch window, in the worker) as shipped, with no window and "
+                      "with batches of one, against Flask (measure/lone.py)")
     mode.add_argument("--protocols", action="store_true", help="instead: marforge's server sent the images as bytes, over "
                       "gRPC and as v2 JSON in turn, three rounds (what each protocol costs, into docs/kserve.md)")
     mode.add_argument("--compare-formats", action="store_true", help="instead: every registry version in every "

@@ -25,7 +25,8 @@ DOCS = {"soak": "operations.md", "jvm": "operations.md", "protocols": "kserve.md
 README_SUMMARIES = {"soak": tables.soak_summary_markdown}
 MARKDOWN = {"bench": tables.bench_markdown, "formats": tables.formats_markdown, "sweep": tables.sweep_markdown,
             "queue": tables.queue_markdown, "jvm": tables.jvm_markdown, "protocols": tables.protocols_markdown,
-            "soak": tables.soak_markdown, "kserve": tables.kserve_markdown}
+            "soak": tables.soak_markdown, "kserve": tables.kserve_markdown, "first": tables.first_markdown,
+            "lone": tables.lone_markdown}
 
 
 def plot(results, path):

@@ -1,6 +1,9 @@
 """The markdown of each kind of result: `make bench`'s table, the format comparison, the sweep, the
 queue, the experiments run in alternating rounds (`bench --jvm`, `bench --protocols`) and a soak's
-report and summary, `bench-kserve`'s report. report.py writes them (MARKDOWN names which is which)."""
+report and summary, `bench-kserve`'s report, the first requests (`bench --first`), the lone client (`bench --lone`). report.py writes
+them (MARKDOWN names which is which)."""
+
+import statistics
 
 from marforge.measure import answers, machine
 
@@ -114,6 +117,53 @@ def queue_markdown(results):
         refused = failed.pop(503, 0)
         lines.append(f"| {r['job_queue_size']} | {r['concurrency']} | {r['throughput']} | {r['p50_ms']} | "
                      f"{r['p99_ms']} | {refused} | {sum(failed.values())} |")
+    return "\n".join(lines) + "\n"
+
+
+def first_markdown(results):
+    """One line per scenario, warm-up setting and round: a lone client's first request against its
+    next ones, then a first burst against later ones; then each setting's mean ratios."""
+    lines = _head(f"`bench --first`: {results['model']} ({results['serving']['workers']} worker(s), batches of "
+                  f"{results['serving']['batch_size']} within {results['serving']['max_batch_delay_ms']} ms): a lone "
+                  f"client's first request and the median of its next {results['next']}, then the slowest of a first "
+                  f"burst of {results['burst']} clients and the median of the slowest of {results['bursts']} later bursts",
+                  results, [("scenario", "l"), ("warm-up", "l"), ("round", "r"), ("READY s", "r"), ("first ms", "r"),
+                            ("next ms", "r"), ("first / next", "r"), ("first burst ms", "r"), ("later bursts ms", "r"),
+                            ("first / later", "r")])
+    means: dict = {}
+    for r in results["rows"]:
+        lone, burst = r["first_ms"] / r["next_median_ms"], r["burst_first_ms"] / r["burst_later_ms"]
+        means.setdefault((r["scenario"], r["warm_up"]), []).append((lone, burst))
+        lines.append(f"| {r['scenario']} | {r['warm_up']} | {r['round']} | {r['ready_s']} | {r['first_ms']} | "
+                     f"{r['next_median_ms']} | {lone:.1f}x | {r['burst_first_ms']} | {r['burst_later_ms']} | {burst:.1f}x |")
+    lines += ["", "| scenario | warm-up | mean first / next | mean first burst / later |", "| --- | --- | ---: | ---: |"]
+    for (scenario, setting), ratios in means.items():
+        lines.append(f"| {scenario} | {setting} | {statistics.mean(a for a, _ in ratios):.1f}x | "
+                     f"{statistics.mean(b for _, b in ratios):.1f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def lone_markdown(results):
+    """Where a lone client's request goes, one line per setting (measure/lone.py says what each part is),
+    then Flask's, and the handler's own time per request."""
+    lines = _head(f"`bench --lone`: {results['model']} served as {results['format']}, {results['images']}, one "
+                  f"client, {results['seconds']:g} s per row", results,
+                  [("setting", "l"), ("batch", "r"), ("delay ms", "r"), ("req/s", "r"), ("p50 ms", "r"), ("mean ms", "r"),
+                   ("outside ms", "r"), ("queued ms", "r"), ("worker ms", "r"), ("frontend CPU ms/req", "r"),
+                   ("worker CPU ms/req", "r")])
+    for r in results["rows"]:
+        cpu = {role: round(cores / r["throughput"] * 1000, 3) if r["throughput"] else "-"
+               for role, cores in r["server_cpu"].items()}
+        if r["setting"] == "(d) flask":
+            lines.append(f"| (d) flask | | | {r['throughput']} | {r['p50_ms']} | {r['mean_ms']} | | | | | "
+                         f"{cpu.get('flask', '-')} (flask) |")
+            continue
+        lines.append(f"| {r['setting']} | {r['batch_size']} | {r['max_batch_delay_ms']} | {r['throughput']} | "
+                     f"{r['p50_ms']} | {r['mean_ms']} | {r['outside_ms']} | {r['queued_ms']} | {r['worker_ms']} | "
+                     f"{cpu.get('frontend', '-')} | {cpu.get('worker', '-')} |")
+    lines += ["", f"The handler's own time per request (TorchServe's Service.predict on a batch of one, in a process "
+                  f"of its own with {results['handler_threads']} thread(s)): {results['handler_ms']} ms; the rest of "
+                  "\"worker ms\" is the frontend-worker protocol and the worker's loop."]
     return "\n".join(lines) + "\n"
 
 
