@@ -97,17 +97,17 @@ class ImageHandler(BaseHandler):
             self._warm_up(context.system_properties.get("batch_size") or 1)
 
     def _warm_up(self, batch_size):
-        """Run the model once on every batch size the worker will be sent (1 to its batch_size) of
-        synthetic images of the model's input size, through `inference` as requests go, before the
-        worker reports ready: a kernel library's first call for a shape (oneDNN's primitives,
-        TorchScript's profiling runs, onnxruntime's first run, inductor's compile) then falls here,
-        not on a user's request."""
+        """Run every batch size the worker will be sent (1 to its batch_size) through the whole request
+        path, before the worker reports ready: request bodies of blank PNG and JPEG images of the
+        model's input size, decoded and preprocessed, the model, the task's results and the JSON answers
+        (`postprocess` outside a request: no statuses to set). A library's first call (PIL's decoder
+        plugins, oneDNN's primitives for a shape, TorchScript's profiling runs, onnxruntime's first run,
+        inductor's compile of a shape) then falls here, not on a user's request."""
         started = time.perf_counter()
         height, width = self.config.image_size
-        image = torch.zeros(contract.CHANNELS[self.config.color], height, width)
+        bodies = [image_io.encoded(width, height, self.config.color, fmt) for fmt in ("PNG", "JPEG")]
         for n in range(1, batch_size + 1):
-            views = [image] * (n * self.config.crops)
-            self.inference((views if self.config.input_size is None else torch.stack(views), [], [(width, height)] * n))
+            self.postprocess(self.inference(self.preprocess([{"body": bodies[i % 2]} for i in range(n)])))
         logger.info("warmed up on batch sizes 1 to %d in %.2f s", batch_size, time.perf_counter() - started)
 
     def _load(self, context):
@@ -223,9 +223,11 @@ class ImageHandler(BaseHandler):
         results, requests, explanations = data
         answers = []
         for idx, (parsed, items) in enumerate(requests):
-            self.context.set_response_content_type(idx, "application/json")
+            if self.context is not None:  # None in the warm-up: no request to answer
+                self.context.set_response_content_type(idx, "application/json")
             if isinstance(items, image_io.BadInput):
-                self.context.set_response_status(items.code, items.kind, idx)
+                if self.context is not None:
+                    self.context.set_response_status(items.code, items.kind, idx)
                 answer = protocols.error(parsed, items, self.identity)
             else:
                 said = [{**self.task.answer(results[i], self.config), **explanations.get(i, {})} for i in items]

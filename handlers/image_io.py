@@ -43,6 +43,14 @@ class BadInput(Exception):
         return {"code": self.code, "type": self.kind, "message": self.message}
 
 
+def encoded(width, height, color, fmt):
+    """A blank image of `width` x `height` in the color mode `color` (contract.PIL_MODES' keys), encoded
+    as `fmt` ("PNG", "JPEG"): what a request body carries, for the worker's warm-up."""
+    out = io.BytesIO()
+    Image.new(contract.PIL_MODES[color], (width, height)).save(out, format=fmt)
+    return out.getvalue()
+
+
 def check_size(width, height, config):
     """BadInput when a declared size is too small to classify or larger than the model accepts."""
     if min(width, height) < config.min_side:

@@ -5,6 +5,7 @@ per-request status codes are what a worker would send to the frontend.
 """
 
 import base64
+import json
 
 import pytest
 import torch
@@ -129,7 +130,13 @@ def test_a_worker_warms_up_on_every_batch_size_before_it_is_ready(registry, tmp_
         caplog.clear()
         with LoadedArchive(stage_model_dir(mv, tmp_path / "off", {"warm_up": False}), batch_size=4) as loaded:
             assert not [r for r in caplog.records if "warmed up" in r.getMessage()]
-            seen = []
+            seen, answered = [], []
             loaded.handler.model.register_forward_hook(lambda module, args, output: seen.append(tuple(args[0].shape)))
+            encode = loaded.handler.postprocess
+            loaded.handler.postprocess = lambda data: answered.append(encode(data)) or answered[-1]
             loaded.handler._warm_up(3)
     assert seen == [(1, 1, 28, 28), (2, 1, 28, 28), (3, 1, 28, 28)]
+    # the whole request path: encoded images decoded, and every answer made as a request's is
+    assert [len(batch) for batch in answered] == [1, 2, 3]
+    assert all(json.loads(a)["version"] == "2.0" and "label" in json.loads(a)["predictions"][0]
+               for batch in answered for a in batch), answered
