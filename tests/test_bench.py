@@ -98,17 +98,20 @@ def test_the_sweep_table_has_one_line_per_setting_with_every_concurrency():
 def test_the_first_requests_table_has_every_point_and_each_settings_mean_ratios():
     def point(scenario, setting, round_, first, burst):
         return {"scenario": scenario, "version": "fashion-2.0", "warm_up": setting, "round": round_, "ready_s": 9.5,
-                "first_ms": first, "next_median_ms": 2.0, "burst_first_ms": burst, "burst_later_ms": 10.0}
+                "first_ms": first, "next_median_ms": 2.0, "burst_first_ms": burst, "burst_later_ms": 10.0,
+                "at_work_median_ms": 1.0}
 
     rows = [point("start", "off", 1, 20.0, 50.0), point("start", "on (shipped)", 1, 2.0, 10.0),
             point("start", "off", 2, 10.0, 30.0), point("rollout from 1.0", "on (shipped)", 1, 4.0, 20.0)]
     table = tables.first_markdown({"model": "fashion-2.0", "machine": MACHINE, "rows": rows, "next": 30, "burst": 16,
-                                   "bursts": 5, "serving": {"workers": 2, "batch_size": 16, "max_batch_delay_ms": 1}})
+                                   "bursts": 5, "serving": {"workers": 2, "batch_size": 16, "max_batch_delay_ms": 1},
+                                   "serving_s": 8, "serving_clients": 4})
     lines = table.splitlines()
     assert lines[0].startswith("`bench --first`: fashion-2.0 (2 worker(s), batches of 16 within 1 ms)")
-    assert "| start | off | 1 | 9.5 | 20.0 | 2.0 | 10.0x | 50.0 | 10.0 | 5.0x |" in lines
-    assert "| start | off | 7.5x | 4.0x |" in lines  # the mean of 10x and 5x, of 5x and 3x
-    assert "| start | on (shipped) | 1.0x | 1.0x |" in lines and "| rollout from 1.0 | on (shipped) | 2.0x | 2.0x |" in lines
+    assert "| start | off | 1 | 9.5 | 20.0 | 2.0 | 10.0x | 50.0 | 10.0 | 5.0x | 1.0 | 2.0x |" in lines
+    assert "| start | off | 7.5x | 4.0x | 15.0x |" in lines  # the means of 10x and 5x, of 5x and 3x, of 20x and 10x
+    assert "| start | on (shipped) | 1.0x | 1.0x | 2.0x |" in lines
+    assert "| rollout from 1.0 | on (shipped) | 2.0x | 2.0x | 4.0x |" in lines
 
 
 def test_a_lone_requests_time_is_split_by_the_frontends_counters():
@@ -127,16 +130,18 @@ def test_the_lone_table_has_a_line_per_setting_and_flasks():
     from marforge.measure import lone
 
     def setting(name, batch, delay, rate):
-        return {**row(name, 1, rate), "setting": name, "batch_size": batch, "max_batch_delay_ms": delay,
+        return {**row(name, 1, rate), "setting": name, "round": 1, "batch_size": batch, "max_batch_delay_ms": delay,
                 "mean_ms": 1000 / rate, "outside_ms": 0.3, "queued_ms": 1.1, "worker_ms": 0.9}
 
     rows = [setting(lone.SHIPPED, 16, 1, 400.0), setting(lone.BATCH_OF_ONE, 1, 1, 500.0),
-            {**row("(d) flask", 1, 800.0, server_cpu={"flask": 0.8}), "setting": "(d) flask", "mean_ms": 1.25}]
+            {**row("(d) flask", 1, 800.0, server_cpu={"flask": 0.8}), "setting": "(d) flask", "round": 2, "mean_ms": 1.25}]
     table = tables.lone_markdown({"model": "fashion-2.0", "format": "onnx", "images": "x", "seconds": 5, "machine": MACHINE,
                                   "rows": rows, "handler_ms": 0.5, "handler_threads": 1})
-    assert f"| {lone.SHIPPED} | 16 | 1 | 400.0 | 5.0 | 2.5 | 0.3 | 1.1 | 0.9 | 1.25 | 2.5 |" in table.splitlines()
-    assert "| (d) flask | | | 800.0 | 5.0 | 1.25 | | | | | 1.0 (flask) |" in table.splitlines()
+    assert f"| {lone.SHIPPED} | 1 | 16 | 1 | 400.0 | 5.0 | 2.5 | 0.3 | 1.1 | 0.9 | 1.25 | 2.5 |" in table.splitlines()
+    assert "| (d) flask | 2 | | | 800.0 | 5.0 | 1.25 | | | | | 1.0 (flask) |" in table.splitlines()
     assert "with 1 thread(s)): 0.5 ms" in table
+    assert f"| {lone.SHIPPED} | 400.0 | 0.50 | 2.500 | 0.300 | 1.100 | 0.900 |" in table.splitlines()
+    assert "| (d) flask | 800.0 | 1.00 | 1.250 |  |  |  |" in table.splitlines()
 
 
 def test_the_jvm_table_has_every_round_and_the_bounded_servers_ratio_to_the_defaults():

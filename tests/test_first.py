@@ -37,6 +37,6 @@ def test_one_round_measures_start_and_rollout_with_warm_up_on_and_off(project):
     points = [(r["scenario"], r["warm_up"]) for r in results["rows"]]
     assert points == [("start", "on (shipped)"), ("rollout from 1.0", "on (shipped)"), ("start", "off"),
                       ("rollout from 1.0", "off")]
-    figures = ("ready_s", "first_ms", "next_median_ms", "burst_first_ms", "burst_later_ms")
+    figures = ("ready_s", "first_ms", "next_median_ms", "burst_first_ms", "burst_later_ms", "at_work_median_ms")
     assert all(r[key] > 0 for r in results["rows"] for key in figures), results["rows"]
     assert len(lines) == 4 and results["serving"] == project.registry.get("fashion", "2.0").serving

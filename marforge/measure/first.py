@@ -7,7 +7,8 @@ serving table) from archives built for it into a scratch model store: the versio
 with `warm_up = false` in its handler section. Then, on the URL a client uses:
 
   start    the version alone; timing starts once every worker is READY
-  rollout  the model's previous version served alone, then the candidate registered with its
+  rollout  the model's previous version served alone, under SERVING_CLIENTS clients for SERVING_S
+           seconds (a server at work, its frontend warm), then the candidate registered with its
            workers until READY (rollout.register_candidate, what `make rollout` runs) and made the
            default: the candidate's first requests are the promoted version's. `make rollout`'s gate
            and watch send their images to the candidate first and so warm it partly; left out here,
@@ -15,63 +16,79 @@ with `warm_up = false` in its handler section. Then, on the URL a client uses:
 
 and for each: one client's first request and the median of its next NEXT requests (one at a time:
 batches of one), then a first burst of BURST concurrent requests (the batch shapes beyond one) and
-the median of the slowest request of BURSTS later bursts. Rounds alternate warm-up on and off, so a
-drift of the machine falls on both.
+the median of the slowest request of BURSTS later bursts; each client on a keep-alive connection
+opened before its first request; and last, after SERVING_S seconds of load, the lone client's
+median again: what the same requests cost once the server is at work (the frontend's JIT warm).
+Rounds alternate warm-up on and off, so a drift of the machine falls on both.
 """
 
+import asyncio
 import dataclasses
+import json
 import shutil
 import statistics
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from marforge.errors import MeasurementFailed
 from marforge.measure import machine
 from marforge.measure.experiments import images_of
+from marforge.measure.loadgen import Connection, request_head
+from marforge.measure.sampling import warm_up
 
 NEXT, BURST, BURSTS = 30, 16, 5
+SERVING_CLIENTS, SERVING_S = 4, 8.0  # the load the previous version serves before a rollout: a frontend at work
 SETTINGS = (("on (shipped)", True), ("off", False))
 
 
-def _timed(session, url, body, headers, version=None):
-    """Seconds one request took; it must succeed (and, given `version`, be answered by that version)."""
+async def _send(connection, url, body, headers, version):
+    """Seconds one request took on `connection`; it must succeed (and, given `version`, be answered by it)."""
+    head = request_head(url, len(body), "application/octet-stream", headers)
     started = time.perf_counter()
-    answer = session.post(url, data=body, headers=headers, timeout=120)
+    status, answer = await connection.request(head, body, timeout=120)
     took = time.perf_counter() - started
-    answer.raise_for_status()
-    if version is not None and answer.json().get("version") != version:
-        raise MeasurementFailed(f"{url} was answered by version {answer.json().get('version')!r}, not {version}")
+    if status != 200:
+        raise MeasurementFailed(f"{url} answered {status}: {answer[:300]!r}")
+    if version is not None and json.loads(answer).get("version") != version:
+        raise MeasurementFailed(f"{url} was answered by version {json.loads(answer).get('version')!r}, not {version}")
     return took
 
 
-def _burst(url, bodies, headers, size):
-    """The slowest of `size` requests sent at once, each on its own connection, in seconds."""
-    import requests
-
-    def one(i):
-        with requests.Session() as session:
-            return _timed(session, url, bodies[i % len(bodies)], headers)
-
-    with ThreadPoolExecutor(size) as pool:
-        return max(pool.map(one, range(size)))
+async def _points(url, bodies, headers, version):
+    parts = urlsplit(url)
+    lone = Connection(parts.hostname, parts.port)
+    burst = [Connection(parts.hostname, parts.port) for _ in range(BURST)]
+    for connection in [lone, *burst]:  # connected first: the figures are the requests', not the handshakes'
+        connection.reader, connection.writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        first = await _send(lone, url, bodies[0], headers, version)
+        following = [await _send(lone, url, bodies[(i + 1) % len(bodies)], headers, version) for i in range(NEXT)]
+        waves = []
+        for _ in range(1 + BURSTS):
+            waves.append(max(await asyncio.gather(*(_send(c, url, bodies[i % len(bodies)], headers, version)
+                                                    for i, c in enumerate(burst)))))
+    finally:
+        for connection in [lone, *burst]:
+            connection.close()
+    return first, following, waves[0], waves[1:]
 
 
 def first_requests(url, bodies, headers, version=None):
-    """The figures of one point, in ms: first request (answered by `version` when given), the median of the next
-    NEXT, the slowest of the first burst, the median over BURSTS later bursts of their slowest."""
-    import requests
-
-    with requests.Session() as session:
-        first = _timed(session, url, bodies[0], headers, version)
-        following = [_timed(session, url, bodies[(i + 1) % len(bodies)], headers) for i in range(NEXT)]
-    burst = _burst(url, bodies, headers, BURST)
-    later = [_burst(url, bodies, headers, BURST) for _ in range(BURSTS)]
+    """The figures of one point, in ms: a lone client's first request, the median of its next NEXT, the
+    slowest of a first burst of BURST clients at once, the median over BURSTS later bursts of their
+    slowest; every request answered (by `version` when given), each client on a keep-alive connection
+    opened beforehand (marforge/measure/loadgen.py's, as `make bench` sends). Then, after SERVING_S
+    seconds of SERVING_CLIENTS clients, the median of NEXT lone requests again: the server at work."""
+    first, following, burst, later = asyncio.run(_points(url, bodies, headers, version))
+    warm_up(url, bodies, SERVING_CLIENTS, SERVING_S, headers=headers)  # then the same lone client, at work
+    _, at_work, _, _ = asyncio.run(_points(url, bodies, headers, version))
     ms = lambda seconds: round(seconds * 1000, 2)  # noqa: E731
     return {"first_ms": ms(first), "next_median_ms": ms(statistics.median(following)),
-            "burst_first_ms": ms(burst), "burst_later_ms": ms(statistics.median(later))}
+            "burst_first_ms": ms(burst), "burst_later_ms": ms(statistics.median(later)),
+            "at_work_median_ms": ms(statistics.median(at_work))}
 
 
 def with_warm_up(mv, on):
@@ -136,16 +153,17 @@ def first(project, mv, rounds=2, log=print):
                 if previous is None:
                     continue
                 with _serving(project, [with_warm_up(previous, on)], stores[on]) as started:
+                    url = f"{started.client.endpoints.inference}/predictions/{mv.name}"
+                    warm_up(url, bodies, SERVING_CLIENTS, SERVING_S, headers=_headers(started))  # a server at work
                     t0 = time.monotonic()
                     rollout.register_candidate(started.client, candidate, stores[on], started.run_dir,
                                                timeout=600)
                     ready_s = time.monotonic() - t0
                     started.client.set_default(mv.name, mv.version)
-                    url = f"{started.client.endpoints.inference}/predictions/{mv.name}"
                     row = {"scenario": f"rollout from {previous.version}", "version": mv.key, "warm_up": name,
                            "round": round_, "ready_s": round(ready_s, 1),
                            **first_requests(url, bodies, _headers(started), answered_by)}
                 rows.append(row)
                 log(f"{row}")
     return {"machine": machine.describe(project.root), "model": mv.key, "serving": mv.serving, "rows": rows,
-            "next": NEXT, "burst": BURST, "bursts": BURSTS}
+            "next": NEXT, "burst": BURST, "bursts": BURSTS, "serving_s": SERVING_S, "serving_clients": SERVING_CLIENTS}

@@ -2,8 +2,9 @@
 TorchServe, and what the batch window costs it.
 
 For each setting (the version's serving table as shipped; the batch window at 0 ms; batches of one)
-a fresh TorchServe serves the version as `make serve` would, and one client sends the images one
-after another for `seconds`. The frontend's own Prometheus counters, read before and after, split
+a fresh TorchServe serves the version as `make serve` would, is warmed up as `make bench` warms its
+servers (WARM_UP_CLIENTS clients for WARM_UP_S), and one client sends the images one after another
+for `seconds`. The frontend's own Prometheus counters, read before and after, split
 each request's mean time:
 
   outside      the client's mean time per request less the frontend's ts_inference_latency: the
@@ -31,13 +32,13 @@ import requests
 
 from marforge.errors import MeasurementFailed
 from marforge.measure import fixtures, machine
-from marforge.measure.experiments import images_of
+from marforge.measure.experiments import WARM_UP_S, images_of
 from marforge.measure.sampling import measure, warm_up
 from marforge.serve.client import prometheus_total
 
 LATENCY, QUEUED, REQUESTS = "ts_inference_latency_microseconds", "ts_queue_latency_microseconds", "ts_inference_requests_total"
 SHIPPED, NO_WINDOW, BATCH_OF_ONE = "as shipped", "max_batch_delay_ms 0", "batch_size 1"
-WARM_UP_S = 3.0
+WARM_UP_CLIENTS = 16  # each server is warmed up first as `make bench`'s are: its frontend's JIT at work
 
 
 def settings(mv):
@@ -97,30 +98,33 @@ def service_predict_ms(mar_path, paths, seconds, threads):
         return pool.apply(_service_predict_ms, ((str(mar_path), [str(p) for p in paths], seconds, threads),))
 
 
-def lone(project, mv, seconds=10.0, images=None, log=print):
-    """A row per setting of `settings(mv)` (one client, `seconds`, the images of `images_of(mv, images)`),
-    then Flask's; with the handler's own time per request beside them."""
+def lone(project, mv, seconds=10.0, images=None, rounds=2, log=print):
+    """A row per setting of `settings(mv)` and Flask (one client, `seconds`, the images of
+    `images_of(mv, images)`) in each of `rounds` rounds, the order reversed every other round so that
+    a drift of the machine falls on all; with the handler's own time per request beside them."""
     from marforge.serve.launch import threads_per_worker
 
     paths, bodies = images_of(mv, images)
     rows = []
-    for name, changes in settings(mv):
-        candidate = dataclasses.replace(mv, serving={**mv.serving, **changes})
-        with fixtures.torchserve(project, candidate) as target:
-            warm_up(target.url, bodies, 1, WARM_UP_S, headers=target.headers())
-            before = _counters(target.endpoints.metrics)
-            row = measure(name, target.url, bodies, 1, seconds, target.pid, target.roles, headers=target.headers())
-            after = _counters(target.endpoints.metrics)
-        row.update(candidate.serving, setting=name, **parts(row["throughput"], before, after),
-                   threads=threads_per_worker(candidate.serving["workers"]))
-        rows.append(row)
-        log(f"{row}")
-    with fixtures.flask_server(project, mv) as target:
-        warm_up(target.url, bodies, 1, WARM_UP_S)
-        row = measure("(d) flask", target.url, bodies, 1, seconds, target.pid, target.roles)
-        row.update(setting="(d) flask", mean_ms=round(1000.0 / row["throughput"], 3))
-        rows.append(row)
-        log(f"{row}")
+    points = [*settings(mv), ("(d) flask", None)]
+    for round_ in range(1, rounds + 1):
+        for name, changes in points if round_ % 2 else points[::-1]:
+            if changes is None:
+                with fixtures.flask_server(project, mv) as target:
+                    warm_up(target.url, bodies, WARM_UP_CLIENTS, WARM_UP_S)
+                    row = measure(name, target.url, bodies, 1, seconds, target.pid, target.roles)
+                row.update(setting=name, round=round_, mean_ms=round(1000.0 / row["throughput"], 3))
+            else:
+                candidate = dataclasses.replace(mv, serving={**mv.serving, **changes})
+                with fixtures.torchserve(project, candidate) as target:
+                    warm_up(target.url, bodies, WARM_UP_CLIENTS, WARM_UP_S, headers=target.headers())
+                    before = _counters(target.endpoints.metrics)
+                    row = measure(name, target.url, bodies, 1, seconds, target.pid, target.roles, headers=target.headers())
+                    after = _counters(target.endpoints.metrics)
+                row.update(candidate.serving, setting=name, round=round_, **parts(row["throughput"], before, after),
+                           threads=threads_per_worker(candidate.serving["workers"]))
+            rows.append(row)
+            log(f"{row}")
     threads = threads_per_worker(mv.serving["workers"])
     handler_ms = service_predict_ms(mv.archive_path(project.model_store), paths, seconds, threads)
     log(f"handler: {handler_ms:.3f} ms per request")

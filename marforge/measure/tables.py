@@ -126,20 +126,24 @@ def first_markdown(results):
     lines = _head(f"`bench --first`: {results['model']} ({results['serving']['workers']} worker(s), batches of "
                   f"{results['serving']['batch_size']} within {results['serving']['max_batch_delay_ms']} ms): a lone "
                   f"client's first request and the median of its next {results['next']}, then the slowest of a first "
-                  f"burst of {results['burst']} clients and the median of the slowest of {results['bursts']} later bursts",
+                  f"burst of {results['burst']} clients and the median of the slowest of {results['bursts']} later bursts; "
+                  f"then the lone client's median again after {results['serving_s']:g} s of {results['serving_clients']} "
+                  "clients (at work)",
                   results, [("scenario", "l"), ("warm-up", "l"), ("round", "r"), ("READY s", "r"), ("first ms", "r"),
                             ("next ms", "r"), ("first / next", "r"), ("first burst ms", "r"), ("later bursts ms", "r"),
-                            ("first / later", "r")])
+                            ("first / later", "r"), ("at work ms", "r"), ("next / at work", "r")])
     means: dict = {}
     for r in results["rows"]:
         lone, burst = r["first_ms"] / r["next_median_ms"], r["burst_first_ms"] / r["burst_later_ms"]
-        means.setdefault((r["scenario"], r["warm_up"]), []).append((lone, burst))
+        means.setdefault((r["scenario"], r["warm_up"]), []).append((lone, burst, r["first_ms"] / r["at_work_median_ms"]))
         lines.append(f"| {r['scenario']} | {r['warm_up']} | {r['round']} | {r['ready_s']} | {r['first_ms']} | "
-                     f"{r['next_median_ms']} | {lone:.1f}x | {r['burst_first_ms']} | {r['burst_later_ms']} | {burst:.1f}x |")
-    lines += ["", "| scenario | warm-up | mean first / next | mean first burst / later |", "| --- | --- | ---: | ---: |"]
+                     f"{r['next_median_ms']} | {lone:.1f}x | {r['burst_first_ms']} | {r['burst_later_ms']} | {burst:.1f}x | "
+                     f"{r['at_work_median_ms']} | {r['next_median_ms'] / r['at_work_median_ms']:.1f}x |")
+    lines += ["", "| scenario | warm-up | mean first / next | mean first burst / later | mean first / at work |",
+              "| --- | --- | ---: | ---: | ---: |"]
     for (scenario, setting), ratios in means.items():
-        lines.append(f"| {scenario} | {setting} | {statistics.mean(a for a, _ in ratios):.1f}x | "
-                     f"{statistics.mean(b for _, b in ratios):.1f}x |")
+        lines.append(f"| {scenario} | {setting} | " + " | ".join(
+            f"{statistics.mean(r[k] for r in ratios):.1f}x" for k in range(3)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -148,19 +152,32 @@ def lone_markdown(results):
     then Flask's, and the handler's own time per request."""
     lines = _head(f"`bench --lone`: {results['model']} served as {results['format']}, {results['images']}, one "
                   f"client, {results['seconds']:g} s per row", results,
-                  [("setting", "l"), ("batch", "r"), ("delay ms", "r"), ("req/s", "r"), ("p50 ms", "r"), ("mean ms", "r"),
+                  [("setting", "l"), ("round", "r"), ("batch", "r"), ("delay ms", "r"), ("req/s", "r"), ("p50 ms", "r"),
+                   ("mean ms", "r"),
                    ("outside ms", "r"), ("queued ms", "r"), ("worker ms", "r"), ("frontend CPU ms/req", "r"),
                    ("worker CPU ms/req", "r")])
     for r in results["rows"]:
         cpu = {role: round(cores / r["throughput"] * 1000, 3) if r["throughput"] else "-"
                for role, cores in r["server_cpu"].items()}
         if r["setting"] == "(d) flask":
-            lines.append(f"| (d) flask | | | {r['throughput']} | {r['p50_ms']} | {r['mean_ms']} | | | | | "
+            lines.append(f"| (d) flask | {r['round']} | | | {r['throughput']} | {r['p50_ms']} | {r['mean_ms']} | | | | | "
                          f"{cpu.get('flask', '-')} (flask) |")
             continue
-        lines.append(f"| {r['setting']} | {r['batch_size']} | {r['max_batch_delay_ms']} | {r['throughput']} | "
+        lines.append(f"| {r['setting']} | {r['round']} | {r['batch_size']} | {r['max_batch_delay_ms']} | {r['throughput']} | "
                      f"{r['p50_ms']} | {r['mean_ms']} | {r['outside_ms']} | {r['queued_ms']} | {r['worker_ms']} | "
                      f"{cpu.get('frontend', '-')} | {cpu.get('worker', '-')} |")
+    by_setting: dict = {}
+    for r in results["rows"]:
+        by_setting.setdefault(r["setting"], []).append(r)
+    flask = statistics.mean(r["throughput"] for r in by_setting.get("(d) flask", [])) if "(d) flask" in by_setting else None
+    lines += ["", "| setting | mean req/s | / (d) flask | mean ms | outside ms | queued ms | worker ms |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, rows in by_setting.items():
+        mean = {k: statistics.mean(r[k] for r in rows) if all(k in r for r in rows) else None
+                for k in ("throughput", "mean_ms", "outside_ms", "queued_ms", "worker_ms")}
+        shown = [f"{mean['throughput']:.1f}", f"{mean['throughput'] / flask:.2f}" if flask else "-",
+                 *(f"{mean[k]:.3f}" if mean[k] is not None else "" for k in ("mean_ms", "outside_ms", "queued_ms", "worker_ms"))]
+        lines.append(f"| {name} | " + " | ".join(shown) + " |")
     lines += ["", f"The handler's own time per request (TorchServe's Service.predict on a batch of one, in a process "
                   f"of its own with {results['handler_threads']} thread(s)): {results['handler_ms']} ms; the rest of "
                   "\"worker ms\" is the frontend-worker protocol and the worker's loop."]
