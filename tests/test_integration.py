@@ -116,6 +116,19 @@ def test_metrics_count_requests_for_every_model(live_server, registry, samples):
                    for line in text.splitlines()), f"no ts_inference_requests_total for {name}"
 
 
+def test_the_warm_up_after_ready_sends_every_version_its_samples_and_the_frontend_counts_them(live_server, registry):
+    import time
+
+    from marforge.serve import launch
+
+    before = live_server.client.metric_total("ts_inference_requests_total")
+    counts = launch.warm(live_server, registry.all_versions(), seconds=0.1)  # MIN_WARM_S each
+    assert set(counts) == {mv.key for mv in registry.all_versions()}
+    assert all(sent > 0 and failed == 0 for sent, failed in counts.values()), counts
+    time.sleep(1)  # the frontend counts a request after its answer is written
+    assert live_server.client.metric_total("ts_inference_requests_total") - before == sum(s for s, _ in counts.values())
+
+
 def test_requests_without_the_right_token_are_refused(live_server, samples):
     body = samples["fashion"][0][0].read_bytes()
     url = f"{live_server.client.endpoints.inference}/predictions/fashion"

@@ -1,12 +1,15 @@
-"""First requests: what a user's first requests cost right after `make serve` says READY and right
-after a rollout promotes a version, with the workers' warm-up (the handler option `warm_up`,
-image_handler._warm_up) on, as shipped, and off.
+"""First requests: what a user's first requests cost right after `make serve` says the server is up
+and right after a rollout promotes a version, with warm-up on, as shipped, and off. On: each worker's
+own warm-up before it is READY (the handler option `warm_up`, image_handler._warm_up) and, at a
+start, the samples `marforge serve` sends each version before it says the server is up
+(launch.warm); off: neither.
 
 Each point starts a fresh TorchServe as `make serve` runs it (marforge's settings, the version's
 serving table) from archives built for it into a scratch model store: the version's own, and one
 with `warm_up = false` in its handler section. Then, on the URL a client uses:
 
-  start    the version alone; timing starts once every worker is READY
+  start    the version alone; timing starts when `marforge serve` would say it is up ("READY s":
+           from the start, warm traffic included)
   rollout  the model's previous version served alone, under SERVING_CLIENTS clients for SERVING_S
            seconds (a server at work, its frontend warm), then the candidate registered with its
            workers until READY (rollout.register_candidate, what `make rollout` runs) and made the
@@ -126,7 +129,7 @@ def first(project, mv, rounds=2, log=print):
     """The start and (when the model has a version before `mv`) rollout points of `mv`, each with
     warm-up on and off, in `rounds` alternating rounds; a row per scenario, setting and round."""
     from marforge.archiving import archive
-    from marforge.serve import rollout
+    from marforge.serve import launch, rollout
 
     _, bodies = images_of(mv)
     previous = previous_of(project, mv)
@@ -143,6 +146,8 @@ def first(project, mv, rounds=2, log=print):
                 candidate = with_warm_up(mv, on)
                 t0 = time.monotonic()
                 with _serving(project, [candidate], stores[on]) as started:
+                    if on:  # as `marforge serve` does before it says the server is up
+                        launch.warm(started, [candidate])
                     ready_s = time.monotonic() - t0
                     url = f"{started.client.endpoints.inference}/predictions/{mv.name}"
                     row = {"scenario": "start", "version": mv.key, "warm_up": name, "round": round_,

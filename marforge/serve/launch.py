@@ -13,6 +13,14 @@ from marforge.serve import process, state
 from marforge.serve.config import read_properties, render
 from marforge.serve.rundir import RunDir
 
+# `marforge serve` (make serve) sends each version its own samples for this long in all, from
+# WARM_CLIENTS clients, before it says the server is up: a frontend fresh from its start answers a
+# lone request at about twice its latency once at work (its JIT has not compiled the request path
+# yet; docs/performance.md, `make bench-first`), and the workers see their batch sizes through the
+# frontend. A worker's own warm-up (the handler's) runs before it is READY, this after.
+WARM_S, WARM_CLIENTS = 6.0, 4
+MIN_WARM_S = 0.5  # per version, however many are loaded
+
 # The environment marforge's server runs in, where it is the only lever (docs/operations.md): glibc's
 # malloc makes up to 8 arenas per core for the frontend's threads, memory the JVM does not account.
 FRONTEND_ENV = {"MALLOC_ARENA_MAX": "2"}
@@ -38,6 +46,12 @@ def defaults_for(registry, versions, saved, chosen, run_dir):
     return defaults
 
 
+def loaded(project):
+    """The versions `serve` loads unless told: every registry version a rollout has not retired."""
+    retired = state.load(RunDir(project.run_dir))["retired"]
+    return [mv for mv in project.registry.all_versions() if mv.version not in retired.get(mv.name, [])]
+
+
 def serve(project, versions=None, ports=None, timeout=300.0, stock=False, env=None):
     """Start a server for `project` (its model store, run dir and base config) and wait until every
     version it loads is READY; returns the process.Server.
@@ -52,7 +66,7 @@ def serve(project, versions=None, ports=None, timeout=300.0, stock=False, env=No
     saved = state.load(run_dir)
     chosen = versions is not None
     if not chosen:
-        versions = [mv for mv in registry.all_versions() if mv.version not in saved["retired"].get(mv.name, [])]
+        versions = loaded(project)
     missing = [str(mv.archive_path(model_store)) for mv in versions if not mv.archive_path(model_store).is_file()]
     if missing:
         raise ServerError(f"archives not built: {', '.join(missing)}", "make archive")
@@ -70,3 +84,25 @@ def serve(project, versions=None, ports=None, timeout=300.0, stock=False, env=No
     for mv in versions:
         state.record_archive(run_dir, mv.key, files.sha256(mv.archive_path(model_store)))
     return started
+
+
+def warm(started, versions, seconds=WARM_S, log=lambda line: None):
+    """Send each of `versions` its samples (verify.sample_files) on its versioned URL from WARM_CLIENTS
+    clients, `seconds` in all (at least MIN_WARM_S each); returns {version key: (requests, failed)}.
+    A failed request is counted, not raised: the server was READY, the samples are the user's."""
+    import asyncio
+
+    from marforge.archiving.verify import sample_files
+    from marforge.measure.loadgen import run_load
+
+    each = max(MIN_WARM_S, seconds / max(1, len(versions)))
+    headers = {"Authorization": f"Bearer {started.client.key('inference')}"}
+    counts = {}
+    for mv in versions:
+        bodies = [path.read_bytes() for path, _ in sample_files(mv)]
+        url = f"{started.client.endpoints.inference}/predictions/{mv.name}/{mv.version}"
+        result = asyncio.run(run_load(url, bodies, WARM_CLIENTS, each, headers=headers,
+                                      content_type="application/octet-stream"))
+        counts[mv.key] = (len(result.samples), result.errors)
+        log(f"warmed {mv.key}: {len(result.samples)} requests in {each:.1f} s, {result.errors} failed")
+    return counts
