@@ -127,7 +127,7 @@ expect: | $(SETUP_STAMP)
 	$(PY) -m marforge expect $(NAME) $(VERSION)
 
 .PHONY: serve
-## serve: build what is missing, start TorchServe, wait until every version is READY, print URLs and a curl
+## serve: build what is missing, start TorchServe, wait until every version is READY, warm each up with its samples, print URLs and a curl
 serve: archive
 	$(PY) -m marforge serve --model-store $(MODEL_STORE) --run-dir $(RUN_DIR)
 

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from marforge.errors import DataError
-from marforge.measure import experiments, report, tables, targets
+from marforge.measure import experiments, first, lone, report, tables, targets
 
 MACHINE = {"cpus": 2, "cpu_model": "Test CPU", "gpu": None, "torch": "2.x", "commit": "abc1234", "date": "today"}
 
@@ -103,7 +103,7 @@ def test_the_first_requests_table_has_every_point_and_each_settings_mean_ratios(
 
     rows = [point("start", "off", 1, 20.0, 50.0), point("start", "on (shipped)", 1, 2.0, 10.0),
             point("start", "off", 2, 10.0, 30.0), point("rollout from 1.0", "on (shipped)", 1, 4.0, 20.0)]
-    table = tables.first_markdown({"model": "fashion-2.0", "machine": MACHINE, "rows": rows, "next": 30, "burst": 16,
+    table = first.markdown({"model": "fashion-2.0", "machine": MACHINE, "rows": rows, "next": 30, "burst": 16,
                                    "bursts": 5, "serving": {"workers": 2, "batch_size": 16, "max_batch_delay_ms": 1},
                                    "serving_s": 8, "serving_clients": 4})
     lines = table.splitlines()
@@ -116,8 +116,6 @@ def test_the_first_requests_table_has_every_point_and_each_settings_mean_ratios(
 
 def test_a_lone_requests_time_is_split_by_the_frontends_counters():
     from marforge.errors import MeasurementFailed
-    from marforge.measure import lone
-
     before = {lone.LATENCY: 1000.0, lone.QUEUED: 100.0, lone.REQUESTS: 10}
     after = {lone.LATENCY: 1000.0 + 400 * 1500.0, lone.QUEUED: 100.0 + 400 * 1100.0, lone.REQUESTS: 410}
     assert lone.parts(500.0, before, after) == {"served": 400, "mean_ms": 2.0, "outside_ms": 0.5, "queued_ms": 1.1,
@@ -127,15 +125,13 @@ def test_a_lone_requests_time_is_split_by_the_frontends_counters():
 
 
 def test_the_lone_table_has_a_line_per_setting_and_flasks():
-    from marforge.measure import lone
-
     def setting(name, batch, delay, rate):
         return {**row(name, 1, rate), "setting": name, "round": 1, "batch_size": batch, "max_batch_delay_ms": delay,
                 "mean_ms": 1000 / rate, "outside_ms": 0.3, "queued_ms": 1.1, "worker_ms": 0.9}
 
     rows = [setting(lone.SHIPPED, 16, 1, 400.0), setting(lone.BATCH_OF_ONE, 1, 1, 500.0),
             {**row("(d) flask", 1, 800.0, server_cpu={"flask": 0.8}), "setting": "(d) flask", "round": 2, "mean_ms": 1.25}]
-    table = tables.lone_markdown({"model": "fashion-2.0", "format": "onnx", "images": "x", "seconds": 5, "machine": MACHINE,
+    table = lone.markdown({"model": "fashion-2.0", "format": "onnx", "images": "x", "seconds": 5, "machine": MACHINE,
                                   "rows": rows, "handler_ms": 0.5, "handler_threads": 1})
     assert f"| {lone.SHIPPED} | 1 | 16 | 1 | 400.0 | 5.0 | 2.5 | 0.3 | 1.1 | 0.9 | 1.25 | 2.5 |" in table.splitlines()
     assert "| (d) flask | 2 | | | 800.0 | 5.0 | 1.25 | | | | | 1.0 (flask) |" in table.splitlines()

@@ -21,7 +21,7 @@ def cmd_serve(args):
     project = project_of(args)
     existing(project.config, "the base TorchServe config", "pass one with --config, e.g. --config config.properties")
     started = launch.serve(project, timeout=args.timeout)
-    if args.warm_seconds > 0:
+    if args.warm_seconds is None or args.warm_seconds > 0:
         launch.warm(started, launch.loaded(project), args.warm_seconds)
     rows = status.annotate(status.collect(started.client), project.registry)
     return Output(serve_summary(project, started, rows),
@@ -151,14 +151,12 @@ def _report(args, run):
 
 
 def add_commands(command):
-    from marforge.serve import launch
-
     p = command("serve", cmd_serve, "start TorchServe with every registry version, wait until all are READY, warm them up",
                 "python -m marforge serve                       # start, wait for READY workers, print URLs")
     add_paths(p, "model_store", "run_dir", "config")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for READY workers")
-    p.add_argument("--warm-seconds", type=float, default=launch.WARM_S, help="then send each version its samples for "
-                   "this long in all, before saying it is up (0: not at all; default: %(default)g)")
+    p.add_argument("--warm-seconds", type=float, help="then send each version its samples for this long in all, "
+                   "before saying it is up (0: not at all; default: WARM_S of marforge/serve/launch.py)")
 
     p = command("stop", cmd_stop, "stop the server started by serve (by its pid)", "python -m marforge stop")
     add_paths(p, "run_dir")

@@ -9,6 +9,8 @@
     by_task.py      which rows apply to a version's task, why the others do not, TorchServe's own handler for it
     answers.py      each server's answers to each image: their sizes, or why it answered none
     tuning.py       the server's own settings: the defaults sweep, the request queue, the JVM's bounds
+    first.py        `make bench-first`: the first requests after a start and after a promotion, warm-up on and off
+    lone.py         `make bench-lone`: where a lone client's request goes, by the frontend's own counters
     targets.py      what `make bench` must show, as data
     tables.py       the markdown of every kind of result
     report.py       results folder, plot and the docs' generated blocks

@@ -37,7 +37,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from marforge.errors import MeasurementFailed
-from marforge.measure import machine
+from marforge.measure import machine, tables
 from marforge.measure.experiments import images_of
 from marforge.measure.loadgen import Connection, request_head
 from marforge.measure.sampling import warm_up
@@ -172,3 +172,30 @@ def first(project, mv, rounds=2, log=print):
                 log(f"{row}")
     return {"machine": machine.describe(project.root), "model": mv.key, "serving": mv.serving, "rows": rows,
             "next": NEXT, "burst": BURST, "bursts": BURSTS, "serving_s": SERVING_S, "serving_clients": SERVING_CLIENTS}
+
+
+def markdown(results):
+    """One line per scenario, warm-up setting and round: a lone client's first request against its
+    next ones, then a first burst against later ones; then each setting's mean ratios."""
+    lines = tables.head(f"`bench --first`: {results['model']} ({results['serving']['workers']} worker(s), batches of "
+                  f"{results['serving']['batch_size']} within {results['serving']['max_batch_delay_ms']} ms): a lone "
+                  f"client's first request and the median of its next {results['next']}, then the slowest of a first "
+                  f"burst of {results['burst']} clients and the median of the slowest of {results['bursts']} later bursts; "
+                  f"then the lone client's median again after {results['serving_s']:g} s of {results['serving_clients']} "
+                  "clients (at work)",
+                  results, [("scenario", "l"), ("warm-up", "l"), ("round", "r"), ("READY s", "r"), ("first ms", "r"),
+                            ("next ms", "r"), ("first / next", "r"), ("first burst ms", "r"), ("later bursts ms", "r"),
+                            ("first / later", "r"), ("at work ms", "r"), ("next / at work", "r")])
+    means: dict = {}
+    for r in results["rows"]:
+        lone, burst = r["first_ms"] / r["next_median_ms"], r["burst_first_ms"] / r["burst_later_ms"]
+        means.setdefault((r["scenario"], r["warm_up"]), []).append((lone, burst, r["first_ms"] / r["at_work_median_ms"]))
+        lines.append(f"| {r['scenario']} | {r['warm_up']} | {r['round']} | {r['ready_s']} | {r['first_ms']} | "
+                     f"{r['next_median_ms']} | {lone:.1f}x | {r['burst_first_ms']} | {r['burst_later_ms']} | {burst:.1f}x | "
+                     f"{r['at_work_median_ms']} | {r['next_median_ms'] / r['at_work_median_ms']:.1f}x |")
+    lines += ["", "| scenario | warm-up | mean first / next | mean first burst / later | mean first / at work |",
+              "| --- | --- | ---: | ---: | ---: |"]
+    for (scenario, setting), ratios in means.items():
+        lines.append(f"| {scenario} | {setting} | " + " | ".join(
+            f"{statistics.mean(r[k] for r in ratios):.1f}x" for k in range(3)) + " |")
+    return "\n".join(lines) + "\n"

@@ -26,12 +26,13 @@ one request at a time, is the reference a lone client compares marforge with (`m
 import dataclasses
 import multiprocessing
 import os
+import statistics
 import time
 
 import requests
 
 from marforge.errors import MeasurementFailed
-from marforge.measure import fixtures, machine
+from marforge.measure import fixtures, machine, tables
 from marforge.measure.experiments import WARM_UP_S, images_of
 from marforge.measure.sampling import measure, warm_up
 from marforge.serve.client import prometheus_total
@@ -132,3 +133,40 @@ def lone(project, mv, seconds=10.0, images=None, rounds=2, log=print):
             "images": str(images) if images else "its eval images (else its samples)",
             "rows": rows, "handler_ms": round(handler_ms, 3), "handler_threads": threads,
             "cpus": len(os.sched_getaffinity(0))}
+
+
+def markdown(results):
+    """Where a lone client's request goes, one line per setting (measure/lone.py says what each part is),
+    then Flask's, and the handler's own time per request."""
+    lines = tables.head(f"`bench --lone`: {results['model']} served as {results['format']}, {results['images']}, one "
+                  f"client, {results['seconds']:g} s per row", results,
+                  [("setting", "l"), ("round", "r"), ("batch", "r"), ("delay ms", "r"), ("req/s", "r"), ("p50 ms", "r"),
+                   ("mean ms", "r"),
+                   ("outside ms", "r"), ("queued ms", "r"), ("worker ms", "r"), ("frontend CPU ms/req", "r"),
+                   ("worker CPU ms/req", "r")])
+    for r in results["rows"]:
+        cpu = {role: round(cores / r["throughput"] * 1000, 3) if r["throughput"] else "-"
+               for role, cores in r["server_cpu"].items()}
+        if r["setting"] == "(d) flask":
+            lines.append(f"| (d) flask | {r['round']} | | | {r['throughput']} | {r['p50_ms']} | {r['mean_ms']} | | | | | "
+                         f"{cpu.get('flask', '-')} (flask) |")
+            continue
+        lines.append(f"| {r['setting']} | {r['round']} | {r['batch_size']} | {r['max_batch_delay_ms']} | {r['throughput']} | "
+                     f"{r['p50_ms']} | {r['mean_ms']} | {r['outside_ms']} | {r['queued_ms']} | {r['worker_ms']} | "
+                     f"{cpu.get('frontend', '-')} | {cpu.get('worker', '-')} |")
+    by_setting: dict = {}
+    for r in results["rows"]:
+        by_setting.setdefault(r["setting"], []).append(r)
+    flask = statistics.mean(r["throughput"] for r in by_setting.get("(d) flask", [])) if "(d) flask" in by_setting else None
+    lines += ["", "| setting | mean req/s | / (d) flask | mean ms | outside ms | queued ms | worker ms |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, rows in by_setting.items():
+        mean = {k: statistics.mean(r[k] for r in rows) if all(k in r for r in rows) else None
+                for k in ("throughput", "mean_ms", "outside_ms", "queued_ms", "worker_ms")}
+        shown = [f"{mean['throughput']:.1f}", f"{mean['throughput'] / flask:.2f}" if flask else "-",
+                 *(f"{mean[k]:.3f}" if mean[k] is not None else "" for k in ("mean_ms", "outside_ms", "queued_ms", "worker_ms"))]
+        lines.append(f"| {name} | " + " | ".join(shown) + " |")
+    lines += ["", f"The handler's own time per request (TorchServe's Service.predict on a batch of one, in a process "
+                  f"of its own with {results['handler_threads']} thread(s)): {results['handler_ms']} ms; the rest of "
+                  "\"worker ms\" is the frontend-worker protocol and the worker's loop."]
+    return "\n".join(lines) + "\n"

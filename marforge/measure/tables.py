@@ -1,9 +1,7 @@
 """The markdown of each kind of result: `make bench`'s table, the format comparison, the sweep, the
 queue, the experiments run in alternating rounds (`bench --jvm`, `bench --protocols`) and a soak's
-report and summary, `bench-kserve`'s report, the first requests (`bench --first`), the lone client (`bench --lone`). report.py writes
-them (MARKDOWN names which is which)."""
-
-import statistics
+report and summary, `bench-kserve`'s report (first.py and lone.py write their own). report.py
+writes them (MARKDOWN names which is which)."""
 
 from marforge.measure import answers, machine
 
@@ -14,7 +12,7 @@ def _cpu(row):
     return ", ".join(f"{k} {v}" for k, v in sorted(row["server_cpu"].items()))
 
 
-def _head(title, results, columns):
+def head(title, results, columns):
     """A report's first lines: what ran and on which machine, then a table header; `columns` are
     (name, align) with align "l" or "r"."""
     return [f"{title}. {machine.headline(results['machine'])}.", "",
@@ -24,7 +22,7 @@ def _head(title, results, columns):
 
 def bench_markdown(results):
     gpu = any("gpu_util_pct" in r for r in results["rows"])  # a GPU machine: its utilisation and memory too
-    lines = _head(f"`make bench`: {results['model']} served as {results.get('format', '?')}, "
+    lines = head(f"`make bench`: {results['model']} served as {results.get('format', '?')}, "
                   f"{results.get('images', 'its eval images')}, {results['seconds']:g} s per row", results,
                   [("row", "l"), ("conc.", "r"), ("req/s", "r"), ("p50 ms", "r"), ("p90 ms", "r"), ("p99 ms", "r"),
                    ("errors", "r"), ("loadgen CPU", "r"), ("server CPU (cores)", "l"), ("peak RSS MB", "r")]
@@ -74,7 +72,7 @@ def cost_lines(results):
 
 
 def formats_markdown(results):
-    lines = _head(f"`make bench-formats`: {results['seconds']:g} s per row", results,
+    lines = head(f"`make bench-formats`: {results['seconds']:g} s per row", results,
                   [("version", "l"), ("format", "l"), ("conc.", "r"), ("req/s", "r"), ("p50 ms", "r"), ("p99 ms", "r"),
                    ("errors", "r"), ("server CPU (cores)", "l"), ("peak RSS MB", "r")])
     for r in results["rows"]:
@@ -92,11 +90,11 @@ def sweep_markdown(results):
     for r in results["rows"]:
         settings.setdefault(tuple(r[k] for k in knobs), {})[r["concurrency"]] = r
     concurrencies = sorted({r["concurrency"] for r in results["rows"]})
-    head = ["workers", "threads/worker", "batch", "delay ms"]
+    columns = ["workers", "threads/worker", "batch", "delay ms"]
     for c in concurrencies:
-        head += [f"req/s @{c}", f"p50 ms @{c}", f"p99 ms @{c}"]
-    lines = _head(f"`bench --sweep`: {results['model']}, {results['seconds']:g} s per point", results,
-                  [(name, "r") for name in head + ["errors"]])
+        columns += [f"req/s @{c}", f"p50 ms @{c}", f"p99 ms @{c}"]
+    lines = head(f"`bench --sweep`: {results['model']}, {results['seconds']:g} s per point", results,
+                 [(name, "r") for name in columns + ["errors"]])
     for knob_values, by_concurrency in settings.items():
         cells = [str(v) for v in knob_values]
         for c in concurrencies:
@@ -109,7 +107,7 @@ def sweep_markdown(results):
 
 def queue_markdown(results):
     """One line per queue size and client count: what was refused (503) and how long the rest waited."""
-    lines = _head(f"`bench --queue`: {results['model']}, {results['seconds']:g} s per point", results,
+    lines = head(f"`bench --queue`: {results['model']}, {results['seconds']:g} s per point", results,
                   [(name, "r") for name in ("job_queue_size", "clients", "req/s", "p50 ms", "p99 ms", "refused (503)",
                                             "other failures")])
     for r in results["rows"]:
@@ -117,70 +115,6 @@ def queue_markdown(results):
         refused = failed.pop(503, 0)
         lines.append(f"| {r['job_queue_size']} | {r['concurrency']} | {r['throughput']} | {r['p50_ms']} | "
                      f"{r['p99_ms']} | {refused} | {sum(failed.values())} |")
-    return "\n".join(lines) + "\n"
-
-
-def first_markdown(results):
-    """One line per scenario, warm-up setting and round: a lone client's first request against its
-    next ones, then a first burst against later ones; then each setting's mean ratios."""
-    lines = _head(f"`bench --first`: {results['model']} ({results['serving']['workers']} worker(s), batches of "
-                  f"{results['serving']['batch_size']} within {results['serving']['max_batch_delay_ms']} ms): a lone "
-                  f"client's first request and the median of its next {results['next']}, then the slowest of a first "
-                  f"burst of {results['burst']} clients and the median of the slowest of {results['bursts']} later bursts; "
-                  f"then the lone client's median again after {results['serving_s']:g} s of {results['serving_clients']} "
-                  "clients (at work)",
-                  results, [("scenario", "l"), ("warm-up", "l"), ("round", "r"), ("READY s", "r"), ("first ms", "r"),
-                            ("next ms", "r"), ("first / next", "r"), ("first burst ms", "r"), ("later bursts ms", "r"),
-                            ("first / later", "r"), ("at work ms", "r"), ("next / at work", "r")])
-    means: dict = {}
-    for r in results["rows"]:
-        lone, burst = r["first_ms"] / r["next_median_ms"], r["burst_first_ms"] / r["burst_later_ms"]
-        means.setdefault((r["scenario"], r["warm_up"]), []).append((lone, burst, r["first_ms"] / r["at_work_median_ms"]))
-        lines.append(f"| {r['scenario']} | {r['warm_up']} | {r['round']} | {r['ready_s']} | {r['first_ms']} | "
-                     f"{r['next_median_ms']} | {lone:.1f}x | {r['burst_first_ms']} | {r['burst_later_ms']} | {burst:.1f}x | "
-                     f"{r['at_work_median_ms']} | {r['next_median_ms'] / r['at_work_median_ms']:.1f}x |")
-    lines += ["", "| scenario | warm-up | mean first / next | mean first burst / later | mean first / at work |",
-              "| --- | --- | ---: | ---: | ---: |"]
-    for (scenario, setting), ratios in means.items():
-        lines.append(f"| {scenario} | {setting} | " + " | ".join(
-            f"{statistics.mean(r[k] for r in ratios):.1f}x" for k in range(3)) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def lone_markdown(results):
-    """Where a lone client's request goes, one line per setting (measure/lone.py says what each part is),
-    then Flask's, and the handler's own time per request."""
-    lines = _head(f"`bench --lone`: {results['model']} served as {results['format']}, {results['images']}, one "
-                  f"client, {results['seconds']:g} s per row", results,
-                  [("setting", "l"), ("round", "r"), ("batch", "r"), ("delay ms", "r"), ("req/s", "r"), ("p50 ms", "r"),
-                   ("mean ms", "r"),
-                   ("outside ms", "r"), ("queued ms", "r"), ("worker ms", "r"), ("frontend CPU ms/req", "r"),
-                   ("worker CPU ms/req", "r")])
-    for r in results["rows"]:
-        cpu = {role: round(cores / r["throughput"] * 1000, 3) if r["throughput"] else "-"
-               for role, cores in r["server_cpu"].items()}
-        if r["setting"] == "(d) flask":
-            lines.append(f"| (d) flask | {r['round']} | | | {r['throughput']} | {r['p50_ms']} | {r['mean_ms']} | | | | | "
-                         f"{cpu.get('flask', '-')} (flask) |")
-            continue
-        lines.append(f"| {r['setting']} | {r['round']} | {r['batch_size']} | {r['max_batch_delay_ms']} | {r['throughput']} | "
-                     f"{r['p50_ms']} | {r['mean_ms']} | {r['outside_ms']} | {r['queued_ms']} | {r['worker_ms']} | "
-                     f"{cpu.get('frontend', '-')} | {cpu.get('worker', '-')} |")
-    by_setting: dict = {}
-    for r in results["rows"]:
-        by_setting.setdefault(r["setting"], []).append(r)
-    flask = statistics.mean(r["throughput"] for r in by_setting.get("(d) flask", [])) if "(d) flask" in by_setting else None
-    lines += ["", "| setting | mean req/s | / (d) flask | mean ms | outside ms | queued ms | worker ms |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, rows in by_setting.items():
-        mean = {k: statistics.mean(r[k] for r in rows) if all(k in r for r in rows) else None
-                for k in ("throughput", "mean_ms", "outside_ms", "queued_ms", "worker_ms")}
-        shown = [f"{mean['throughput']:.1f}", f"{mean['throughput'] / flask:.2f}" if flask else "-",
-                 *(f"{mean[k]:.3f}" if mean[k] is not None else "" for k in ("mean_ms", "outside_ms", "queued_ms", "worker_ms"))]
-        lines.append(f"| {name} | " + " | ".join(shown) + " |")
-    lines += ["", f"The handler's own time per request (TorchServe's Service.predict on a batch of one, in a process "
-                  f"of its own with {results['handler_threads']} thread(s)): {results['handler_ms']} ms; the rest of "
-                  "\"worker ms\" is the frontend-worker protocol and the worker's loop."]
     return "\n".join(lines) + "\n"
 
 
@@ -219,7 +153,7 @@ def jvm_markdown(results):
     from marforge.measure.tuning import JVM_BOUNDED, JVM_DEFAULTS
 
     extra = [("frontend RSS MB", "frontend_rss_mb")]
-    return "\n".join(_head(f"`bench --jvm`: {results['model']}, {results['seconds']:g} s per point; bounded: "
+    return "\n".join(head(f"`bench --jvm`: {results['model']}, {results['seconds']:g} s per point; bounded: "
                            f"`{results['vmargs']}` and {results['env']}", results, ROUND_COLUMNS + [(extra[0][0], "r")])
                      + rounds_lines(results, extra, [(JVM_BOUNDED, JVM_DEFAULTS, "bounded / defaults")])) + "\n"
 
@@ -229,7 +163,7 @@ def protocols_markdown(results):
     from marforge.measure.experiments import PROTOCOL_ROWS
 
     (c, _), *others = PROTOCOL_ROWS
-    return "\n".join(_head(f"`bench --protocols`: {results['model']}, {results['seconds']:g} s per point", results,
+    return "\n".join(head(f"`bench --protocols`: {results['model']}, {results['seconds']:g} s per point", results,
                            ROUND_COLUMNS) + rounds_lines(results, [], [(o, c, f"{o.split()[0]} / {c.split()[0]}")
                                                                        for o, _ in others])) + "\n"
 
@@ -275,7 +209,7 @@ def soak_markdown(results):
     step = max(1, -(-len(windows) // SOAK_ROWS))
     shown = windows[::step] if windows[-1] in windows[::step] else windows[::step] + [windows[-1]]
     frontend = next((k for k in windows[0]["rss_mb"] if k.startswith("frontend")), None) if windows else None
-    lines = _head(f"`make soak`: {results['model']}, {results['minutes']:g} minutes, {results['concurrency']} "
+    lines = head(f"`make soak`: {results['model']}, {results['minutes']:g} minutes, {results['concurrency']} "
                   f"connections, {results['window_s']:g} s windows, {sum(w['requests'] for w in windows)} requests",
                   results, [(name, "r") for name in ("minute", "req/s", "p50 ms", "p99 ms", "errors", "frontend RSS MB",
                                                      "post-GC heap MB", "JVM committed (NMT) MB")])

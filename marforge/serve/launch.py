@@ -86,23 +86,37 @@ def serve(project, versions=None, ports=None, timeout=300.0, stock=False, env=No
     return started
 
 
-def warm(started, versions, seconds=WARM_S, log=lambda line: None):
+def warm(started, versions, seconds=None, log=lambda line: None):
     """Send each of `versions` its samples (verify.sample_files) on its versioned URL from WARM_CLIENTS
-    clients, `seconds` in all (at least MIN_WARM_S each); returns {version key: (requests, failed)}.
-    A failed request is counted, not raised: the server was READY, the samples are the user's."""
-    import asyncio
+    clients (threads, each with a client of its own), `seconds` in all (default WARM_S; at least
+    MIN_WARM_S each); returns {version key: (requests, failed)}. A failed request is counted, not
+    raised: the server was READY, and the samples are the user's."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
 
     from marforge.archiving.verify import sample_files
-    from marforge.measure.loadgen import run_load
+    from marforge.errors import MarforgeError
+    from marforge.serve.client import Client
 
-    each = max(MIN_WARM_S, seconds / max(1, len(versions)))
-    headers = {"Authorization": f"Bearer {started.client.key('inference')}"}
+    each = max(MIN_WARM_S, (WARM_S if seconds is None else seconds) / max(1, len(versions)))
     counts = {}
     for mv in versions:
         bodies = [path.read_bytes() for path, _ in sample_files(mv)]
-        url = f"{started.client.endpoints.inference}/predictions/{mv.name}/{mv.version}"
-        result = asyncio.run(run_load(url, bodies, WARM_CLIENTS, each, headers=headers,
-                                      content_type="application/octet-stream"))
-        counts[mv.key] = (len(result.samples), result.errors)
-        log(f"warmed {mv.key}: {len(result.samples)} requests in {each:.1f} s, {result.errors} failed")
+        deadline = time.monotonic() + each
+
+        def client_loop(offset, mv=mv, bodies=bodies, deadline=deadline):
+            client = Client(started.client.endpoints, started.client.key_file)
+            sent = failed = 0
+            while time.monotonic() < deadline:
+                try:
+                    client.predict(mv.name, bodies[(offset + sent) % len(bodies)], mv.version)
+                except MarforgeError:
+                    failed += 1
+                sent += 1
+            return sent, failed
+
+        with ThreadPoolExecutor(WARM_CLIENTS) as pool:
+            done = list(pool.map(client_loop, range(WARM_CLIENTS)))
+        counts[mv.key] = (sum(n for n, _ in done), sum(f for _, f in done))
+        log(f"warmed {mv.key}: {counts[mv.key][0]} requests in {each:.1f} s, {counts[mv.key][1]} failed")
     return counts
