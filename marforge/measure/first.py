@@ -28,16 +28,14 @@ Rounds alternate warm-up on and off, so a drift of the machine falls on both.
 import asyncio
 import dataclasses
 import json
-import shutil
 import statistics
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from marforge.errors import MeasurementFailed
-from marforge.measure import machine, tables
+from marforge.measure import fixtures, machine, tables
 from marforge.measure.experiments import images_of
 from marforge.measure.loadgen import Connection, request_head
 from marforge.measure.sampling import warm_up
@@ -99,23 +97,9 @@ def with_warm_up(mv, on):
     return dataclasses.replace(mv, handler={**mv.handler, "warm_up": on})
 
 
-@contextmanager
-def _serving(project, versions, store):
-    """marforge's TorchServe serving `versions` from `store` on free ports; yields the started Server."""
-    from marforge.serve import launch, process
-    from marforge.serve.rundir import RunDir
-
-    run_dir = Path(tempfile.mkdtemp(prefix="marforge-first-"))
-    try:
-        yield launch.serve(dataclasses.replace(project, run_dir=run_dir, model_store=store), versions=versions,
-                           ports=process.free_listeners())
-    finally:
-        process.stop(RunDir(run_dir))
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _headers(started):
-    return {"Authorization": f"Bearer {started.client.key('inference')}"}
+def _serving(project, mv, store):
+    """marforge's TorchServe serving `mv` alone from `store` (fixtures.torchserve)."""
+    return fixtures.torchserve(dataclasses.replace(project, model_store=store), mv)
 
 
 def previous_of(project, mv):
@@ -145,21 +129,23 @@ def first(project, mv, rounds=2, log=print):
             for name, on in SETTINGS if round_ % 2 else SETTINGS[::-1]:
                 candidate = with_warm_up(mv, on)
                 t0 = time.monotonic()
-                with _serving(project, [candidate], stores[on]) as started:
+                with _serving(project, candidate, stores[on]) as target:
+                    started = target.server
                     if on:  # as `marforge serve` does before it says the server is up
                         launch.warm(started, [candidate])
                     ready_s = time.monotonic() - t0
                     url = f"{started.client.endpoints.inference}/predictions/{mv.name}"
                     row = {"scenario": "start", "version": mv.key, "warm_up": name, "round": round_,
                            "ready_s": round(ready_s, 1),
-                           **first_requests(url, bodies, _headers(started), answered_by)}
+                           **first_requests(url, bodies, target.headers(), answered_by)}
                 rows.append(row)
                 log(f"{row}")
                 if previous is None:
                     continue
-                with _serving(project, [with_warm_up(previous, on)], stores[on]) as started:
+                with _serving(project, with_warm_up(previous, on), stores[on]) as target:
+                    started = target.server
                     url = f"{started.client.endpoints.inference}/predictions/{mv.name}"
-                    warm_up(url, bodies, SERVING_CLIENTS, SERVING_S, headers=_headers(started))  # a server at work
+                    warm_up(url, bodies, SERVING_CLIENTS, SERVING_S, headers=target.headers())  # a server at work
                     t0 = time.monotonic()
                     rollout.register_candidate(started.client, candidate, stores[on], started.run_dir,
                                                timeout=600)
@@ -167,7 +153,7 @@ def first(project, mv, rounds=2, log=print):
                     started.client.set_default(mv.name, mv.version)
                     row = {"scenario": f"rollout from {previous.version}", "version": mv.key, "warm_up": name,
                            "round": round_, "ready_s": round(ready_s, 1),
-                           **first_requests(url, bodies, _headers(started), answered_by)}
+                           **first_requests(url, bodies, target.headers(), answered_by)}
                 rows.append(row)
                 log(f"{row}")
     return {"machine": machine.describe(project.root), "model": mv.key, "serving": mv.serving, "rows": rows,

@@ -38,6 +38,7 @@ class Target:
     token: object = None  # () -> the current inference key, or None
     endpoints: object = None  # a TorchServe's Endpoints (for its gRPC and v2 rows)
     logs: Path | None = None  # a TorchServe's worker log (model_log.log), where its handlers' exceptions go
+    server: object = None  # a TorchServe's process.Server (its client, for the management API)
 
     def headers(self):
         key = self.token() if self.token else None
@@ -56,7 +57,7 @@ def torchserve(project, mv, stock=False, env=None):
                                ports=process.free_listeners(), stock=stock, env=env)
         yield Target(f"{started.client.endpoints.inference}/predictions/{mv.name}/{mv.version}", started.pid,
                      {started.pid: "frontend"}, lambda: started.client.key("inference"), started.client.endpoints,
-                     RunDir(run_dir).log("model"))
+                     RunDir(run_dir).log("model"), started)
     finally:
         process.stop(RunDir(run_dir))
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -40,11 +40,8 @@ from marforge.serve.client import prometheus_total
 LATENCY, QUEUED, REQUESTS = "ts_inference_latency_microseconds", "ts_queue_latency_microseconds", "ts_inference_requests_total"
 SHIPPED, NO_WINDOW, BATCH_OF_ONE = "as shipped", "max_batch_delay_ms 0", "batch_size 1"
 WARM_UP_CLIENTS = 16  # each server is warmed up first as `make bench`'s are: its frontend's JIT at work
-
-
-def settings(mv):
-    """(name, serving changes) of the settings compared: the shipped table, no window, batches of one."""
-    return [(SHIPPED, {}), (NO_WINDOW, {"max_batch_delay_ms": 0}), (BATCH_OF_ONE, {"batch_size": 1})]
+# (name, serving changes) of the settings compared: the shipped table, no window, batches of one.
+SETTINGS: tuple[tuple[str, dict], ...] = ((SHIPPED, {}), (NO_WINDOW, {"max_batch_delay_ms": 0}), (BATCH_OF_ONE, {"batch_size": 1}))
 
 
 def _counters(metrics_url):
@@ -100,14 +97,14 @@ def service_predict_ms(mar_path, paths, seconds, threads):
 
 
 def lone(project, mv, seconds=10.0, images=None, rounds=2, log=print):
-    """A row per setting of `settings(mv)` and Flask (one client, `seconds`, the images of
+    """A row per setting of SETTINGS and Flask (one client, `seconds`, the images of
     `images_of(mv, images)`) in each of `rounds` rounds, the order reversed every other round so that
     a drift of the machine falls on all; with the handler's own time per request beside them."""
     from marforge.serve.launch import threads_per_worker
 
     paths, bodies = images_of(mv, images)
     rows = []
-    points = [*settings(mv), ("(d) flask", None)]
+    points = [*SETTINGS, ("(d) flask", None)]
     for round_ in range(1, rounds + 1):
         for name, changes in points if round_ % 2 else points[::-1]:
             if changes is None:
