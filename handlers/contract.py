@@ -43,6 +43,18 @@ STAMP_SECTION = "marforge"  # model-config.yaml: {marforge: {format: ...}}
 CHANNELS = {"grayscale": 1, "rgb": 3}
 PIL_MODES = {"grayscale": "L", "rgb": "RGB"}
 PREPROCESS_KEYS = ("image_size", "color", "mean", "std", "resize", "crop")  # the weights metadata's `preprocess`
+# Threads per worker of each version that `make tune` chose them for, in the frontend's environment
+# (every worker inherits it): "fashion-2.0=1,chexnet-0.1=2". The others take OMP_NUM_THREADS's.
+THREADS_ENV = "MARFORGE_THREADS"
+
+
+def threads_setting(threads: Mapping[str, int]) -> str:  # THREADS_ENV's value for {version key: threads}
+    return ",".join(f"{key}={count}" for key, count in threads.items())
+
+
+def threads_of(environ: Mapping[str, str], key: str) -> int | None:  # version `key`'s threads, None: unset
+    return next((int(n) for k, _, n in (item.rpartition("=") for item in environ.get(THREADS_ENV, "").split(","))
+                 if k == key and n.isdigit()), None)
 
 
 def format_stamp(fmt: str, eager: tuple[str, str] | None = None) -> dict[str, dict[str, Any]]:

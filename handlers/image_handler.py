@@ -26,6 +26,7 @@ tries `ts.torch_handler.<same name>`, and would silently serve its own ImageClas
 import importlib
 import json
 import logging
+import os
 import sys
 import time
 
@@ -67,6 +68,10 @@ class ImageHandler(BaseHandler):
     def initialize(self, context):
         self.config = contract.HandlerConfig.from_dict((context.model_yaml_config or {}).get("handler"))
         self.task = importlib.import_module(contract.TASK_MODULES[self.config.task])
+        self.identity = {"model": context.model_name, "version": context.manifest["model"]["modelVersion"]}
+        threads = contract.threads_of(os.environ, "{model}-{version}".format(**self.identity))
+        if threads:  # as `make tune` chose for this version; before any model (onnxruntime's pool follows it)
+            torch.set_num_threads(threads)
         self.placement = placement.decide(context.system_properties.get("gpu_id"), torch.cuda.is_available(),
                                           contract.archive_format(context.model_yaml_config), self.config,
                                           context.system_properties.get("batch_size") or 1)
@@ -81,8 +86,8 @@ class ImageHandler(BaseHandler):
             self.model = self.model.to(memory_format=torch.channels_last)
         if isinstance(self.model, torch.jit.ScriptModule) and self.placement.device.type == "cpu":
             self.model = placement.for_cpu(self.model)
-        logger.info("model on %s, half precision %s, pinned memory %s",
-                    self.placement.device, self.placement.half, self.placement.pin)
+        logger.info("model on %s, %d threads, half precision %s, pinned memory %s",
+                    self.placement.device, torch.get_num_threads(), self.placement.half, self.placement.pin)
         self.onnx_input = None
         if (self.model_pt_path or "").endswith(".onnx"):  # an onnxruntime InferenceSession, opened in _load
             self.onnx_input = self.model.get_inputs()[0].name
@@ -92,7 +97,6 @@ class ImageHandler(BaseHandler):
         self._explainer_cache = None
         self._decoder = self.placement.device if self.placement.gpu_decode else None  # JPEGs decoded there
         quiet_worker_log()
-        self.identity = {"model": context.model_name, "version": context.manifest["model"]["modelVersion"]}
         if self.config.warm_up:
             self._warm_up(context.system_properties.get("batch_size") or 1)
 

@@ -17,16 +17,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from marforge import shipped
-from marforge.device import DEVICES, auto_workers, cpu_count, gpu_count
+from marforge.device import DEVICES, cpu_count, gpu_count
 from marforge.errors import RegistryError
+from marforge.tuned import AUTO, TUNABLE
+from marforge.tuned import check as check_tuned
+from marforge.tuned import resolve as resolve_auto
 
 if TYPE_CHECKING:
     from marforge.project import Project
 
 Table = dict[str, Any]  # a models.toml table, parsed
 
-# workers "auto": see _workers; batch_size and max_batch_delay_ms: the sweep (docs/performance.md)
-SERVING_DEFAULTS: Table = {"workers": "auto", "batch_size": 16, "max_batch_delay_ms": 1, "response_timeout_s": 30}
+# "auto": as `make tune` measured the version on this machine, else the rule (marforge/tuned.py)
+SERVING_DEFAULTS: Table = {**dict.fromkeys(TUNABLE, AUTO), "response_timeout_s": 30}
 SERVING_KEYS = set(SERVING_DEFAULTS)
 HANDLER_DEFAULTED = ("top_k", "max_pixels", "min_side")  # filled from handlers/contract.py's HandlerConfig
 TRAIN_KEYS = {"dataset", "epochs", "batch_size", "lr", "seed", "min_accuracy",  # + composed scenes' (train/scene_recipe.py)
@@ -48,7 +51,7 @@ ROLLOUT_DEFAULTS: dict[str, float] = {
 # own handler, with its extra files and requirements; its `handler` table is passed on as written.
 SOURCE_KEYS = {"exported", "handler_file", "extra_files", "requirements"}
 ANSWER_KEYS = {"tolerance", "ignore", "decision"}  # `answers`: how expected answers compare (archiving/expected.py)
-VERSION_KEYS = {"model_def", "format", "serving", "handler", "train", "answers"} | SOURCE_KEYS
+VERSION_KEYS = {"model_def", "format", "serving", "handler", "train", "answers", "tuned"} | SOURCE_KEYS
 MODEL_KEYS = {"default_version", "format", "versions", "serving", "handler", "rollout", "answers"}
 TOP_KEYS = {"paths", "serving", "handler", "rollout", "models"}
 PER_DEVICE = {"serving", "handler"}  # sections that may hold a `cpu` and a `gpu` table of overrides
@@ -86,7 +89,8 @@ class ModelVersion:
     eval_dir: Path  # the model's labelled held-out images (eval/<name>/)
     format: str  # the archive format the server loads (one of contract.FORMATS)
     train: Table = field(default_factory=dict)
-    auto_workers: bool = True  # serving.workers is "auto": one per core of the machine that serves it
+    auto: frozenset[str] = frozenset(TUNABLE)  # the serving keys models.toml leaves "auto" (tuned.py)
+    tuned: Table = field(default_factory=dict)  # `make tune`'s table for this kind of machine ({}: untuned)
     exported: str | None = None  # the kind of exported file it is built from (archiving/exported.py KINDS)
     handler_file: Path | None = None  # the user's own handler module; None: marforge's image handler
     extra_files: tuple[Path, ...] = ()  # the own handler's files, shipped flat beside it
@@ -97,6 +101,11 @@ class ModelVersion:
     def own_handler(self) -> bool:
         """Served by the user's own handler, whose answers only the expected answers describe."""
         return self.handler_file is not None
+
+    @property
+    def auto_workers(self) -> bool:
+        """serving.workers is "auto": as tuned, or one per core (per GPU) of the machine that serves it."""
+        return "workers" in self.auto
 
     @property
     def key(self) -> str:
@@ -196,16 +205,6 @@ def _require(table: Table, key: str, where: str, path: Path) -> Any:
     return table[key]
 
 
-def _workers(value: object, where: str, path: Path, device: str = "cpu") -> int:
-    """Workers per version: a positive number, or "auto": device.auto_workers for this machine (one
-    per GPU on a GPU machine, else one per available core)."""
-    if value == "auto":
-        return auto_workers(cpu_count(), max(1, gpu_count()) if device == "gpu" else 0)
-    if not isinstance(value, int) or value < 1:
-        raise RegistryError(f"{path}: {where} serving.workers must be a positive number or \"auto\", not {value!r}")
-    return value
-
-
 def _format(table: Table, default: str, where: str, path: Path, device: str = "cpu") -> str:
     """The archive format: one name, or a table with one per device ({cpu = "onnx", gpu = "eager"})."""
     fmt = table.get("format", default)
@@ -234,6 +233,7 @@ def from_project(project: Project) -> Registry:
            for section, defaults in (("serving", SERVING_DEFAULTS), ("handler", {}), ("rollout", ROLLOUT_DEFAULTS))}
     default_format: str = shipped.contract().DEFAULT_FORMAT
     device = project.device
+    machine = (cpu_count(), max(1, gpu_count()) if device == "gpu" else 0)  # cores and GPUs, for "auto"
     models: dict[str, Model] = {}
     for name, mtable in data.get("models", {}).items():
         where = f"[models.{name}]"
@@ -250,13 +250,13 @@ def from_project(project: Project) -> Registry:
             serving = _for_device(_layered(layer["serving"], vtable, "serving", vwhere, path, allowed), device)
             handler = (dict(vtable.get("handler", {})) if source["handler_file"] else
                        _for_device(_layered(layer["handler"], vtable, "handler", vwhere, path, allowed), device))
-            auto = serving.get("workers", "auto") == "auto"
-            serving["workers"] = _workers(serving.get("workers", "auto"), vwhere, path, device)
+            mine = check_tuned(vtable.get("tuned", {}), vwhere, path).get(device, {})
+            auto = resolve_auto(serving, mine, *machine, vwhere, path, own_handler=source["handler_file"] is not None)
             fmt = source.pop("format") or _format(vtable, model_format, vwhere, path, device)
             versions[version] = ModelVersion(
                 name=name, version=version, samples=project.samples_dir / name, eval_dir=eval_dir,
                 serving=serving, handler=HandlerOptions(handler), format=fmt,
-                train=_layered({}, vtable, "train", vwhere, path, allowed), auto_workers=auto,
+                train=_layered({}, vtable, "train", vwhere, path, allowed), auto=auto, tuned=mine,
                 answers={**answers, **_layered({}, vtable, "answers", vwhere, path, allowed)}, **source)
         default = _require(mtable, "default_version", where, path)
         if default not in versions:

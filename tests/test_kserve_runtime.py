@@ -97,7 +97,9 @@ def test_workers_and_threads_come_from_the_one_arithmetic(registry, monkeypatch)
     target = kserve.Target(cpus=8, gpus=0)
     assert target.workers(auto) == device.auto_workers(8, 0) == 8 and device.auto_workers(8, 2) == 2
     assert target.threads(mv) == device.threads_per_worker(target.workers(mv), 8)
-    monkeypatch.setattr(kserve, "auto_workers", lambda cpus, gpus: 3)
+    from marforge import tuned
+
+    monkeypatch.setattr(tuned, "auto_workers", lambda cpus, gpus: 3)
     assert target.workers(auto) == 3
     from marforge.serve import launch
 

@@ -18,8 +18,8 @@ per storage location. `bundle` writes, for one registry version, into `<out>/<na
                                 spec.canary (Standard mode)
 
 Nothing of marforge runs in the pod, so everything it would decide at start is written out for the
-target machine: workers (the registry's number, or for "auto" device.auto_workers for the pod),
-batching, and the workers' threads (device.threads_per_worker), as OMP_NUM_THREADS in the
+target machine: workers, batching and the workers' threads (the registry's numbers, or for "auto" as
+`make tune` chose on as many cores as the pod has, else the rule: marforge/tuned.py), threads as OMP_NUM_THREADS in the
 container's environment. Only inference and metrics listen beyond the pod's loopback; management,
 gRPC and the stock proxy's upstream listen on 127.0.0.1, and the model API (register/unregister) is
 off: a rollout there is KServe's canary. Token authorization is off, explicitly and with the reason
@@ -37,9 +37,10 @@ import yaml
 
 from marforge import files
 from marforge.deploy import defaults, runtime
-from marforge.device import auto_workers, threads_per_worker
+from marforge.device import threads_per_worker
 from marforge.errors import ArchiveError, RegistryError
 from marforge.serve.config import model_snapshot, properties_text, read_properties
+from marforge.tuned import applies, rule
 
 OWN_PORTS = {"inference": 8080, "management": 8081, "metrics": 8082, "grpc_inference": 7070, "grpc_management": 7071}
 STOCK_PORTS = {**OWN_PORTS, "inference": 8085, "management": 8085}  # the stock proxy owns 8080 (and 8081: its gRPC)
@@ -73,20 +74,26 @@ class Target:
     gpus: int = defaults.GPUS
     memory: str = defaults.MEMORY
 
+    def serving(self, mv) -> dict:
+        """`mv`'s serving settings in this pod: its "auto" ones resolved for the pod's cores and GPUs (as
+        tuned when `make tune` ran on as many cores, else the rule: marforge/tuned.py)."""
+        tuned = mv.tuned if applies(mv.tuned, self.cpus) else {}
+        return {**mv.serving, **{key: tuned.get(key, rule(key, self.cpus, self.gpus)) for key in mv.auto}}
+
     def workers(self, mv) -> int:
-        """The registry's explicit number of workers, or for "auto" device.auto_workers for this pod."""
-        return auto_workers(self.cpus, self.gpus) if mv.auto_workers else mv.serving["workers"]
+        """The registry's explicit number of workers, or for "auto" as tuned or one per core (GPU) of the pod."""
+        return int(self.serving(mv)["workers"])
 
     def threads(self, mv) -> int:
-        """Each worker's share of the pod's cores (device.threads_per_worker)."""
-        return threads_per_worker(self.workers(mv), self.cpus)
+        """Each worker's threads: as tuned, else its share of the pod's cores (device.threads_per_worker)."""
+        return self.serving(mv)["threads"] or threads_per_worker(self.workers(mv), self.cpus)
 
 
 def config_props(project, mv, target, ports=OWN_PORTS, runtime_name="own"):
     """(props, comments) of config.properties for the runtime: every choice marforge made commented."""
     base = read_properties(project.config)
-    workers = target.workers(mv)
-    sized = dataclasses.replace(mv, serving={**mv.serving, "workers": workers})
+    sized = dataclasses.replace(mv, serving=target.serving(mv))
+    workers = sized.serving["workers"]
     snapshot = model_snapshot([sized], Path(MOUNT) / "model-store", {mv.name: mv.version})
     snapshot["models"][mv.name][mv.version]["marName"] = f"{mv.name}.mar"
     inference_host = "0.0.0.0" if runtime_name == "own" else "127.0.0.1"
@@ -114,8 +121,8 @@ def config_props(project, mv, target, ports=OWN_PORTS, runtime_name="own"):
              "management_address, both on loopback in the same container")
     comments = {
         "": [f"{mv.name} {mv.version} for KServe, written by `make kserve` (marforge/deploy/kserve.py).",
-             f"Sized for {target.cpus} core(s){gpus}: {workers} worker(s) of batches of {mv.serving['batch_size']} "
-             f"within {mv.serving['max_batch_delay_ms']} ms, each worker with OMP_NUM_THREADS={target.threads(mv)} (set in the",
+             f"Sized for {target.cpus} core(s){gpus}: {workers} worker(s) of batches of {sized.serving['batch_size']} "
+             f"within {sized.serving['max_batch_delay_ms']} ms, each worker with OMP_NUM_THREADS={target.threads(mv)} (set in the",
              "InferenceService's environment, since marforge's launcher does not run in the pod)."],
         "inference_address": [f"The runtime: {where}.", "Nothing but inference and metrics listens beyond the pod's loopback."],
         "disable_token_authorization": TOKENS_OFF,

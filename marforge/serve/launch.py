@@ -6,7 +6,7 @@ model's default taken from the run dir's state (the last promotion) or, failing 
 registry. The frontend logs with the project's log4j2.xml when there is one.
 """
 
-from marforge import files
+from marforge import files, shipped
 from marforge.device import threads_per_worker as threads_per_worker  # re-exported: bench tuning imports it here
 from marforge.errors import ServerError
 from marforge.serve import process, state
@@ -79,11 +79,23 @@ def serve(project, versions=None, ports=None, timeout=300.0, stock=False, env=No
         props = render(read_properties(project.config), versions, model_store, defaults, ports=ports,
                        source=project.config)
         threads = threads_per_worker(sum(mv.serving["workers"] for mv in versions))
+        env = {**(FRONTEND_ENV if env is None else env), **worker_threads([*registry.all_versions(), *versions])}
         started = process.start(run_dir, props, expected, timeout=timeout, threads=threads,
-                                log_config=project.log_config, env=FRONTEND_ENV if env is None else env)
+                                log_config=project.log_config, env=env)
     for mv in versions:
         state.record_archive(run_dir, mv.key, files.sha256(mv.archive_path(model_store)))
     return started
+
+
+def worker_threads(versions):
+    """The environment that gives each version's workers the threads `make tune` chose for them
+    (contract.THREADS_ENV, read by the handler; a later entry of a key wins); the other versions'
+    workers get OMP_NUM_THREADS's share. Every registry version is in it, not only those loaded: a
+    rollout registers its candidate with the server running."""
+    contract = shipped.contract()
+    chosen = {mv.key: mv.serving["threads"] for mv in versions}
+    chosen = {key: threads for key, threads in chosen.items() if threads}
+    return {contract.THREADS_ENV: contract.threads_setting(chosen)} if chosen else {}
 
 
 def warm(started, versions, seconds=None, log=lambda line: None):
