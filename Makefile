@@ -187,6 +187,11 @@ bench-lone: $(BENCH_ARCHIVES)
 	$(PY) -m marforge bench fashion 2.0 --lone --model-store $(MODEL_STORE) --verbose
 	$(PY) -m marforge bench chexnet 0.1 --lone --model-store $(MODEL_STORE) --verbose $(if $(wildcard $(CHEST_XRAYS)),--images $(CHEST_XRAYS))
 
+.PHONY: tune
+## tune: measure MODEL's (VERSION's, MODEL=all: every version's) workers, threads, batch size and window on this machine and write them into models.toml as its `tuned` table, the measurement into docs/tuning.md: make tune MODEL=chexnet VERSION=0.1
+tune: archive
+	$(PY) -m marforge tune $(if $(filter all,$(MODEL)),--all,$(MODEL) $(VERSION)) --model-store $(MODEL_STORE) --verbose
+
 .PHONY: bench-formats
 ## bench-formats: every version in every format at 16 and 64 clients: which format wins for each model
 bench-formats: $(BENCH_ARCHIVES)

@@ -1,6 +1,7 @@
 """Edits of models.toml as text, keeping every comment: a version added (`marforge import`), a model's
-default changed (`marforge import` of a version over a default with synthetic weights). Reading and
-validating the registry is marforge/registry.py's.
+default changed (`marforge import` of a version over a default with synthetic weights), a version's
+measured serving settings written (`make tune`). Reading and validating the registry is
+marforge/registry.py's.
 Standard library only, as the registry.
 """
 
@@ -58,3 +59,26 @@ def _toml(value: object) -> str:
 
 def _key(key: str) -> str:
     return key if key.replace("_", "").replace("-", "").isalnum() else _toml(key)
+
+
+def set_tuned(path: Path, name: str, version: str, device: str, settings: Table, comment: str) -> None:
+    """Write `make tune`'s `settings` for `device` into the `tuned` line of `name` `version`'s table in
+    the models.toml at `path` (replacing that device's, keeping the other's), as one inline table
+    with `comment` after it; the line goes right after the table's header when there is none yet."""
+    import tomllib
+
+    lines = path.read_text().splitlines()
+    header = f'[models.{name}.versions."{version}"]'
+    if header not in lines:
+        raise RegistryError(f"{path}: no {header} table to write the tuned settings into",
+                            f"give {name} {version} a table of its own, {header}")
+    start = lines.index(header)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    at = next((i for i in range(start + 1, end) if lines[i].split("=", 1)[0].strip() == "tuned"), None)
+    tuned = dict(tomllib.loads(lines[at]).get("tuned", {})) if at is not None else {}
+    line = f"tuned = {_toml({**tuned, device: settings})}  # {comment}"
+    if at is None:
+        lines.insert(start + 1, line)
+    else:
+        lines[at] = line
+    path.write_text("\n".join(lines) + "\n")

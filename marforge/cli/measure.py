@@ -1,5 +1,5 @@
 """Commands that measure: bench (with --compare-formats, --sweep, --queue, --jvm, --protocols, --first and --lone),
-bench-kserve and soak."""
+bench-kserve, tune and soak."""
 
 from pathlib import Path
 
@@ -133,6 +133,35 @@ def _wrapper(args):
     return Wrapper(folder.resolve(), python.absolute())
 
 
+def cmd_tune(args):
+    import time
+
+    from marforge import registry_text
+    from marforge.measure import report, tune
+
+    project = project_of(args)
+    if args.all:
+        if args.name:
+            raise MarforgeError("tune --all tunes every version of every model: name none", "python -m marforge tune --all")
+        versions = project.registry.all_versions()
+    elif not args.name:
+        raise MarforgeError("tune needs a model (and optionally a version), or --all", "python -m marforge tune chexnet 0.1")
+    else:
+        versions = project.registry.select(args.name, args.version)
+    refuse_stale(project, [(mv, mv.format) for mv in versions])
+    texts, tuned = [], {}
+    for mv in versions:
+        results = tune.tune(project, mv, log=_log(args))
+        tuned[mv.key] = results["tuned"]
+        registry_text.set_tuned(project.registry_file, mv.name, mv.version, project.device, results["tuned"],
+                                f"make tune, {time.strftime('%Y-%m-%d')}: docs/{report.DOCS['tune']}")
+        out_dir, _ = report.write("tune", results, project.bench_results, project.docs_dir, f"tune-{mv.key}")
+        texts.append(f"{mv.key}: tuned.{project.device} = {results['tuned']} written to "
+                     f"{project.relative(project.registry_file)}; the measurement in {project.relative(out_dir)}/ "
+                     f"and docs/{report.DOCS['tune']}\n")
+    return Output("".join(texts), {"device": project.device, "tuned": tuned})
+
+
 def cmd_soak(args):
     from marforge.archiving.verify import sample_files
     from marforge.measure import machine, report, soak
@@ -208,6 +237,15 @@ def add_commands(command):
     p.add_argument("--wrapper-python", help=f"the Python that runs --wrapper: a venv with {kserve_defaults.WRAPPER_KSERVE}")
     p.add_argument("--verbose", action="store_true", help="print each row as it is measured")
     p.add_argument("--no-docs", action="store_true", help="do not write the report into docs/kserve-performance.md")
+    add_paths(p, "model_store", "out")
+
+    p = command("tune", cmd_tune, "choose a version's workers, threads, batch size and window (those models.toml leaves "
+                "\"auto\") by measuring them on this machine; written into models.toml as its `tuned` table for this kind "
+                "of machine, the measurement into docs/tuning.md", "python -m marforge tune chexnet 0.1")
+    p.add_argument("name", nargs="?", help="the model to tune (every version of it unless one is named)")
+    p.add_argument("version", nargs="?", help="one version of it")
+    p.add_argument("--all", action="store_true", help="every version of every model")
+    p.add_argument("--verbose", action="store_true", help="print each row as it is measured")
     add_paths(p, "model_store", "out")
 
     p = command("soak", cmd_soak, "minutes of moderate load on the running server: errors, p99 drift, RSS growth",

@@ -11,6 +11,7 @@
     tuning.py       the server's own settings: the defaults sweep, the request queue, the JVM's bounds
     first.py        `make bench-first`: the first requests after a start and after a promotion, warm-up on and off
     lone.py         `make bench-lone`: where a lone client's request goes, by the frontend's own counters
+    tune.py         `make tune`: a version's workers, threads, batch size and window, chosen by measurement
     targets.py      what `make bench` must show, as data
     tables.py       the markdown of every kind of result
     report.py       results folder, plot and the docs' generated blocks

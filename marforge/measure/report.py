@@ -15,18 +15,19 @@ from pathlib import Path
 
 from marforge import files
 from marforge.errors import DataError
-from marforge.measure import first, lone, machine, tables
+from marforge.measure import first, lone, machine, tables, tune
 
 DOC = "performance.md"
 DOCS = {"soak": "operations.md", "jvm": "operations.md", "protocols": "kserve.md",  # each kind's page (the rest: DOC)
-        "kserve": "kserve-performance.md"}
+        "kserve": "kserve-performance.md", "tune": "tuning.md"}
+APPENDED = {"tune"}  # kinds whose block, for a version of any name, is added at the page's end the first time
 # Kinds whose main block (the block named as the kind) also goes, shorter, into the README's block
 # of that name, beside docs/ (the README's endurance section is the latest long soak's own output).
 README_SUMMARIES = {"soak": tables.soak_summary_markdown}
 MARKDOWN = {"bench": tables.bench_markdown, "formats": tables.formats_markdown, "sweep": tables.sweep_markdown,
             "queue": tables.queue_markdown, "jvm": tables.jvm_markdown, "protocols": tables.protocols_markdown,
             "soak": tables.soak_markdown, "kserve": tables.kserve_markdown, "first": first.markdown,
-            "lone": lone.markdown}
+            "lone": lone.markdown, "tune": tune.markdown}
 
 
 def plot(results, path):
@@ -66,14 +67,15 @@ def write(kind, results, out_root, doc_dir=None, block=None):
     if kind == "bench":
         plot(results, out_dir / "plot.png")
     if doc_dir is not None:
-        update_block(Path(doc_dir) / DOCS.get(kind, DOC), block or kind, table)
+        update_block(Path(doc_dir) / DOCS.get(kind, DOC), block or kind, table, append=kind in APPENDED)
         if kind in README_SUMMARIES and (block or kind) == kind:
             update_block(Path(doc_dir).parent / "README.md", kind, README_SUMMARIES[kind](results))
     return out_dir, table
 
 
-def update_block(path, name, text):
-    """Replace the generated block `name` of a markdown file with `text`."""
+def update_block(path, name, text, append=False):
+    """Replace the generated block `name` of a markdown file with `text` (`append`: add the block at
+    the end when the file has none of that name yet)."""
     begin, end = f"<!-- generated: {name} -->", f"<!-- end: {name} -->"
     try:
         doc = path.read_text()
@@ -81,6 +83,8 @@ def update_block(path, name, text):
         raise DataError(f"{path}: not found; the benchmark writes its tables into it",
                         "git checkout docs/") from None
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(doc) and append:
+        doc = doc.rstrip("\n") + f"\n\n{begin}\n{end}\n"
     if not pattern.search(doc):
         raise DataError(f"{path}: no block {begin} ... {end} to write the {name} table into",
                         f"add those two lines to {path.name} where the table belongs")
