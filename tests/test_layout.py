@@ -1,6 +1,6 @@
 """The package's shape: which layer may import which, and modules that stay readable.
 
-    layer 0  errors, files, project, registry, labelled, shipped, scores, device   (the project and its facts)
+    layer 0  errors, files, project, registry, tuned, labelled, shipped, scores, device   (the project and its facts)
     layer 1  archiving, tasks                                      (archives, and what each task checks in one)
     layer 2  serve, train                                          (siblings: neither imports the other)
     layer 3  measure, deploy                                       (siblings too)
@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 
 LAYERS = {"errors": 0, "files": 0, "project": 0, "registry": 0, "labelled": 0, "shipped": 0, "scores": 0, "device": 0, "__init__": 0,
-          "registry_text": 0, "export_kinds": 0,
+          "registry_text": 0, "export_kinds": 0, "tuned": 0,
           "archiving": 1, "tasks": 1, "serve": 2, "train": 2, "measure": 3, "deploy": 3, "cli": 4, "__main__": 4}
 SIBLINGS = ({"serve", "train"}, {"measure", "deploy"})  # the same layer, and independent of each other
 MAX_LINES = 300
