@@ -56,6 +56,12 @@ def rule(key: str, cores: int, gpus: int) -> int | None:
     return None if key == "threads" else int(RULE[key])
 
 
+def meaning(key: str, tuned: Table, cores: int, gpus: int) -> int | None:
+    """What "auto" means for `key` on a machine of `cores` cores and `gpus` GPUs: the tuned value when
+    `tuned` (this device's table) applies there, else the rule."""
+    return tuned[key] if applies(tuned, cores) else rule(key, cores, gpus)
+
+
 def resolve(serving: Table, tuned: Table, cores: int, gpus: int, where: str, path: Path,
             own_handler: bool = False) -> frozenset[str]:
     """Fill each "auto" key of `serving` (in place) from `tuned` (this device's table) when it applies
@@ -64,7 +70,7 @@ def resolve(serving: Table, tuned: Table, cores: int, gpus: int, where: str, pat
     for key in TUNABLE:
         value = serving.get(key, AUTO)
         if key in auto:
-            serving[key] = tuned[key] if applies(tuned, cores) else rule(key, cores, gpus)
+            serving[key] = meaning(key, tuned, cores, gpus)
         elif not isinstance(value, int) or isinstance(value, bool) or value < LEAST[key]:
             raise RegistryError(f"{path}: {where} serving.{key} must be a whole number of at least {LEAST[key]} "
                                 f"or \"auto\", not {value!r}")

@@ -119,11 +119,11 @@ def test_only_the_auto_keys_are_searched(tmp_path):
     mv = registry_of(tmp_path, "serving = { workers = 1, batch_size = 8 }\n")
     start = tune.settings_of(mv, 4, 0)
     assert start == {"workers": 1, "threads": 4, "batch_size": 8, "max_batch_delay_ms": 1}
-    stages = dict(tune.stages(mv, start, 4, 0))
+    stages = dict(tune.stages(mv, 4, 0))
     assert list(stages) == ["placement", "window"]
     assert [c["threads"] for c in stages["placement"](start)] == [4, 1] and {c["workers"] for c in stages["placement"](start)} == {1}
     own = registry_of(tmp_path, "", own=True)
-    placement = dict(tune.stages(own, tune.settings_of(own, 4, 0), 4, 0))["placement"]
+    placement = dict(tune.stages(own, 4, 0))["placement"]
     assert [(c["workers"], c["threads"]) for c in placement(tune.settings_of(own, 4, 0))] == [(1, 4), (2, 2), (4, 1)]
 
 

@@ -35,12 +35,11 @@ from pathlib import Path
 
 import yaml
 
-from marforge import files
+from marforge import files, tuned
 from marforge.deploy import defaults, runtime
 from marforge.device import threads_per_worker
 from marforge.errors import ArchiveError, RegistryError
 from marforge.serve.config import model_snapshot, properties_text, read_properties
-from marforge.tuned import applies, rule
 
 OWN_PORTS = {"inference": 8080, "management": 8081, "metrics": 8082, "grpc_inference": 7070, "grpc_management": 7071}
 STOCK_PORTS = {**OWN_PORTS, "inference": 8085, "management": 8085}  # the stock proxy owns 8080 (and 8081: its gRPC)
@@ -77,8 +76,7 @@ class Target:
     def serving(self, mv) -> dict:
         """`mv`'s serving settings in this pod: its "auto" ones resolved for the pod's cores and GPUs (as
         tuned when `make tune` ran on as many cores, else the rule: marforge/tuned.py)."""
-        tuned = mv.tuned if applies(mv.tuned, self.cpus) else {}
-        return {**mv.serving, **{key: tuned.get(key, rule(key, self.cpus, self.gpus)) for key in mv.auto}}
+        return {**mv.serving, **{key: tuned.meaning(key, mv.tuned, self.cpus, self.gpus) for key in mv.auto}}
 
     def workers(self, mv) -> int:
         """The registry's explicit number of workers, or for "auto" as tuned or one per core (GPU) of the pod."""

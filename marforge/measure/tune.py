@@ -18,8 +18,8 @@ Then the rule (what "auto" meant before the tune, tuned.rule) and the winner are
 CONFIRM_ROUNDS alternating rounds, so that a drift of the machine falls on both. The winner is kept
 only when its throughput is ahead of the rule's overall (the geometric mean of its ratios over the
 concurrencies) and no concurrency falls more than MARGIN behind; else the tuned table is the rule's
-own values, the search's winner recorded as rejected. A search that keeps the rule confirms nothing. An own handler's threads are not
-varied: its workers take OMP_NUM_THREADS's share (tuned.resolve), recorded as such.
+own values, the search's winner recorded as rejected. A search that keeps the rule confirms nothing.
+An own handler's threads are not varied: its workers take OMP_NUM_THREADS's share (tuned.resolve).
 """
 
 import dataclasses
@@ -58,7 +58,7 @@ def settings_of(mv, cores, gpus):
     return setting
 
 
-def stages(mv, start, cores, gpus):
+def stages(mv, cores, gpus):
     """The candidates of each stage that varies something, as functions of the best setting so far."""
     auto, own = mv.auto, mv.own_handler
     out = []
@@ -116,7 +116,7 @@ def tune(project, mv, concurrencies=None, seconds=None, confirm_rounds=None, con
     _, bodies = images_of(mv)
     start = settings_of(mv, cores, gpus)
     best, rows, seen = dict(start), [], {}
-    for stage, candidates_of in stages(mv, start, cores, gpus):
+    for stage, candidates_of in stages(mv, cores, gpus):
         candidates = [dict(best)] + [c for c in {tuple(sorted(c.items())): c for c in candidates_of(best)}.values() if c != best]
         measured = []
         for candidate in candidates:
@@ -136,11 +136,12 @@ def tune(project, mv, concurrencies=None, seconds=None, confirm_rounds=None, con
         for name, setting in pair if round_ % 2 else pair[::-1]:
             for r in served(project, mv, setting, bodies, concurrencies, confirm_seconds, log):
                 confirm.append({**r, "setting": name, "round": round_})
+    by_concurrency = ratios(confirm)
+    keep = kept(by_concurrency)
     return {"model": mv.key, "format": mv.format, "device": project.device, "cores": cores, "gpus": gpus,
             "machine": machine.describe(project.root), "seconds": seconds, "confirm_seconds": confirm_seconds,
-            "auto": sorted(mv.auto), "start": start, "winner": best, "kept": kept(ratios(confirm)),
-            "tuned": {"cores": cores, **(best if kept(ratios(confirm)) else start)}, "rows": rows,
-            "confirm": confirm, "ratios": ratios(confirm)}
+            "auto": sorted(mv.auto), "start": start, "winner": best, "kept": keep,
+            "tuned": {"cores": cores, **(best if keep else start)}, "rows": rows, "confirm": confirm, "ratios": by_concurrency}
 
 
 def kept(by_concurrency):
