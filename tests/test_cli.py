@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT
 
 from marforge.cli import main
+from marforge.errors import ServerError
 
 REGISTRY = ROOT / "models.toml"
 SCENES = [f"store/{m}-{v}.mar" for m in ("fashiondet", "fashionseg", "debsections") for v in ("1.0", "2.0")]  # their registry formats
@@ -297,6 +298,15 @@ def test_serve_names_a_missing_base_config(capsys, tmp_path):
     code, _, err = run(capsys, "serve", "--config", str(tmp_path / "none.properties"), "--run-dir", str(tmp_path))
     assert (code, err) == (1, f"error: {tmp_path}/none.properties: no such file (the base TorchServe config)\n"
                               "  next: pass one with --config, e.g. --config config.properties\n")
+
+
+def test_a_command_that_starts_a_server_names_a_missing_base_config(tmp_path):
+    from marforge.serve.config import read_properties
+
+    with pytest.raises(ServerError) as caught:  # tune and bench start servers without serve's --config check
+        read_properties(tmp_path / "config.properties")
+    assert caught.value.message == f"{tmp_path}/config.properties: no such file (the base TorchServe config every " \
+                                   "server starts from)" and "MARFORGE_CONFIG=" in caught.value.hint
 
 
 def test_a_bad_import_flag_names_itself_and_a_good_value(capsys, tmp_path):

@@ -153,6 +153,7 @@ def tunable(tmp_path):
     for suffix in (".pt", ".json"):
         shutil.copy(ROOT / "weights" / f"fashion-1.0{suffix}", root / "weights")
     shutil.copy(ROOT / "docs" / report.DOCS["tune"], root / "docs")
+    shutil.copy(ROOT / "config.properties", root)  # the CLI's --registry reads the project's own beside it
     (root / "models.toml").write_text('[models.fashion]\ndefault_version = "1.0"\n\n[models.fashion.versions."1.0"]\n'
                                       'model_def = "model_defs/fashion_mlp.py"\n'
                                       "serving = { workers = 1, threads = 1, batch_size = 4 }  # the user's\n")

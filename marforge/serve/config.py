@@ -20,6 +20,10 @@ SET_BY_MARFORGE = ("model_store", "load_models", "model_snapshot", "models")
 
 def read_properties(path):
     """Parse a Java .properties file of simple `key=value` lines; comments and blanks are skipped."""
+    if not Path(path).is_file():
+        raise ServerError(f"{path}: no such file (the base TorchServe config every server starts from)",
+                          "a project keeps config.properties beside models.toml: restore it (git checkout -- "
+                          "config.properties) or name another with MARFORGE_CONFIG=path (serve: --config)")
     props = {}
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         line = line.strip()
