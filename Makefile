@@ -32,6 +32,7 @@ REQUIREMENTS ?=
 PRESET ?=
 SAMPLES ?=
 IMPORT_ARGS ?=
+AGAINST ?=
 PYTEST_ARGS ?=
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
@@ -186,6 +187,12 @@ bench-lone: $(BENCH_ARCHIVES)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt -c constraints.txt
 	$(PY) -m marforge bench fashion 2.0 --lone --model-store $(MODEL_STORE) --verbose
 	$(PY) -m marforge bench chexnet 0.1 --lone --model-store $(MODEL_STORE) --verbose $(if $(wildcard $(CHEST_XRAYS)),--images $(CHEST_XRAYS))
+
+.PHONY: bench-against
+## bench-against: BENCH_MODEL BENCH_VERSION as this checkout serves it against commit AGAINST (its own code, archive and settings), alternating rounds at 16 and 64 clients: a regression shows beyond the rounds' noise, into docs/performance.md: make bench-against AGAINST=HEAD~1 BENCH_MODEL=chexnet BENCH_VERSION=0.1
+bench-against: archive
+	@test -n "$(AGAINST)" || { echo "error: set AGAINST to the commit to compare with, e.g. make bench-against AGAINST=HEAD~1" >&2; exit 1; }
+	$(PY) -m marforge bench $(strip $(BENCH_MODEL) $(BENCH_VERSION)) --against $(AGAINST) --concurrency 16,64 --model-store $(MODEL_STORE) --verbose
 
 .PHONY: tune
 ## tune: measure MODEL's (VERSION's, MODEL=all: every version's) workers, threads, batch size and window on this machine and write them into models.toml as its `tuned` table, the measurement into docs/tuning.md: make tune MODEL=chexnet VERSION=0.1

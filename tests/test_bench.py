@@ -196,6 +196,7 @@ def test_the_docs_have_a_block_for_every_report(registry):
     blocks = {kind: [kind] for kind in report.MARKDOWN} | {"bench": ["bench-fashion", "bench-chexnet"],
                                                            "first": ["first-fashion", "first-chexnet"],
                                                            "lone": ["lone-fashion", "lone-chexnet"],
+                                                           "against": ["against-fashion", "against-chexnet"],
                                                            "soak": ["soak", "soak-nmt-default", "soak-nmt-bounded"],
                                                            "tune": [f"tune-{mv.key}" for mv in registry.all_versions()]}
     for kind, names in blocks.items():

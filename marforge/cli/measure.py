@@ -1,4 +1,5 @@
-"""Commands that measure: bench (with --compare-formats, --sweep, --queue, --jvm, --protocols, --first and --lone),
+"""Commands that measure: bench (with --compare-formats, --sweep, --queue, --jvm, --protocols, --first, --lone
+and --against),
 bench-kserve, tune and soak."""
 
 from pathlib import Path
@@ -37,7 +38,7 @@ def cmd_bench(args):
         kind = "formats"
     else:
         mv = project.registry.get(args.name, args.version)
-        others = [] if args.sweep or args.queue or args.protocols or args.jvm or args.first or args.lone else \
+        others = [] if args.sweep or args.queue or args.protocols or args.jvm or args.first or args.lone or args.against else \
             experiments.bench_formats(mv, formats, project.device)
         refuse_stale(project, [(mv, mv.format)] + [(mv, f) for f in others])
         if args.sweep:
@@ -53,6 +54,11 @@ def cmd_bench(args):
             from marforge.measure import lone
 
             results, kind = lone.lone(project, mv, seconds=seconds, images=args.images, log=_log(args)), "lone"
+        elif args.against:
+            from marforge.measure import against
+
+            results, kind = against.against(project, mv, args.against, seconds=seconds, log=_log(args),
+                                             concurrencies=[c for c in concurrencies if c > 1] or concurrencies), "against"
         elif args.protocols:
             results, kind = experiments.protocols(project, mv, seconds=seconds, concurrencies=concurrencies,
                                                   log=_log(args)), "protocols"
@@ -62,7 +68,7 @@ def cmd_bench(args):
         else:
             results, kind = experiments.bench(project, mv, seconds=seconds, concurrencies=concurrencies,
                                               formats=formats, images=args.images, log=_log(args)), "bench"
-    block = f"{kind}-{args.name}" if kind in ("bench", "first", "lone") else kind  # docs/performance.md: a block per model
+    block = f"{kind}-{args.name}" if kind in ("bench", "first", "lone", "against") else kind  # docs/performance.md: a block per model
     out_dir, table = report.write(kind, results, project.bench_results, doc_dir, block)
     where = f"written to {out_dir}/" + (f" and {doc_dir / report.DOCS.get(kind, report.DOC)}" if doc_dir else "")
     return Output(f"{table}{where}", results)
@@ -216,6 +222,9 @@ def add_commands(command):
     mode.add_argument("--lone", action="store_true", help="instead: one client, where its requests' time goes "
                       "(outside the server, queued with the batch window, in the worker) as shipped, with no window and "
                       "with batches of one, against Flask (measure/lone.py)")
+    mode.add_argument("--against", metavar="REV", help="instead: the version as this checkout serves it and as commit REV "
+                      "(its own code, archive and settings, from a git worktree) serves it, in alternating rounds at "
+                      "the concurrencies above 1: a regression shows as a ratio beyond the rounds' noise (measure/against.py)")
     mode.add_argument("--protocols", action="store_true", help="instead: marforge's server sent the images as bytes, over "
                       "gRPC and as v2 JSON in turn, three rounds (what each protocol costs, into docs/kserve.md)")
     mode.add_argument("--compare-formats", action="store_true", help="instead: every registry version in every "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from marforge import files
 from marforge.errors import DataError
-from marforge.measure import first, lone, machine, tables, tune
+from marforge.measure import against, first, lone, machine, tables, tune
 
 DOC = "performance.md"
 DOCS = {"soak": "operations.md", "jvm": "operations.md", "protocols": "kserve.md",  # each kind's page (the rest: DOC)
@@ -27,7 +27,7 @@ README_SUMMARIES = {"soak": tables.soak_summary_markdown}
 MARKDOWN = {"bench": tables.bench_markdown, "formats": tables.formats_markdown, "sweep": tables.sweep_markdown,
             "queue": tables.queue_markdown, "jvm": tables.jvm_markdown, "protocols": tables.protocols_markdown,
             "soak": tables.soak_markdown, "kserve": tables.kserve_markdown, "first": first.markdown,
-            "lone": lone.markdown, "tune": tune.markdown}
+            "lone": lone.markdown, "tune": tune.markdown, "against": against.markdown}
 
 
 def plot(results, path):
