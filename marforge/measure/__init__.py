@@ -12,6 +12,7 @@
     first.py        `make bench-first`: the first requests after a start and after a promotion, warm-up on and off
     lone.py         `make bench-lone`: where a lone client's request goes, by the frontend's own counters
     tune.py         `make tune`: a version's workers, threads, batch size and window, chosen by measurement
+    against.py      `make bench-against`: a version as this checkout serves it against another commit's own server
     targets.py      what `make bench` must show, as data
     tables.py       the markdown of every kind of result
     report.py       results folder, plot and the docs' generated blocks

@@ -32,8 +32,10 @@ START_TIMEOUT_S = 600.0  # REV's archive build and its server's start
 # A ratio this close to 1 is never called a change, however alike one side's rounds were: each round
 # starts a server anew, and two starts of the same code differ by more than one start's rounds do
 # (an A/A run, `--against HEAD` with nothing changed, shows this machine's spread).
-NOISE_FLOOR = 0.05
+NOISE_FLOOR = {"throughput": 0.05, "p99_ms": 0.10}  # a tail is measured on far fewer requests than a rate
 ROUNDS = 3
+# What a change is judged on: the mean throughput (higher is better) and the mean p99 (lower is).
+MEASURES = (("throughput", "req/s", 1), ("p99_ms", "p99", -1))
 
 # Run by REV's Python in REV's worktree (cwd, so `marforge` is REV's): serve the version alone until
 # stdin closes; its first line of output says where.
@@ -147,26 +149,29 @@ def against(project, mv, rev, rounds=ROUNDS, concurrencies=(16, 64), seconds=8.0
 
 
 def verdicts(rows):
-    """Per concurrency: this checkout's mean req/s over the baseline's, the noise (the widest spread,
-    max over min minus one, of either side's rounds there), and whether the ratio is within it."""
+    """Per concurrency and measure (MEASURES): this checkout's mean over the baseline's, the noise (the
+    widest spread, max over min minus one, of either side's rounds there, at least NOISE_FLOOR), and
+    whether the ratio is within it, better or worse."""
     by = {}
     for r in rows:
-        by.setdefault((r["row"], r["concurrency"]), []).append(r["throughput"])
+        by.setdefault((r["row"], r["concurrency"]), []).append(r)
     out = {}
     for concurrency in sorted({c for _, c in by}):
-        now, then = by.get((NOW, concurrency), []), by.get((THEN, concurrency), [])
-        if not now or not then or not min(now + then):
-            out[concurrency] = {"ratio": None, "noise": None, "verdict": "not measured"}
-            continue
-        ratio = (sum(now) / len(now)) / (sum(then) / len(then))
-        noise = max(NOISE_FLOOR, max(max(side) / min(side) - 1 for side in (now, then)))
-        verdict = "within noise" if abs(ratio - 1) <= noise else ("faster" if ratio > 1 else "slower: a regression")
-        out[concurrency] = {"ratio": round(ratio, 3), "noise": round(noise, 3), "verdict": verdict}
+        for key, name, better in MEASURES:
+            now, then = ([r[key] for r in by.get((side, concurrency), [])] for side in (NOW, THEN))
+            if not now or not then or not min(now + then):
+                out[concurrency, name] = {"ratio": None, "noise": None, "verdict": "not measured"}
+                continue
+            ratio = (sum(now) / len(now)) / (sum(then) / len(then))
+            noise = max(NOISE_FLOOR[key], max(max(side) / min(side) - 1 for side in (now, then)))
+            verdict = ("within noise" if abs(ratio - 1) <= noise else
+                       "better" if (ratio - 1) * better > 0 else "worse: a regression")
+            out[concurrency, name] = {"ratio": round(ratio, 3), "noise": round(noise, 3), "verdict": verdict}
     return out
 
 
 def markdown(results):
-    """`bench --against`: every round, the means, the ratio and the verdict per concurrency."""
+    """`bench --against`: every round, the means, the ratios and the verdicts per concurrency."""
     from marforge.measure.tables import ROUND_COLUMNS, head, rounds_lines
 
     a = results["against"]
@@ -174,7 +179,7 @@ def markdown(results):
                  f"(\"{a['subject']}\") as the baseline, {results['rounds']} alternating rounds, {results['seconds']:g} s "
                  "per point", results, ROUND_COLUMNS)
     lines += rounds_lines(results, [], [(NOW, THEN, "this checkout / the baseline")])
-    lines += ["", "| conc. | req/s ratio | noise (rounds' spread) | verdict |", "| ---: | ---: | ---: | --- |"]
-    for concurrency, v in verdicts(results["rows"]).items():
-        lines.append(f"| {concurrency} | {v['ratio']} | {v['noise']} | {v['verdict']} |")
+    lines += ["", "| conc. | measure | ratio | noise (rounds' spread) | verdict |", "| ---: | --- | ---: | ---: | --- |"]
+    for (concurrency, name), v in verdicts(results["rows"]).items():
+        lines.append(f"| {concurrency} | {name} | {v['ratio']} | {v['noise']} | {v['verdict']} |")
     return "\n".join(lines) + "\n"
