@@ -82,6 +82,18 @@ def test_a_win_within_five_percent_of_eager_goes_to_eager():
     assert experiments.winner(formats(eager=4000, onnx=4250)) == "onnx"
 
 
+def test_the_formats_table_says_how_each_server_started_when_the_run_measured_it():
+    rows = [{**r, "version": "fashion-2.0"} for r in formats(eager=3000, compile=2500)]
+    results = {"seconds": 5, "machine": MACHINE, "rows": rows, "winners": {"fashion-2.0": "eager"}}
+    assert "READY s" not in tables.formats_markdown(results)  # a run from before the start figures
+    starts = [{"version": "fashion-2.0", "format": f, "ready_s": s, "first_ms": 9.5, "next_median_ms": 2.1,
+               "burst_first_ms": 20.0, "burst_later_ms": 8.0} for f, s in (("eager", 2.3), ("compile", 19.4))]
+    table = tables.formats_markdown({**results, "starts": starts})
+    assert table.endswith("| version | format | READY s | first | next (median) | first burst | later bursts |\n"
+                          "| --- | --- | ---: | ---: | ---: | ---: | ---: |\n| fashion-2.0 | eager | 2.3 | 9.5 | 2.1 | 20.0 | 8.0 |\n"
+                          "| fashion-2.0 | compile | 19.4 | 9.5 | 2.1 | 20.0 | 8.0 |\n")
+
+
 def test_the_sweep_table_has_one_line_per_setting_with_every_concurrency():
     rows = []
     for workers, batch in ((2, 8), (1, 1)):
@@ -173,8 +185,9 @@ def test_the_protocols_table_has_every_round_and_grpcs_and_v2s_ratios_to_the_byt
 
 def test_the_e_rows_are_the_benchmark_formats_but_the_versions_own(registry):
     mv = registry.get("fashion", "2.0")
-    assert experiments.bench_formats(mv) == [f for f in ("eager", "torchscript", "onnx", "quantized") if f != mv.format]
-    assert experiments.bench_formats(mv, ["compile"]) == ["compile"]
+    assert experiments.bench_formats(mv) == [f for f in ("eager", "torchscript", "onnx", "quantized", "compile")
+                                             if f != mv.format]  # compile: the warm-up compiles before READY
+    assert experiments.bench_formats(mv, ["torchscript"]) == ["torchscript"]
     assert experiments.bench_formats(mv, device="gpu") == [f for f in ("eager", "torchscript", "compile", "cudagraphs")
                                                            if f != mv.format]
 

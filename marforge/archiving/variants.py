@@ -36,10 +36,11 @@ from marforge.archiving.weights import source_model
 from marforge.errors import ArchiveError
 
 ONNX_OPSET = 17
-# Formats `make bench` and `bench --compare-formats` serve by default, per machine. On a CPU, compile
-# only on request: inductor compiles each new batch shape on its first request, which stalls it. On a
-# GPU, not ONNX (onnxruntime-gpu is not installed: it would run on the CPU) nor int8 (CPU kernels only).
-BENCH_FORMATS = {"cpu": ("eager", "torchscript", "onnx", "quantized"),
+# Formats `make bench` and `bench --compare-formats` serve by default, per machine. compile is one of
+# them since the worker's warm-up compiles every batch shape before the worker reports ready (its
+# first requests are not stalled: docs/performance.md, bench-formats). On a GPU, not ONNX
+# (onnxruntime-gpu is not installed: it would run on the CPU) nor int8 (CPU kernels only).
+BENCH_FORMATS = {"cpu": ("eager", "torchscript", "onnx", "quantized", "compile"),
                  "gpu": ("eager", "torchscript", "compile", "cudagraphs")}
 
 

@@ -269,19 +269,29 @@ def stock_b_prime(project, mv, served, left_out, log):
 
 
 def compare_formats(project, versions, formats, seconds=5.0, concurrencies=(16, 64), log=print):
-    """Every version in every format, served with marforge's settings; rows plus the winner per version."""
-    rows, winners = [], {}
+    """Every version in every format, served with marforge's settings; rows plus the winner per version,
+    and how each server started: the seconds until its workers were READY (their warm-up included) and
+    its first requests (first.cold), before any other load."""
+    from marforge.measure import first
+
+    rows, winners, starts = [], {}, []
     for mv in versions:
         _, bodies = images_of(mv)
         for fmt in by_task.formats_for(mv, formats)[0]:
+            started = time.monotonic()
             with fixtures.format_server(project, mv, fmt) as target:
+                ready_s = round(time.monotonic() - started, 1)
+                starts.append({"version": mv.key, "format": fmt, "ready_s": ready_s,
+                               **first.cold(target.url, bodies, target.headers())})
+                log(f"{mv.key} {starts[-1]}")
                 for row in rows_of(fmt, target, bodies, concurrencies, seconds):
                     rows.append({**row, "version": mv.key, "format": fmt})
                     log(f"{mv.key} {rows[-1]}")
         mine = [r for r in rows if r["version"] == mv.key]
         if mine:
             winners[mv.key] = winner(mine)
-    return {"seconds": seconds, "machine": machine.describe(project.root), "rows": rows, "winners": winners}
+    return {"seconds": seconds, "machine": machine.describe(project.root), "rows": rows, "winners": winners,
+            "starts": starts}
 
 
 def winner(rows, margin=1.05):

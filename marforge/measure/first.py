@@ -77,19 +77,27 @@ async def _points(url, bodies, headers, version):
     return first, following, waves[0], waves[1:]
 
 
-def first_requests(url, bodies, headers, version=None):
-    """The figures of one point, in ms: a lone client's first request, the median of its next NEXT, the
-    slowest of a first burst of BURST clients at once, the median over BURSTS later bursts of their
-    slowest; every request answered (by `version` when given), each client on a keep-alive connection
-    opened beforehand (marforge/measure/loadgen.py's, as `make bench` sends). Then, after SERVING_S
-    seconds of SERVING_CLIENTS clients, the median of NEXT lone requests again: the server at work."""
+def _ms(seconds):
+    return round(seconds * 1000, 2)
+
+
+def cold(url, bodies, headers, version=None):
+    """A fresh server's first requests, in ms: a lone client's first request, the median of its next
+    NEXT, the slowest of a first burst of BURST clients at once, the median over BURSTS later bursts of
+    their slowest; every request answered (by `version` when given), each client on a keep-alive
+    connection opened beforehand (marforge/measure/loadgen.py's, as `make bench` sends)."""
     first, following, burst, later = asyncio.run(_points(url, bodies, headers, version))
+    return {"first_ms": _ms(first), "next_median_ms": _ms(statistics.median(following)),
+            "burst_first_ms": _ms(burst), "burst_later_ms": _ms(statistics.median(later))}
+
+
+def first_requests(url, bodies, headers, version=None):
+    """The figures of one point (`cold`'s), then, after SERVING_S seconds of SERVING_CLIENTS clients,
+    the median of NEXT lone requests again: the server at work."""
+    figures = cold(url, bodies, headers, version)
     warm_up(url, bodies, SERVING_CLIENTS, SERVING_S, headers=headers)  # then the same lone client, at work
     _, at_work, _, _ = asyncio.run(_points(url, bodies, headers, version))
-    ms = lambda seconds: round(seconds * 1000, 2)  # noqa: E731
-    return {"first_ms": ms(first), "next_median_ms": ms(statistics.median(following)),
-            "burst_first_ms": ms(burst), "burst_later_ms": ms(statistics.median(later)),
-            "at_work_median_ms": ms(statistics.median(at_work))}
+    return {**figures, "at_work_median_ms": _ms(statistics.median(at_work))}
 
 
 def with_warm_up(mv, on):

@@ -80,6 +80,14 @@ def formats_markdown(results):
                      f"{r['p99_ms']} | {r['errors']} | {_cpu(r)} | {r['peak_rss_mb']} |")
     lines += ["", "Fastest format per version (models.toml `format` serves it as <name>-<version>.mar):", ""]
     lines += [f"- {key}: {fmt}" for key, fmt in results["winners"].items()]
+    if results.get("starts"):  # runs before the start figures were taken have none
+        lines += ["", "How each server started, before any other load: seconds until every worker was READY (its "
+                  "warm-up included), a lone client's first request and the median of its next, the slowest of 16 "
+                  "clients' first requests at once and of later such bursts (ms):", "",
+                  "| version | format | READY s | first | next (median) | first burst | later bursts |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r['version']} | {r['format']} | {r['ready_s']} | {r['first_ms']} | {r['next_median_ms']} | "
+                  f"{r['burst_first_ms']} | {r['burst_later_ms']} |" for r in results["starts"]]
     return "\n".join(lines) + "\n"
 
 
