@@ -10,22 +10,14 @@ def accuracy(predicted: Sequence[object], truth: Sequence[object]) -> float | No
 
 
 def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
-    """Area under the ROC curve of `scores` for the binary truths `positive` (ties count half), or
-    None when only one class is present."""
-    pairs = sorted(zip(scores, positive))
-    n_pos = sum(positive)
-    n_neg = len(positive) - n_pos
-    if not n_pos or not n_neg:
+    """Area under the ROC curve of `scores` for the binary truths `positive` (torchmetrics'
+    binary_auroc: ties count half), or None when only one class is present."""
+    if all(positive) or not any(positive):
         return None
-    rank_sum, i = 0.0, 0
-    while i < len(pairs):  # average ranks over runs of equal scores
-        j = i
-        while j < len(pairs) and pairs[j][0] == pairs[i][0]:
-            j += 1
-        rank = (i + j + 1) / 2  # 1-based ranks i+1 .. j
-        rank_sum += rank * sum(1 for _, p in pairs[i:j] if p)
-        i = j
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    import torch
+    from torchmetrics.functional.classification import binary_auroc
+
+    return float(binary_auroc(torch.tensor(scores, dtype=torch.float64), torch.tensor(positive, dtype=torch.long)))
 
 
 def mean_auroc(probabilities: Sequence[Sequence[float]], truth: Sequence[Sequence[str]],
