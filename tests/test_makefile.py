@@ -51,3 +51,11 @@ def test_formats_prints_the_contracts_list(capsys):
     assert capsys.readouterr().out == "eager torchscript onnx compile quantized cudagraphs export\n"
     assert main(["--registry", str(REGISTRY), "--device", "gpu", "formats", "--bench"]) == 0
     assert capsys.readouterr().out == "eager torchscript compile cudagraphs\n"
+
+
+def test_bench_against_needs_a_commit_and_passes_it_with_the_benchmarked_version(tmp_path):
+    refused = subprocess.run(["make", "-o", "archive", "-o", ".venv/.marforge-setup", "bench-against"], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: set AGAINST to the commit to compare with")
+    code, out = make_n(tmp_path, "bench-against", "AGAINST=HEAD~2", "BENCH_MODEL=chexnet", "BENCH_VERSION=0.1")
+    assert code == 0 and "marforge bench chexnet 0.1 --against HEAD~2 --concurrency 16,64" in out, out
