@@ -280,18 +280,15 @@ def compare_formats(project, versions, formats, seconds=5.0, concurrencies=(16, 
         for fmt in by_task.formats_for(mv, formats)[0]:
             started = time.monotonic()
             with fixtures.format_server(project, mv, fmt) as target:
-                ready_s = round(time.monotonic() - started, 1)
-                starts.append({"version": mv.key, "format": fmt, "ready_s": ready_s,
+                starts.append({"version": mv.key, "format": fmt, "ready_s": round(time.monotonic() - started, 1),
                                **first.cold(target.url, bodies, target.headers())})
                 log(f"{mv.key} {starts[-1]}")
                 for row in rows_of(fmt, target, bodies, concurrencies, seconds):
                     rows.append({**row, "version": mv.key, "format": fmt})
                     log(f"{mv.key} {rows[-1]}")
-        mine = [r for r in rows if r["version"] == mv.key]
-        if mine:
+        if mine := [r for r in rows if r["version"] == mv.key]:
             winners[mv.key] = winner(mine)
-    return {"seconds": seconds, "machine": machine.describe(project.root), "rows": rows, "winners": winners,
-            "starts": starts}
+    return {"seconds": seconds, "machine": machine.describe(project.root), "rows": rows, "winners": winners, "starts": starts}
 
 
 def winner(rows, margin=1.05):
