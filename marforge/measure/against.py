@@ -108,7 +108,11 @@ def served(tree, mv, store):
                                    env=_rev_env(tree), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
                                    text=True)
     try:
-        line = process.stdout.readline() if process.stdout else ""
+        line = ""
+        while process.stdout and not line.startswith('{"url"'):  # anything REV's code printed before it
+            line = process.stdout.readline()
+            if not line:
+                break
         if not line:
             process.wait(timeout=60)
             raise MeasurementFailed(f"the baseline's server did not start: {log.read_text().strip()[-2000:]}",
