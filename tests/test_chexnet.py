@@ -10,6 +10,7 @@ test skips, saying so, where that folder is absent.
 """
 
 import json
+import re
 import shutil
 
 import pytest
@@ -76,7 +77,11 @@ def chexnet(tmp_path_factory):
     header = '[models.chexnet]\ndefault_version = "0.1"\n'
     text = (ROOT / "models.toml").read_text()
     assert header in text, "models.toml's chexnet table moved: update this fixture"
-    text = text.replace(header, header + "serving = { workers = 1, batch_size = 4, max_batch_delay_ms = 5 }\n")
+    start = text.index(header)
+    end = text.index("\n[", start)  # the model table's own lines: its serving line, if any, is this fixture's now
+    table = re.sub(r"^serving = .*\n", "", text[start:end + 1], flags=re.M)
+    text = text[:start] + table.replace(header, header + "serving = { workers = 1, batch_size = 4, max_batch_delay_ms = 5 }\n") \
+        + text[end + 1:]
     (root / "models.toml").write_text(text)
     for folder in ("model_defs", "samples"):
         (root / folder).symlink_to(ROOT / folder)

@@ -237,9 +237,11 @@ def test_bench_refuses_archives_that_are_missing_or_older_than_their_inputs(caps
     assert (code, err) == (1, "error: refusing to measure archives that are not what make builds now: "
                               f"{store}/fashion-2.0.mar: not built; {store}/fashion-2.0-eager.mar: not built; "
                               f"{store}/fashion-2.0-torchscript.mar: not built; {store}/fashion-2.0-quantized.mar: "
-                              "not built\n  next: make archive FORMAT=onnx,eager,torchscript,quantized\n")
+                              f"not built; {store}/fashion-2.0-compile.mar: not built\n"
+                              "  next: make archive FORMAT=onnx,eager,torchscript,quantized,compile\n")
     store.mkdir()
-    archives = ("fashion-2.0.mar", "fashion-2.0-eager.mar", "fashion-2.0-torchscript.mar", "fashion-2.0-quantized.mar")
+    archives = ("fashion-2.0.mar", "fashion-2.0-eager.mar", "fashion-2.0-torchscript.mar", "fashion-2.0-quantized.mar",
+                "fashion-2.0-compile.mar")
     for name in archives:
         (store / name).write_bytes(b"built before its stamp")
     after_weights = max((ROOT / "weights" / f"fashion-2.0.{suffix}").stat().st_mtime for suffix in ("pt", "json")) + 1
@@ -259,7 +261,7 @@ def test_bench_refuses_archives_that_are_missing_or_older_than_their_inputs(caps
     why = "fashion-2.0's registry entry, model definition, samples or eval images changed after it was built"
     assert (code, err) == (1, "error: refusing to measure archives that are not what make builds now: "
                               + "; ".join(f"{store}/{name}: {why}" for name in archives)
-                              + "\n  next: make archive FORMAT=onnx,eager,torchscript,quantized\n")
+                              + "\n  next: make archive FORMAT=onnx,eager,torchscript,quantized,compile\n")
 
 
 def test_an_archive_older_than_the_code_that_builds_it_is_stale(tmp_path):
