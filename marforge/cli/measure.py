@@ -201,9 +201,9 @@ def add_commands(command):
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each row at each concurrency")
     p.add_argument("--short", action="store_true", help="3 s per row: a quick look (not written to docs/)")
     p.add_argument("--concurrency", default="1,16,64", help="comma-separated client counts")
-    p.add_argument("--formats", help="archive formats to add as (e) rows (default: eager, torchscript, onnx and "
-                   "quantized and compile on a CPU machine, less the registry's own and those its task cannot be archived in), "
-                   "e.g. torchscript,compile")
+    p.add_argument("--formats", help="archive formats to add as (e) rows (default: the machine's benchmark formats, "
+                   "marforge/archiving/variants.py BENCH_FORMATS, less the registry's own and those its task cannot be "
+                   "archived in), e.g. torchscript,compile")
     p.add_argument("--images", help="a folder of images to send (default: a detector's or segmenter's samples, "
                    "else the model's eval set, else its samples)")
     p.add_argument("--verbose", action="store_true", help="print each row as it is measured")

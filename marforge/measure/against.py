@@ -108,11 +108,8 @@ def served(tree, mv, store):
                                    env=_rev_env(tree), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
                                    text=True)
     try:
-        line = ""
-        while process.stdout and not line.startswith('{"url"'):  # anything REV's code printed before it
-            line = process.stdout.readline()
-            if not line:
-                break
+        # the first line that is its address, past anything REV's code printed before it ("" if none came)
+        line = next((text for text in process.stdout or () if text.startswith('{"url"')), "")
         if not line:
             process.wait(timeout=60)
             raise MeasurementFailed(f"the baseline's server did not start: {log.read_text().strip()[-2000:]}",
